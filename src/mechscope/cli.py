@@ -1,0 +1,152 @@
+"""The `mechscope` command line: a thin layer over the Python API.
+
+mechscope zoo list                      # bundled models
+mechscope zoo info code-attn4           # a model card
+mechscope zoo build code-attn4          # retrain a bundled model from scratch
+mechscope run-task --model code-attn4 --task docstring
+mechscope demo                          # the whole programme on the bundled models
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="mechscope: find out what computation a transformer performs, and where.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="The bundled model zoo: list, inspect and rebuild models.")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]Error:[/] {msg}")
+    raise typer.Exit(code=2)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the bundled models with their size and headline metrics."""
+    from mechscope import zoo
+
+    table = Table("name", "params", "layers", "revisions", "description")
+    for name in zoo.list_models():
+        card = zoo.card(name)
+        arch = card["architecture"]
+        revs = zoo.revisions(name)
+        table.add_row(
+            name,
+            f"{card['n_params']:,}",
+            str(arch["n_layers"]),
+            ", ".join(revs) if len(revs) > 1 else "main",
+            card["description"],
+        )
+    console.print(table)
+
+
+@zoo_app.command("info")
+def zoo_info(name: Annotated[str, typer.Argument(help="model name, or 'tokenizer'")]) -> None:
+    """Print a model card: how it was trained, the command to remake it, its metrics."""
+    from mechscope import zoo
+    from mechscope.models import ModelLoadError
+
+    try:
+        console.print_json(json.dumps(zoo.card(name)))
+    except ModelLoadError as e:
+        _fail(str(e))
+
+
+@zoo_app.command("build")
+def zoo_build(
+    name: Annotated[str, typer.Argument(help="'tokenizer', 'code-attn4', 'code-2l' or 'code-4l'")],
+    out: Annotated[Path | None, typer.Option(help="output folder (default: the package)")] = None,
+    steps: Annotated[int | None, typer.Option(help="override the number of steps")] = None,
+) -> None:
+    """Retrain a bundled model (deterministic, minutes on 2 CPU cores); the tokenizer first."""
+    from mechscope import zoo
+    from mechscope.models import ModelLoadError
+
+    kwargs: dict = {}
+    if out is not None:
+        kwargs["out"] = out
+    if steps is not None and name != "tokenizer":
+        kwargs["steps"] = steps
+    try:
+        folder = zoo.build(name, **kwargs)
+    except ModelLoadError as e:
+        _fail(str(e))
+    console.print(f"[green]built[/] {name} -> {folder}")
+
+
+@app.command("run-task")
+def run_task_cmd(
+    model: Annotated[
+        str, typer.Option(help="zoo name, local HF folder or hub name")
+    ] = "code-attn4",
+    task: Annotated[str, typer.Option(help="docstring, induction or ioi")] = "docstring",
+    n: Annotated[int, typer.Option(help="number of prompts")] = 100,
+    seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
+    metric: Annotated[str | None, typer.Option(help="logit_diff, logprob or prob")] = None,
+    revision: Annotated[str | None, typer.Option(help="checkpoint, e.g. step-500")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """Run a task on a model and print its clean and corrupted baselines."""
+    from mechscope import load_model
+    from mechscope.models import ModelLoadError
+    from mechscope.tasks import TaskError, make_task, run_task
+
+    try:
+        m = load_model(model, revision=revision)
+        t = make_task(task, m.tokenizer, n=n, seed=seed)
+        result = run_task(m, t, metric=metric)
+    except (ModelLoadError, TaskError) as e:
+        _fail(str(e))
+    table = Table("model", "task", "metric", "clean", "corrupted", "top-1 acc", "prompts")
+    table.add_row(
+        model,
+        result.task,
+        result.metric,
+        f"{result.clean:.3f}",
+        f"{result.corrupt:.3f}",
+        f"{result.top1_accuracy:.1%}",
+        str(result.n_prompts),
+    )
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option(help="fewer prompts (for CI)")] = False,
+) -> None:
+    """Run mechscope's methods on the bundled models and print what they find."""
+    from mechscope import load_model
+    from mechscope.tasks import TASKS, make_task, run_task
+
+    t0 = time.time()
+    n = 20 if quick else 100
+    console.rule("mechscope demo")
+    model = load_model("code-attn4")
+    table = Table("task", "metric", "clean", "corrupted", "top-1 acc")
+    for name in TASKS:
+        r = run_task(model, make_task(name, model.tokenizer, n=n, seed=0))
+        table.add_row(
+            name, r.metric, f"{r.clean:.3f}", f"{r.corrupt:.3f}", f"{r.top1_accuracy:.1%}"
+        )
+    console.print("[bold]code-attn4[/] on the bundled tasks (held-out prompts, seed 0):")
+    console.print(table)
+    console.print(f"done in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,78 @@
+"""Batched metrics on logits, as used throughout mechscope.
+
+Shapes: `logits` is [batch, pos, vocab]; metrics read the position `pos` (default -1, the last) and
+return one value per prompt, [batch]. Take `.mean()` for a scalar. KL divergences are computed from
+log-softmax (never softmax-then-log) so small probabilities stay accurate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _at(logits: Tensor, pos: int | Tensor) -> Tensor:
+    """Logits [batch, vocab] at one position (an int, or a [batch] tensor of positions)."""
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
+    if isinstance(pos, Tensor):
+        return logits[torch.arange(logits.shape[0], device=logits.device), pos]
+    return logits[:, pos]
+
+
+def logit_diff(
+    logits: Tensor, answers: Tensor, wrong_answers: Tensor, pos: int | Tensor = -1
+) -> Tensor:
+    """logit[answer] - max over wrong answers of logit[wrong]: [batch].
+
+    answers: [batch]; wrong_answers: [batch] or [batch, n_wrong]. With several wrong answers the
+    strongest one is used (ACDC's docstring metric); with one it is the usual logit difference.
+    """
+    lg = _at(logits, pos)
+    correct = lg.gather(-1, answers.view(-1, 1)).squeeze(-1)
+    wrong = wrong_answers.view(wrong_answers.shape[0], -1)
+    return correct - lg.gather(-1, wrong).max(-1).values
+
+
+def logprob(logits: Tensor, answers: Tensor, pos: int | Tensor = -1) -> Tensor:
+    """log P(answer) at `pos`: [batch]."""
+    lp = _at(logits, pos).log_softmax(-1)
+    return lp.gather(-1, answers.view(-1, 1)).squeeze(-1)
+
+
+def prob(logits: Tensor, answers: Tensor, pos: int | Tensor = -1) -> Tensor:
+    """P(answer) at `pos`: [batch]. Saturates near 0 and 1; prefer logit_diff for patching."""
+    return logprob(logits, answers, pos).exp()
+
+
+def kl_div(ref_logits: Tensor, logits: Tensor, pos: int | Tensor | None = -1) -> Tensor:
+    """KL(P_ref || P) = sum_v p_ref (log p_ref - log p), from log-softmax.
+
+    Returns [batch] at position `pos`, or [batch, pos] when `pos` is None (every position).
+    """
+    if ref_logits.shape != logits.shape:
+        raise ValueError(
+            f"ref_logits {tuple(ref_logits.shape)} and logits {tuple(logits.shape)} differ"
+        )
+    if pos is not None:
+        ref_logits, logits = _at(ref_logits, pos), _at(logits, pos)
+    ref_lp = ref_logits.float().log_softmax(-1)
+    lp = logits.float().log_softmax(-1)
+    return (ref_lp.exp() * (ref_lp - lp)).sum(-1)
+
+
+def normalise(value: Tensor, clean: Tensor | float, corrupt: Tensor | float) -> Tensor:
+    """Map a metric so that 0 = corrupted baseline and 1 = clean baseline.
+
+    (value - corrupt) / (clean - corrupt), elementwise with broadcasting. Raises when the baselines
+    are (nearly) equal: the task does not separate clean from corrupted and the ratio is noise.
+    """
+    clean_t = torch.as_tensor(clean, dtype=value.dtype, device=value.device)
+    corrupt_t = torch.as_tensor(corrupt, dtype=value.dtype, device=value.device)
+    denom = clean_t - corrupt_t
+    if bool((denom.abs() < 1e-6).any()):
+        raise ValueError(
+            "clean and corrupted baselines are equal (difference < 1e-6); a normalised metric "
+            "would divide by ~0. Check that the corruption changes the model's answer."
+        )
+    return (value - corrupt_t) / denom

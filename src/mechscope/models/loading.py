@@ -1,0 +1,205 @@
+"""`load_model`: one entry point for bundled zoo models, local HF directories and hub names.
+
+Every path returns a TransformerLens `TransformerBridge` in compatibility mode (HookedTransformer
+hook names; LayerNorm folded, weights centred), with per-head results (`attn.hook_result`),
+split q/k/v inputs (`blocks.{l}.hook_q_input`, ...) and `hook_mlp_in` switched on where the bridge's
+attention class supports them (HF GPT-2-family models do; TransformerLens-native attention does not,
+see `fine_grained_hooks`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechscope.errors import ModelLoadError
+from mechscope.zoo.paths import TOKENIZER_DIR, model_dir, revisions, zoo_names
+
+
+def _available() -> str:
+    names = zoo_names()
+    return (
+        f"Bundled models: {', '.join(names) or '(none built; run `mechscope zoo build`)'}. "
+        "Also accepted: a local HF model directory (saved with `save_pretrained`) or a hub name "
+        "such as 'gpt2' (needs network access)."
+    )
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or (os.sep in s and not _is_hub_id(s))
+
+
+def _is_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def load_model(
+    name_or_path: str | Path,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """Load a model as a TransformerBridge in compatibility mode.
+
+    Args:
+        name_or_path: a bundled name (`mechscope zoo list`), a local HF directory, or a hub name.
+        revision: a checkpoint ("step-500" for zoo models; a branch/tag/commit on the hub).
+        device: torch device (default CPU for zoo models, TransformerLens's choice otherwise).
+        dtype: parameter dtype (default float32).
+
+    Raises:
+        ModelLoadError: unknown name, missing directory, unknown revision, unsupported architecture.
+    """
+    dtype = dtype or torch.float32
+    name = str(name_or_path)
+    if name in zoo_names():
+        bridge = _load_zoo(name, revision, device, dtype)
+    elif Path(name).expanduser().is_dir():
+        bridge = _load_local(Path(name).expanduser(), revision, device, dtype)
+    elif _looks_like_path(name):
+        raise ModelLoadError(f"No model directory at {name!r}. {_available()}")
+    else:
+        bridge = _load_hub(name, revision, device, dtype)
+    return _prepare(bridge)
+
+
+def _prepare(bridge: Any) -> Any:
+    """Compatibility mode plus every fine-grained hook the bridge supports."""
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    supported = []
+    for flag in ("set_use_attn_result", "set_use_split_qkv_input"):
+        try:
+            getattr(bridge, flag)(True)
+            supported.append(flag)
+        except NotImplementedError:
+            pass
+    if not getattr(bridge.cfg, "attn_only", False):
+        bridge.set_use_hook_mlp_in(True)
+    bridge.fine_grained_hooks = len(supported) == 2
+    bridge.eval()
+    return bridge
+
+
+def _tokenizer(path: Path | None = None) -> Any:
+    from mechscope.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(path or TOKENIZER_DIR)
+
+
+def _checkpoint(name: str, revision: str) -> Path:
+    file = model_dir(name) / "checkpoints" / f"{revision}.safetensors"
+    if not file.exists():
+        raise ModelLoadError(
+            f"Model {name!r} has no revision {revision!r}. Available: {', '.join(revisions(name))}."
+        )
+    return file
+
+
+def _state(file: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.to(dtype) for k, v in load_file(str(file)).items()}
+
+
+def _load_zoo(name: str, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+    folder = model_dir(name)
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = (
+        folder / "model.safetensors" if revision in (None, "main") else _checkpoint(name, revision)
+    )
+    if "model_type" in cfg:  # an HF model: the same loading path as a user's hub model
+        return _boot_hf(folder, weights, device, dtype, _tokenizer())
+    return _boot_native(cfg, weights, device, dtype, _tokenizer())
+
+
+def _boot_native(cfg: dict, weights: Path, device: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native import NativeModel
+
+    conf = TransformerBridgeConfig(**{k: v for k, v in cfg.items() if v is not None})
+    conf.init_weights = False
+    model = NativeModel(conf)
+    missing, unexpected = model.load_state_dict(_state(weights, torch.float32), strict=False)
+    if unexpected or [m for m in missing if not m.endswith("causal_mask")]:
+        raise ModelLoadError(
+            f"weights {weights} do not fit the config (missing {missing}, unexpected {unexpected})"
+        )
+    model.to(device=device, dtype=dtype)
+    return build_bridge_from_module(
+        model,
+        architecture="TransformerLensNative",
+        tl_config=conf,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        device=device,
+        model_name=str(cfg.get("model_name", "native")),
+    )
+
+
+def _boot_hf(folder: Path, weights: Path, device: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(folder))
+    hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    hf_model.load_state_dict(_state(weights, torch.float32), strict=False)
+    hf_model.tie_weights()
+    hf_model.to(dtype)
+    return TransformerBridge.boot_transformers(
+        str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+
+
+def _load_local(folder: Path, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+    cfg_file = folder / "config.json"
+    if not cfg_file.exists():
+        raise ModelLoadError(
+            f"{folder} has no config.json: not a model directory. Save an HF model with "
+            f"`model.save_pretrained(dir)` and its tokenizer beside it. {_available()}"
+        )
+    cfg = json.loads(cfg_file.read_text())
+    if "model_type" not in cfg:  # a mechscope TL-native folder
+        tok_dir = folder if (folder / "tokenizer.json").exists() else None
+        return _boot_native(cfg, folder / "model.safetensors", device, dtype, _tokenizer(tok_dir))
+    _check_architecture(cfg)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+
+
+def _load_hub(name: str, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        return TransformerBridge.boot_transformers(
+            name, device=device, dtype=dtype, revision=revision
+        )
+    except (OSError, ValueError) as e:  # not found / offline / gated
+        raise ModelLoadError(
+            f"Could not load {name!r} from the model hub ({type(e).__name__}: {e}). {_available()}"
+        ) from e
+
+
+def supported_architectures() -> list[str]:
+    """HF architecture names TransformerLens's bridge has an adapter for."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    return sorted(SUPPORTED_ARCHITECTURES)
+
+
+def _check_architecture(cfg: dict) -> None:
+    archs = cfg.get("architectures") or []
+    supported = supported_architectures()
+    if archs and not any(a in supported for a in archs):
+        raise ModelLoadError(
+            f"Architecture {archs} is not supported by TransformerLens's TransformerBridge. "
+            f"Supported architectures include: {', '.join(supported[:25])}, ... "
+            f"({len(supported)} in all; see mechscope.models.supported_architectures())."
+        )

@@ -1,0 +1,75 @@
+"""What each bundled model is: architecture and training recipe (the card is written from this)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+VOCAB_SIZE = 4096
+N_CTX = 96
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A bundled model's architecture and deterministic training recipe."""
+
+    name: str
+    kind: Literal["native", "gpt2"]  # TL-native (boot_native) or HF GPT-2 (save_pretrained)
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int | None  # None = attention-only
+    steps: int
+    batch_size: int = 24
+    lr: float = 2e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_steps: tuple[int, ...] = ()
+    mixture: dict[str, float] = field(
+        default_factory=lambda: {"stdlib": 0.45, "docstring": 0.35, "ioi": 0.1, "induction": 0.1}
+    )
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checkpoint_steps"] = list(self.checkpoint_steps)
+        return d
+
+
+SPECS: dict[str, ModelSpec] = {
+    "code-attn4": ModelSpec(
+        name="code-attn4",
+        kind="native",
+        n_layers=4,
+        d_model=128,
+        n_heads=8,
+        d_mlp=None,
+        steps=1200,
+        mixture={"stdlib": 0.35, "docstring": 0.45, "ioi": 0.1, "induction": 0.1},
+        description="4-layer attention-only TL-native model (LayerNorm) trained on stdlib code "
+        "plus synthetic docstrings; the docstring-circuit model of ACDC, in small.",
+    ),
+    "code-2l": ModelSpec(
+        name="code-2l",
+        kind="gpt2",
+        n_layers=2,
+        d_model=128,
+        n_heads=4,
+        d_mlp=512,
+        steps=800,
+        checkpoint_steps=(0, 25, 75, 150, 300, 500),
+        description="2-layer GPT-2-style model with MLPs (HF GPT2LMHeadModel), with checkpoints.",
+    ),
+    "code-4l": ModelSpec(
+        name="code-4l",
+        kind="gpt2",
+        n_layers=4,
+        d_model=128,
+        n_heads=4,
+        d_mlp=512,
+        steps=800,
+        checkpoint_steps=(0, 25, 75, 150, 300, 500),
+        description="4-layer GPT-2-style model with MLPs (HF GPT2LMHeadModel), with checkpoints.",
+    ),
+}

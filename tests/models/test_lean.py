@@ -1,0 +1,47 @@
+"""LeanModel equals the bridge's hooked run on every bundled model."""
+
+import pytest
+import torch
+
+import mechscope
+from mechscope.models.lean import LeanModel
+from mechscope.tasks import make_task
+
+
+@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l"])
+def test_lean_matches_bridge_logits_and_hooks(name, tokenizer):
+    bridge = mechscope.load_model(name)
+    lean = LeanModel(bridge)
+    tokens = make_task("docstring", tokenizer, n=6, seed=5).clean_tokens
+    with torch.no_grad():
+        ref, ref_cache = bridge.run_with_cache(tokens)
+        out, cache = lean.run_with_cache(tokens)
+    assert (ref - out).abs().max() < 1e-5
+    shared = [k for k in cache if k in ref_cache and "attn_scores" not in k]
+    assert len(shared) > 10 * bridge.cfg.n_layers // 2
+    for k in shared:
+        assert torch.allclose(cache[k], ref_cache[k], atol=1e-5), k
+    # per-head hooks exist even where the bridge has none, and add up
+    l = bridge.cfg.n_layers - 1
+    result = cache[f"blocks.{l}.attn.hook_result"]
+    assert torch.allclose(
+        result.sum(2) + lean.layers[l].b_O, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5
+    )
+
+
+def test_lean_hooks_intervene(attn4, tokenizer):
+    lean = LeanModel(attn4)
+    tokens = make_task("docstring", tokenizer, n=4, seed=1).clean_tokens
+    base = lean(tokens)
+
+    def zero_head(x):
+        x = x.clone()
+        x[:, :, 0] = 0
+        return x
+
+    patched = lean(tokens, hooks={"blocks.3.attn.hook_result": zero_head})
+    assert not torch.allclose(base, patched)
+    q_in = lean(tokens, hooks={"blocks.1.hook_q_input": lambda x: x * 0.5})
+    assert not torch.allclose(base, q_in)
+    with pytest.raises(KeyError, match="Unknown hook names"):
+        lean(tokens, hooks={"blocks.9.attn.hook_result": zero_head})

@@ -1,0 +1,85 @@
+"""The bundled zoo: cards, task performance measured live, determinism of the build."""
+
+import json
+
+import pytest
+import torch
+
+from mechscope import zoo
+from mechscope.tasks import make_task, run_task
+from mechscope.zoo.paths import TOKENIZER_DIR, WEIGHTS_DIR
+
+CARD_FIELDS = {
+    "architecture",
+    "data",
+    "training",
+    "metrics",
+    "command",
+    "python_version",
+    "n_params",
+}
+
+
+@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l"])
+def test_cards_say_how_to_remake(name):
+    card = zoo.card(name)
+    assert set(card) >= CARD_FIELDS
+    assert card["command"] == f"mechscope zoo build {name}"
+    assert card["training"]["seed"] == 0 and card["training"]["steps"] > 0
+    assert name in zoo.list_models()
+
+
+def test_checkpointed_models_have_six_intermediate_revisions():
+    for name in ("code-2l", "code-4l"):
+        card = zoo.card(name)
+        assert len(card["checkpoints"]) >= 6
+        assert zoo.revisions(name)[: len(card["checkpoints"])] == [
+            c["revision"] for c in card["checkpoints"]
+        ]
+
+
+def test_attn4_solves_docstring_on_unseen_prompts(attn4):
+    # seed 2024 prompts are generated here, never in training (training text has another format)
+    task = make_task("docstring", attn4.tokenizer, n=200, seed=2024)
+    result = run_task(attn4, task)
+    assert result.clean > 2.0, result
+    assert result.top1_accuracy > 0.7, result
+    assert result.corrupt < result.clean - 2.0, result  # the corruption destroys the answer
+
+
+def test_weights_fit_the_budget():
+    total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*.safetensors"))
+    assert total < 40 * 2**20, f"{total / 2**20:.1f} MiB of bundled weights"
+
+
+@pytest.mark.slow
+def test_tokenizer_build_is_deterministic(tmp_path):
+    from mechscope.zoo.build import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    a = json.loads((tmp_path / "tokenizer.json").read_text())
+    b = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
+    assert a["model"] == b["model"]
+
+
+@pytest.mark.slow
+def test_model_build_is_deterministic_and_writes_a_card(tmp_path):
+    from safetensors.torch import load_file
+
+    from mechscope.zoo.build import build_model
+
+    a = build_model("code-2l", out=tmp_path / "a", steps=3)
+    b = build_model("code-2l", out=tmp_path / "b", steps=3)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    card = json.loads((a / "card.json").read_text())
+    assert card["training"]["steps"] == 3 and "docstring_logit_diff" in card["metrics"]
+
+
+def test_unknown_zoo_names():
+    from mechscope.models import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="Available: tokenizer, code-attn4"):
+        zoo.card("gpt7")
+    with pytest.raises(ModelLoadError, match="Buildable"):
+        zoo.build("gpt7")
