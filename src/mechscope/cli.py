@@ -18,6 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mechscope.patching.cli import patch_command
+from mechscope.sae.cli import sae_app
+
 app = typer.Typer(
     help="mechscope: find out what computation a transformer performs, and where.",
     no_args_is_help=True,
@@ -25,6 +28,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="The bundled model zoo: list, inspect and rebuild models.")
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(sae_app, name="sae")
+app.command("patch")(patch_command)
 console = Console()
 
 

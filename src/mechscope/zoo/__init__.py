@@ -36,7 +36,7 @@ def card(name: str) -> dict[str, Any]:
 
 def build(name: str, **kwargs: Any) -> Any:
     """Train bundled model `name` (or the tokenizer) from scratch; returns the output folder."""
-    from mechscope.zoo.build import build_model, build_tokenizer
+    from mechscope.zoo.training import build_model, build_tokenizer
 
     if name == "tokenizer":
         return build_tokenizer(**kwargs)

@@ -45,8 +45,9 @@ SPECS: dict[str, ModelSpec] = {
         d_model=128,
         n_heads=8,
         d_mlp=None,
-        steps=1200,
-        mixture={"stdlib": 0.35, "docstring": 0.45, "ioi": 0.1, "induction": 0.1},
+        steps=3500,
+        warmup=100,
+        mixture={"stdlib": 0.15, "docstring": 0.55, "ioi": 0.05, "induction": 0.25},
         description="4-layer attention-only TL-native model (LayerNorm) trained on stdlib code "
         "plus synthetic docstrings; the docstring-circuit model of ACDC, in small.",
     ),

@@ -1,0 +1,87 @@
+"""Plotly heatmaps of patching results: layer x position (token labels), layer x head, and
+sender x receiver; a 3-axis sweep (layer, pos, head) gets one panel per layer (head x position)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from mechscope.patching.result import PatchResult
+from mechscope.patching.specs import PatchingError
+
+
+def _values(result: PatchResult, normalise: bool) -> tuple[Tensor, str, float]:
+    """(values to show, colour-bar title, value at the colour midpoint)."""
+    if normalise and abs(result.clean - result.corrupted) > 1e-6:
+        return result.normalised(), f"{result.metric} (0 = corrupted, 1 = clean)", 0.0
+    base = result.corrupted if result.direction == "denoising" else result.clean
+    return result.values, result.metric, base
+
+
+def plot_result(result: PatchResult, normalise: bool = True, title: str | None = None) -> go.Figure:
+    """A heatmap (or bar chart for a single axis) of `result`, labelled with its axis labels."""
+    vals, cbar, mid = _values(result, normalise)
+    title = title or (
+        f"{result.method} patching, {result.direction}: {result.component} "
+        f"({result.meta.get('task', '')} {result.metric})"
+    )
+    lab = result.labels
+    style: dict[str, Any] = {"colorscale": "RdBu", "zmid": mid, "colorbar": {"title": cbar}}
+    axes = result.axes
+    if len(axes) > 3:
+        raise PatchingError(
+            f"cannot plot {len(axes)} axes {axes}; plot a slice, e.g. a pattern sweep's "
+            "dest x src entries of one head: go.Heatmap(z=result.values[layer, head])"
+        )
+    if len(axes) == 1:
+        fig = go.Figure(go.Bar(x=lab.get(axes[0]), y=vals.tolist()))
+        fig.update_layout(xaxis_title=axes[0], yaxis_title=cbar)
+    elif len(axes) == 2:
+        fig = go.Figure(
+            go.Heatmap(z=vals.tolist(), x=lab.get(axes[1]), y=lab.get(axes[0]), **style)
+        )
+        fig.update_layout(xaxis_title=axes[1], yaxis_title=axes[0])
+        fig.update_yaxes(type="category")
+        fig.update_xaxes(type="category")
+    else:
+        if axes[:3] == ("layer", "pos", "head"):
+            vals = vals.transpose(1, 2)  # -> layer, head, pos
+        n = vals.shape[0]
+        fig = make_subplots(
+            rows=n,
+            cols=1,
+            shared_xaxes=True,
+            subplot_titles=[f"layer {x}" for x in lab.get("layer", [str(i) for i in range(n)])],
+        )
+        lo, hi = float(vals.nan_to_num().min()), float(vals.nan_to_num().max())
+        for i in range(n):
+            fig.add_trace(
+                go.Heatmap(
+                    z=vals[i].tolist(),
+                    x=lab.get("pos"),
+                    y=lab.get("head"),
+                    zmin=min(lo, mid),
+                    zmax=max(hi, mid),
+                    showscale=i == 0,
+                    **style,
+                ),
+                row=i + 1,
+                col=1,
+            )
+        fig.update_layout(height=220 * n + 120)
+        fig.update_yaxes(title_text="head", type="category")
+        fig.update_xaxes(type="category")
+    fig.update_layout(title=title)
+    return fig
+
+
+def write_html(fig: go.Figure, path: str | Path) -> Path:
+    """Write a self-contained HTML file (plotly.js inlined, so it opens offline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path

@@ -1,0 +1,181 @@
+"""`mechscope sae ...`: train, sweep, evaluate and bundle sparse autoencoders.
+
+mechscope sae train --model code-2l --hook blocks.0.hook_resid_post --coeff 3 --out runs/sae
+mechscope sae sweep --model code-2l --hooks all --coeffs 1,3,10 --out runs/sweep
+mechscope sae eval runs/sae/blocks.0.hook_resid_post__local__l1-3 --model code-2l
+mechscope sae build-bundled --model code-2l
+mechscope sae list
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mechscope.sae.errors import SAEError
+
+sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
+console = Console()
+
+Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")]
+Loss = Annotated[str, typer.Option(help="local, e2e or e2e_ds")]
+Arch = Annotated[str, typer.Option(help="standard (ReLU + L1) or topk")]
+Out = Annotated[Path, typer.Option(help="output folder")]
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]Error:[/] {msg}")
+    raise typer.Exit(code=2)
+
+
+def _hooks(spec: str, n_layers: int) -> list[str]:
+    if spec in ("all", "resid_post"):
+        return [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+    if spec == "resid_pre":
+        return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
+    return [h.strip() for h in spec.split(",") if h.strip()]
+
+
+@sae_app.command("train")
+def train_cmd(
+    hook: Annotated[str, typer.Option(help="hook name, e.g. blocks.0.hook_resid_post")],
+    model: Model = "code-2l",
+    loss: Loss = "local",
+    arch: Arch = "standard",
+    k: Annotated[int | None, typer.Option(help="k of a topk SAE")] = None,
+    coeff: Annotated[float, typer.Option(help="sparsity coefficient lambda")] = 3.0,
+    expansion: Annotated[int, typer.Option(help="d_sae / d_model")] = 8,
+    steps: Annotated[int, typer.Option(help="optimiser steps")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="sequences per step")] = 32,
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="seed (init and data order)")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
+    eval_batches: Annotated[int, typer.Option(help="held-out batches of 16 to evaluate")] = 8,
+    out: Out = Path("runs/sae"),
+) -> None:
+    """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
+    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.sweep import sweep
+
+    try:
+        cfg = TrainConfig(
+            model=model,
+            hook_name=hook,
+            loss=loss,  # type: ignore[arg-type]
+            architecture=arch,  # type: ignore[arg-type]
+            k=k,
+            expansion=expansion,
+            sparsity_coeff=coeff,
+            n_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+        )
+        evals = sweep(cfg, out, n_eval_batches=eval_batches)
+    except (SAEError, ValueError) as e:
+        _fail(str(e))
+    console.print(eval_table(evals))
+    console.print(f"saved under {out}")
+
+
+@sae_app.command("sweep")
+def sweep_cmd(
+    model: Model = "code-2l",
+    hooks: Annotated[str, typer.Option(help="'all' (resid_post), 'resid_pre' or names,")] = "all",
+    coeffs: Annotated[str, typer.Option(help="sparsity coefficients, comma-separated")] = "1,3,10",
+    ks: Annotated[str, typer.Option(help="k values for --arch topk, comma-separated")] = "",
+    loss: Loss = "local",
+    arch: Arch = "standard",
+    expansion: Annotated[int, typer.Option(help="d_sae / d_model")] = 8,
+    steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1500,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+    eval_batches: Annotated[int, typer.Option(help="held-out batches of 16 to evaluate")] = 8,
+    out: Out = Path("runs/sae-sweep"),
+) -> None:
+    """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT."""
+    from mechscope import load_model
+    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.sweep import sweep
+
+    try:
+        bridge = load_model(model)
+        k_list = [int(x) for x in ks.split(",") if x.strip()]
+        cfg = TrainConfig(
+            model=model,
+            hook_name="",
+            loss=loss,  # type: ignore[arg-type]
+            architecture=arch,  # type: ignore[arg-type]
+            k=k_list[0] if k_list else None,
+            expansion=expansion,
+            n_steps=steps,
+            seed=seed,
+            checkpoint_every=200,
+        )
+        evals = sweep(
+            cfg,
+            out,
+            hooks=_hooks(hooks, int(bridge.cfg.n_layers)),
+            coeffs=[float(x) for x in coeffs.split(",") if x.strip()],
+            ks=k_list or None,
+            model=bridge,
+            n_eval_batches=eval_batches,
+        )
+    except (SAEError, ValueError) as e:
+        _fail(str(e))
+    console.print(eval_table(evals))
+    console.print(f"results in {out / 'results.json'}, figure {out / 'pareto.html'}")
+
+
+@sae_app.command("eval")
+def eval_cmd(
+    path: Annotated[Path, typer.Argument(help="a SAELens-format folder")],
+    model: Model = "code-2l",
+    hook: Annotated[str | None, typer.Option(help="hook (default: the SAE's own)")] = None,
+    eval_batches: Annotated[int, typer.Option(help="held-out batches of 16")] = 8,
+) -> None:
+    """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
+    from mechscope import load_model
+    from mechscope.sae.activations import as_lean, check_sae_fits
+    from mechscope.sae.evaluate import eval_table, evaluate_sae
+    from mechscope.sae.saelens_format import load_saelens
+    from mechscope.sae.sweep import eval_batches as batches
+
+    try:
+        sae = load_saelens(path)
+        lean = as_lean(load_model(model))
+        check_sae_fits(lean, sae, hook or sae.cfg.hook_name)
+        ev = evaluate_sae(lean, sae, batches(lean, eval_batches), hook, name=path.name)
+    except (SAEError, ValueError) as e:
+        _fail(str(e))
+    console.print(eval_table([ev]))
+
+
+@sae_app.command("build-bundled")
+def build_bundled_cmd(
+    model: Model = "code-2l",
+    steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1200,
+    out: Annotated[Path | None, typer.Option(help="output (default: the package)")] = None,
+) -> None:
+    """Rebuild the bundled SAEs of a zoo model (deterministic) and their card."""
+    from mechscope.sae.bundled import build_bundled
+
+    folder = build_bundled(model, out, steps)
+    console.print(f"[green]built[/] bundled SAEs -> {folder}")
+
+
+@sae_app.command("list")
+def list_cmd(model: Model = "code-2l") -> None:
+    """List the bundled SAEs of a model with their evaluation."""
+    from mechscope.sae.bundled import list_bundled
+    from mechscope.sae.evaluate import SAEEval, eval_table
+
+    entries = list_bundled(model)
+    if not entries:
+        _fail(f"no bundled SAEs for {model!r}")
+    console.print(eval_table([SAEEval(**e["evaluation"]) for e in entries]))

@@ -1,0 +1,128 @@
+"""`SparseAutoencoder`: ReLU ("standard"), TopK and JumpReLU SAEs behind one interface.
+
+Layout and names follow SAELens so weights move between the two unchanged:
+    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae].
+    codes = act((x - b_dec) @ W_enc + b_enc)        (pre-encoder bias: b_dec is subtracted)
+    x_hat = codes @ W_dec + b_dec
+Decoder rows (the feature directions) are kept at unit norm during training. The model also counts,
+per latent, the training tokens since it last fired (dead-latent tracking).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.sae.config import SAEConfig
+from mechscope.sae.errors import SAEError
+
+
+class SparseAutoencoder(nn.Module):
+    """A sparse autoencoder over activations [..., d_in] with d_sae latents."""
+
+    tokens_since_fired: Tensor
+
+    def __init__(self, cfg: SAEConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(seed)
+        dec = torch.empty(cfg.d_in, cfg.d_sae)
+        nn.init.orthogonal_(dec, generator=g)  # orthogonal init (Braun et al.)
+        W_dec = dec.T.contiguous()
+        W_dec /= W_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        # encoder = decoder transpose scaled so W_enc @ W_dec ~ identity on the span at init
+        self.W_enc = nn.Parameter(W_dec.T * (cfg.d_in / cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.register_buffer("tokens_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long))
+
+    # -- the interface --------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise SAEError(
+                f"activations have width {x.shape[-1]} but the SAE expects d_in={self.cfg.d_in}"
+                + (f" (trained on {self.cfg.hook_name})" if self.cfg.hook_name else "")
+            )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes [..., d_sae] of activations x [..., d_in]."""
+        self._check(x)
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc + self.b_enc
+        arch = self.cfg.architecture
+        if arch == "standard":
+            return torch.relu(pre)
+        if arch == "topk":
+            assert self.cfg.k is not None
+            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Reconstruction [..., d_in] of codes [..., d_sae]."""
+        return codes @ self.W_dec + self.b_dec
+
+    def forward_with_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction [..., d_in], codes [..., d_sae]) of x [..., d_in]."""
+        codes = self.encode(x)
+        return self.decode(codes), codes
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction [..., d_in] of x [..., d_in] (as SAELens's `SAE.forward`)."""
+        return self.forward_with_codes(x)[0]
+
+    @property
+    def feature_directions(self) -> Tensor:
+        """Unit-norm decoder directions [d_sae, d_in] (detached)."""
+        W = self.W_dec.detach()
+        return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    # -- training support -----------------------------------------------------------------------
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Scale decoder rows back to unit norm (after each optimiser step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the gradient component along each decoder row (it only changes the row's norm)."""
+        if self.W_dec.grad is None:
+            return
+        W = self.feature_directions
+        self.W_dec.grad -= (self.W_dec.grad * W).sum(-1, keepdim=True) * W
+
+    @torch.no_grad()
+    def update_firing_(self, codes: Tensor) -> None:
+        """Count tokens since each latent fired, from a training batch's codes [n, d_sae]."""
+        fired = (codes.reshape(-1, self.cfg.d_sae) != 0).any(0)
+        self.tokens_since_fired += codes.reshape(-1, self.cfg.d_sae).shape[0]
+        self.tokens_since_fired[fired] = 0
+
+    def dead_mask(self, window: int) -> Tensor:
+        """Latents [d_sae] (bool) that have not fired in the last `window` training tokens."""
+        return self.tokens_since_fired >= window
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.architecture == "topk" else ""
+        return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook_name!r}"
+
+
+def check_finite(x: Tensor, where: str) -> None:
+    """Raise SAEError if activations x contain NaN or inf."""
+    if not bool(torch.isfinite(x).all()):
+        n = int((~torch.isfinite(x)).sum())
+        raise SAEError(f"{n} non-finite values (NaN/inf) in the activations at {where}")

@@ -1,0 +1,238 @@
+"""`train_sae`: local, end-to-end and e2e+downstream SAE training, with checkpoint and resume.
+
+Each step draws one token batch [batch_size, n_ctx] from a deterministic stream, runs the model
+(`LeanModel`) and updates the SAE with Adam (linear warm-up, cosine decay to min_lr_frac * lr,
+gradient clipping, the decoder-parallel gradient removed and decoder rows renormalised after the
+step). A checkpoint holds the SAE, the optimiser state, the step and the history; resuming skips
+the batches already used, so an interrupted run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from mechscope.models.lean import Hook, LeanModel
+from mechscope.sae.activations import (
+    as_lean,
+    collect,
+    downstream_hooks,
+    hook_width,
+    keep_mask,
+    special_ids,
+    splice_hook,
+    token_batches,
+)
+from mechscope.sae.config import SAEConfig, TrainConfig
+from mechscope.sae.errors import SAEError
+from mechscope.sae.losses import LossParts, e2e_loss, local_loss
+from mechscope.sae.model import SparseAutoencoder, check_finite
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """A trained SAE with its config and per-step history (loss, l0, dead_frac, lr, terms)."""
+
+    sae: SparseAutoencoder
+    config: TrainConfig
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at `step` (0-based): linear warm-up, then cosine to min_lr_frac * lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.n_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr_frac * cfg.lr
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def _capture(store: dict[str, Tensor], name: str) -> Hook:
+    def hook(x: Tensor) -> None:
+        store[name] = x
+
+    return hook
+
+
+def _step_loss(
+    lean: LeanModel,
+    sae: SparseAutoencoder,
+    cfg: TrainConfig,
+    tokens: Tensor,
+    keep: Tensor,
+    init_b_dec: bool,
+) -> tuple[LossParts, Tensor]:
+    """Loss of one batch and the codes [n_kept, d_sae] it produced."""
+    use_l1 = cfg.architecture == "standard"
+    if cfg.loss == "local":
+        x = collect(lean, tokens, cfg.hook_name)[keep]
+        if init_b_dec:
+            sae.b_dec.data.copy_(x.mean(0))
+        x_hat, codes = sae.forward_with_codes(x)
+        return local_loss(x, x_hat, codes, cfg.sparsity_coeff, use_l1), codes
+    ds_names = downstream_hooks(lean, cfg.hook_name) if cfg.loss == "e2e_ds" else []
+    orig: dict[str, Tensor] = {}
+    with torch.no_grad():
+        hooks = {n: _capture(orig, n) for n in [cfg.hook_name, *ds_names]}
+        orig_logits = lean.forward(tokens, hooks=hooks)
+    check_finite(orig[cfg.hook_name], cfg.hook_name)
+    if init_b_dec:
+        sae.b_dec.data.copy_(orig[cfg.hook_name][keep].mean(0))
+    new: dict[str, Tensor] = {}
+    codes_out: list[Tensor] = []
+    hooks = {n: _capture(new, n) for n in ds_names}
+    hooks[cfg.hook_name] = splice_hook(sae, keep, codes_out)
+    new_logits = lean.forward(tokens, hooks=hooks)
+    codes = codes_out[0]
+    parts = e2e_loss(
+        orig_logits,
+        new_logits,
+        keep,
+        codes,
+        sae.d_in,
+        cfg.sparsity_coeff,
+        use_l1,
+        kl_coeff=cfg.kl_coeff if cfg.loss == "e2e_ds" else 1.0,
+        downstream=[(new[n], orig[n]) for n in ds_names],
+        ds_coeff=cfg.ds_coeff,
+    )
+    return parts, codes
+
+
+def _save_checkpoint(
+    folder: Path,
+    cfg: TrainConfig,
+    step: int,
+    sae: SparseAutoencoder,
+    opt: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": cfg.to_dict(),
+        "sae_config": sae.cfg.to_dict(),
+        "step": step,
+        "sae": sae.state_dict(),
+        "optimizer": opt.state_dict(),
+        "history": history,
+    }
+    tmp = folder / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"),
+        disable=not enabled,
+    )
+
+
+def train_sae(
+    cfg: TrainConfig,
+    model: Any = None,
+    tokens: Iterable[Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an SAE on `cfg.hook_name` of `model` as `cfg` says.
+
+    model: a TransformerBridge or LeanModel (default: `load_model(cfg.model)`); the SAE is
+        trained on its device.
+    tokens: token batches [batch, n_ctx] (default: the corpus stream seeded with cfg.seed). Pass a
+        fresh iterable of the same batches when resuming; the used ones are skipped.
+    checkpoint_dir: if it holds a checkpoint of the same config, training resumes from it; a
+        checkpoint is written every cfg.checkpoint_every steps and at the end.
+    stop_at: stop after this many steps (as if interrupted), leaving a checkpoint.
+    """
+    t0 = time.time()
+    if model is None:
+        from mechscope import load_model
+
+        model = load_model(cfg.model)
+    lean = as_lean(model)
+    d_in = hook_width(lean, cfg.hook_name)
+    sae_cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=cfg.expansion * d_in,
+        architecture=cfg.architecture,
+        k=cfg.k,
+        hook_name=cfg.hook_name,
+        model_name=cfg.model,
+        extra={"training": cfg.to_dict()},
+    )
+    device = lean.W_E.device
+    sae = SparseAutoencoder(sae_cfg, seed=cfg.seed).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    history: list[dict[str, float]] = []
+    start = 0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None and (folder / CHECKPOINT).exists():
+        state = torch.load(folder / CHECKPOINT, map_location=device, weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise SAEError(
+                f"{folder / CHECKPOINT} was written by a different config; use another "
+                "checkpoint_dir or delete it"
+            )
+        sae.load_state_dict(state["sae"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), list(state["history"])
+    if tokens is None:
+        n_ctx = int(lean.cfg.n_ctx)
+        tokens = token_batches(lean.tokenizer, cfg.batch_size, n_ctx, cfg.seed, cfg.mixture)
+    it: Iterator[Tensor] = iter(tokens)
+    for _ in range(start):
+        next(it)
+    specials = special_ids(lean)
+    end = cfg.n_steps if stop_at is None else min(stop_at, cfg.n_steps)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"SAE {cfg.loss} {cfg.hook_name}", total=cfg.n_steps, stats="")
+        bar.update(task, completed=start)
+        for step in range(start, end):
+            toks = next(it).to(device)
+            keep = keep_mask(toks, specials)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            parts, codes = _step_loss(lean, sae, cfg, toks, keep, init_b_dec=step == 0)
+            opt.zero_grad(set_to_none=True)
+            parts.total.backward()
+            sae.remove_parallel_grad_()
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            opt.step()
+            sae.normalize_decoder_()
+            sae.update_firing_(codes.detach())
+            l0 = float((codes != 0).sum(-1).float().mean())
+            dead = float(sae.dead_mask(cfg.dead_window).float().mean())
+            loss = float(parts.total.detach())
+            if not math.isfinite(loss):
+                raise SAEError(f"loss became {loss} at step {step}; lower lr or sparsity_coeff")
+            history.append(
+                {"step": step, "loss": loss, "l0": l0, "dead_frac": dead, "lr": lr_at(cfg, step)}
+                | parts.terms
+            )
+            bar.update(task, advance=1, stats=f"loss {loss:.4g}  L0 {l0:.1f}  dead {dead:.1%}")
+            done = step + 1
+            if folder is not None and (
+                done == end or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+            ):
+                _save_checkpoint(folder, cfg, done, sae, opt, history)
+    sae.eval()
+    return TrainResult(sae, cfg, history, time.time() - t0)

@@ -1,0 +1,88 @@
+"""SparseAutoencoder: shapes, unit-norm decoder, architectures, dead-latent tracking, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.sae import SAEConfig, SAEError, SparseAutoencoder, TrainConfig
+
+
+def _sae(arch: str = "standard", k: int | None = None) -> SparseAutoencoder:
+    return SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, architecture=arch, k=k), seed=0)  # type: ignore[arg-type]
+
+
+def test_shapes_and_unit_norm_decoder() -> None:
+    sae = _sae()
+    x = torch.randn(3, 5, 16)
+    codes = sae.encode(x)
+    assert codes.shape == (3, 5, 64) and bool((codes >= 0).all())
+    assert sae.decode(codes).shape == x.shape
+    assert torch.equal(sae(x), sae.decode(codes))
+    norms = sae.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones(64), atol=1e-6)
+    assert torch.allclose(sae.feature_directions, sae.W_dec.detach())
+
+
+def test_orthogonal_init_is_seeded() -> None:
+    a, b, c = _sae(), _sae(), SparseAutoencoder(SAEConfig(d_in=16, d_sae=64), seed=1)
+    assert torch.equal(a.W_dec, b.W_dec) and not torch.equal(a.W_dec, c.W_dec)
+    assert torch.allclose(a.W_enc, a.W_dec.T * 16 / 64)  # encoder: the decoder's transpose, scaled
+
+
+def test_pre_encoder_bias_is_subtracted() -> None:
+    sae = _sae()
+    with torch.no_grad():
+        sae.b_dec.fill_(0.5)
+    x = torch.randn(4, 16)
+    expected = torch.relu((x - 0.5) @ sae.W_enc + sae.b_enc)
+    assert torch.allclose(sae.encode(x), expected)
+
+
+def test_topk_keeps_exactly_k() -> None:
+    sae = _sae("topk", k=5)
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every pre-activation positive
+    codes = sae.encode(torch.randn(7, 16))
+    assert ((codes != 0).sum(-1) == 5).all()
+
+
+def test_jumprelu_threshold_gates() -> None:
+    sae = _sae("jumprelu")
+    with torch.no_grad():
+        sae.threshold.fill_(1e9)
+    assert (sae.encode(torch.randn(4, 16)) == 0).all()
+
+
+def test_dead_latent_tracking() -> None:
+    sae = _sae()
+    codes = torch.zeros(10, 64)
+    codes[:, :3] = 1.0
+    sae.update_firing_(codes)
+    sae.update_firing_(codes)
+    dead = sae.dead_mask(window=15)
+    assert not dead[:3].any() and dead[3:].all()
+    assert not sae.dead_mask(window=21).any()
+
+
+def test_parallel_grad_removed() -> None:
+    sae = _sae()
+    sae.W_dec.grad = sae.W_dec.detach() * 3.0  # purely parallel to each row
+    sae.remove_parallel_grad_()
+    assert sae.W_dec.grad is not None and sae.W_dec.grad.abs().max() < 1e-5
+
+
+def test_width_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(SAEError, match="width 12 but the SAE expects d_in=16"):
+        _sae().encode(torch.randn(2, 12))
+
+
+def test_bad_configs() -> None:
+    with pytest.raises(ValueError, match="unknown SAE architecture"):
+        SAEConfig(d_in=4, d_sae=8, architecture="gated")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="topk SAE needs"):
+        SAEConfig(d_in=4, d_sae=8, architecture="topk")
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainConfig(model="m", hook_name="h", loss="mse")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not trained here"):
+        TrainConfig(model="m", hook_name="h", architecture="jumprelu")

@@ -1,0 +1,109 @@
+"""SAE training: each loss learns, resume is exact, bad hooks and NaNs fail clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mechscope.models.lean import LeanModel
+from mechscope.sae import SAEError, TrainConfig, train_sae
+from mechscope.sae.activations import downstream_hooks
+from mechscope.sae.train import lr_at
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def batches(n: int, seed: int = 0, batch: int = 4, pos: int = 24) -> Iterator[torch.Tensor]:
+    """Random token batches [batch, pos] with BOS (0) first."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        t = torch.randint(1, 4096, (batch, pos), generator=g)
+        t[:, 0] = 0
+        yield t
+
+
+def tiny(loss: str = "local", **kw) -> TrainConfig:
+    base = {"n_steps": 8, "expansion": 2, "warmup_steps": 2, "lr": 3e-3, "sparsity_coeff": 0.1}
+    return TrainConfig(model="code-2l", hook_name=HOOK, loss=loss, **(base | kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def lean(gpt2_2l) -> LeanModel:
+    return LeanModel(gpt2_2l)
+
+
+@pytest.mark.parametrize("loss", ["local", "e2e", "e2e_ds"])
+def test_each_loss_decreases(lean: LeanModel, loss: str) -> None:
+    cfg = tiny(loss)
+    # the same batch every step, so the loss curve is not data noise
+    fixed = next(batches(1))
+    result = train_sae(cfg, lean, (fixed for _ in range(cfg.n_steps)), progress=False)
+    h = result.history
+    assert len(h) == 8 and h[-1]["loss"] < h[0]["loss"]
+    assert {"l0", "dead_frac", "lr", "sparsity"} <= set(h[0])
+    assert ("mse" in h[0]) == (loss == "local")
+    assert ("downstream_mse" in h[0]) == (loss == "e2e_ds")
+    assert torch.allclose(result.sae.W_dec.norm(dim=-1), torch.ones(result.sae.d_sae), atol=1e-5)
+
+
+def test_topk_trains_at_fixed_l0(lean: LeanModel) -> None:
+    result = train_sae(tiny(architecture="topk", k=4), lean, batches(8), progress=False)
+    assert all(row["l0"] <= 4 for row in result.history)
+
+
+def test_downstream_hooks(lean: LeanModel) -> None:
+    last = lean.n_layers - 1
+    assert downstream_hooks(lean, "blocks.0.hook_resid_pre")[0] == "blocks.0.hook_resid_post"
+    assert downstream_hooks(lean, f"blocks.{last}.hook_resid_post") == []
+    assert len(downstream_hooks(lean, HOOK)) == lean.n_layers - 1
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    cfg = tiny(n_steps=100, warmup_steps=10, lr=1.0, min_lr_frac=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0) and lr_at(cfg, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 55) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("loss", ["local", "e2e"])
+def test_resume_reproduces_uninterrupted_run(lean: LeanModel, tmp_path, loss: str) -> None:
+    cfg = tiny(loss, checkpoint_every=3, dead_window=40)
+    full = train_sae(cfg, lean, batches(8), progress=False)
+    first = train_sae(cfg, lean, batches(8), checkpoint_dir=tmp_path, stop_at=5, progress=False)
+    assert len(first.history) == 5 and (tmp_path / "checkpoint.pt").exists()
+    resumed = train_sae(cfg, lean, batches(8), checkpoint_dir=tmp_path, progress=False)
+    for name, p in full.sae.state_dict().items():
+        assert torch.equal(p, resumed.sae.state_dict()[name]), name
+    assert resumed.history == full.history
+
+
+def test_resume_refuses_another_config(lean: LeanModel, tmp_path) -> None:
+    train_sae(tiny(n_steps=2), lean, batches(2), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(SAEError, match="different config"):
+        train_sae(tiny(n_steps=3), lean, batches(3), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_unknown_hook(lean: LeanModel) -> None:
+    with pytest.raises(SAEError, match=r"unknown hook 'blocks.0.hook_resid_postt'"):
+        train_sae(replace(tiny(), hook_name="blocks.0.hook_resid_postt"), lean, batches(1))
+    with pytest.raises(SAEError, match=r"unknown hook 'blocks.9.hook_resid_post'"):
+        train_sae(replace(tiny(), hook_name="blocks.9.hook_resid_post"), lean, batches(1))
+
+
+def test_per_head_hook_refused(lean: LeanModel) -> None:
+    with pytest.raises(SAEError, match=r"\[batch, pos, d\] hooks"):
+        train_sae(replace(tiny(), hook_name="blocks.0.attn.hook_z"), lean, batches(1))
+
+
+@pytest.mark.parametrize("loss", ["local", "e2e"])
+def test_nan_activations_are_a_clear_error(gpt2_2l, loss: str) -> None:
+    broken = LeanModel(gpt2_2l)
+    broken.W_E = broken.W_E.clone()
+    broken.W_E[7] = float("nan")
+    toks = next(batches(1))
+    toks[1, 5] = 7
+    with pytest.raises(SAEError, match=r"non-finite values \(NaN/inf\).*blocks.0.hook_resid_post"):
+        train_sae(tiny(loss), broken, iter([toks]), progress=False)
