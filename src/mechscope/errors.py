@@ -1,5 +1,13 @@
-"""Exceptions shared across mechscope."""
+"""Exceptions shared across mechscope: each says what was wrong and what to do instead."""
 
 
 class ModelLoadError(ValueError):
     """A model name, path, revision or architecture that mechscope cannot load."""
+
+
+class PatchingError(ValueError):
+    """A patch, metric or input that the patching engine cannot run (with what to do instead)."""
+
+
+class SAEError(ValueError):
+    """An SAE, hook, activation or file that does not fit what was asked of it."""

@@ -18,11 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mechscope.errors import PatchingError
+
 Layout = Literal["pos", "pos_head", "head_pos"]
-
-
-class PatchingError(ValueError):
-    """A patch, metric or input that the patching engine cannot run (with what to do instead)."""
 
 
 COMPONENTS: dict[str, tuple[str, Layout]] = {

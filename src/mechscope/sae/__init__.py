@@ -5,9 +5,9 @@ result = train_sae(TrainConfig(model="code-2l", hook_name="blocks.0.hook_resid_p
 ev = evaluate_sae(model, result.sae, token_batches(...))
 """
 
+from mechscope.errors import SAEError
 from mechscope.sae.activations import token_batches
 from mechscope.sae.config import SAEConfig, TrainConfig
-from mechscope.sae.errors import SAEError
 from mechscope.sae.evaluate import SAEEval, eval_table, evaluate_sae, pareto_figure
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import load_saelens, load_saelens_from_hub, save_saelens

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.errors import SAEError
 from mechscope.models.lean import Hook, LeanModel
-from mechscope.sae.errors import SAEError
 from mechscope.sae.model import SparseAutoencoder, check_finite
 
 

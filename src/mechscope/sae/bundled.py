@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mechscope.errors import SAEError
 from mechscope.sae.config import TrainConfig
-from mechscope.sae.errors import SAEError
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens
 from mechscope.sae.sweep import eval_batches, run_name, train_and_save, write_results

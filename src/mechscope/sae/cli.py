@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mechscope.sae.errors import SAEError
+from mechscope.errors import SAEError
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
 console = Console()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mechscope.errors import SAEError
 from mechscope.sae.config import SAEConfig
-from mechscope.sae.errors import SAEError
 
 
 class SparseAutoencoder(nn.Module):

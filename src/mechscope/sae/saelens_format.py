@@ -18,8 +18,8 @@ from typing import Any, cast
 import torch
 from safetensors.torch import load_file, save_file
 
+from mechscope.errors import SAEError
 from mechscope.sae.config import Architecture, SAEConfig
-from mechscope.sae.errors import SAEError
 from mechscope.sae.model import SparseAutoencoder
 
 CFG_FILE = "cfg.json"

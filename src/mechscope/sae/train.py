@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from mechscope.errors import SAEError
 from mechscope.models.lean import Hook, LeanModel
 from mechscope.sae.activations import (
     as_lean,
@@ -33,7 +34,6 @@ from mechscope.sae.activations import (
     token_batches,
 )
 from mechscope.sae.config import SAEConfig, TrainConfig
-from mechscope.sae.errors import SAEError
 from mechscope.sae.losses import LossParts, e2e_loss, local_loss
 from mechscope.sae.model import SparseAutoencoder, check_finite
 
