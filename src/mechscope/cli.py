@@ -4,6 +4,7 @@ mechscope zoo list                      # bundled models
 mechscope zoo info code-attn4           # a model card
 mechscope zoo build code-attn4          # retrain a bundled model from scratch
 mechscope run-task --model code-attn4 --task docstring
+mechscope regions sweep -m code-2l -m code-4l   # stable regions over checkpoints and sizes
 mechscope demo                          # the whole programme on the bundled models
 """
 
@@ -18,7 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mechscope.basis.cli import basis_app
 from mechscope.patching.cli import patch_command
+from mechscope.regions.cli import regions_app
 from mechscope.sae.cli import sae_app
 
 app = typer.Typer(
@@ -29,6 +32,8 @@ app = typer.Typer(
 zoo_app = typer.Typer(help="The bundled model zoo: list, inspect and rebuild models.")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(sae_app, name="sae")
+app.add_typer(regions_app, name="regions")
+app.add_typer(basis_app, name="basis")
 app.command("patch")(patch_command)
 console = Console()
 

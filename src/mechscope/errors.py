@@ -11,3 +11,16 @@ class PatchingError(ValueError):
 
 class SAEError(ValueError):
     """An SAE, hook, activation or file that does not fit what was asked of it."""
+
+
+class BasisError(ValueError):
+    """A model, node layer, basis or input that the degeneracy / interaction-basis code cannot
+    use."""
+
+
+class RegionsError(ValueError):
+    """A layer, path, prompt set or model that the stable-regions analysis cannot use."""
+
+
+class CircuitError(ValueError):
+    """A circuit-discovery input (graph node, threshold, task, metric, file) that cannot be used."""

@@ -45,3 +45,39 @@ def test_lean_hooks_intervene(attn4, tokenizer):
     assert not torch.allclose(base, q_in)
     with pytest.raises(KeyError, match="Unknown hook names"):
         lean(tokens, hooks={"blocks.9.attn.hook_result": zero_head})
+
+
+@pytest.mark.parametrize("fixture", ["attn4", "gpt2_2l"])
+def test_partial_runs_equal_the_full_run(fixture, tokenizer, request):
+    """Running only the last query positions, or only positions p.. from cached keys and values,
+    gives the full run's logits at the positions read."""
+    lean = LeanModel(request.getfixturevalue(fixture))
+    tokens = make_task("docstring", tokenizer, n=3, seed=2).clean_tokens
+    full, cache = lean.run_with_cache(tokens)
+    last = lean(tokens, logit_pos=[-1, 30])
+    assert torch.allclose(last, full[:, [-1, 30]], atol=1e-5)
+    for layer, p in [(1, 0), (1, 17), (lean.n_layers - 1, 40)]:
+        kv = [
+            (cache[f"blocks.{l}.attn.hook_k"][:, :p], cache[f"blocks.{l}.attn.hook_v"][:, :p])
+            for l in range(lean.n_layers)
+        ]
+        out = lean(
+            tokens,
+            start_layer=layer,
+            resid=cache[f"blocks.{layer}.hook_resid_pre"][:, p:],
+            logit_pos=[-1],
+            start_pos=p,
+            prefix_kv=kv,
+        )
+        assert torch.allclose(out, full[:, -1:], atol=1e-5), (layer, p)
+    with pytest.raises(ValueError, match="start_pos"):
+        lean(tokens, start_layer=1, resid=cache["blocks.1.hook_resid_pre"][:, 5:], start_pos=5)
+    with pytest.raises(ValueError, match="logit_pos"):
+        lean(
+            tokens,
+            start_layer=1,
+            resid=cache["blocks.1.hook_resid_pre"][:, 5:],
+            start_pos=5,
+            prefix_kv=kv,
+            logit_pos=[2],
+        )

@@ -52,7 +52,7 @@ def tokens(tokenizer):
 
 def test_attn4_matches_independent_pytorch_forward(attn4, tokens):
     folder = model_dir("code-attn4")
-    sd = load_file(str(folder / "model.safetensors"))
+    sd = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     cfg = json.loads((folder / "config.json").read_text())
     with torch.no_grad():
         ref = _native_forward(sd, cfg, tokens).log_softmax(-1)
@@ -63,7 +63,9 @@ def test_attn4_matches_independent_pytorch_forward(attn4, tokens):
 def test_gpt2_matches_hf_forward(gpt2_2l, tokens):
     from transformers import GPT2LMHeadModel
 
-    hf = GPT2LMHeadModel.from_pretrained(str(model_dir("code-2l")), attn_implementation="eager")
+    hf = GPT2LMHeadModel.from_pretrained(
+        str(model_dir("code-2l")), attn_implementation="eager", dtype=torch.float32
+    )
     with torch.no_grad():
         ref = hf(tokens).logits.log_softmax(-1)
         out = gpt2_2l(tokens).log_softmax(-1)

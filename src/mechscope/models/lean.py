@@ -148,6 +148,8 @@ class LeanModel:
         start_layer: int = 0,
         resid: Tensor | None = None,
         logit_pos: Sequence[int] | None = None,
+        start_pos: int = 0,
+        prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None = None,
     ) -> Tensor:
         """Logits [batch, pos, vocab] of tokens [batch, pos].
 
@@ -157,7 +159,12 @@ class LeanModel:
             value of `blocks.{start_layer}.hook_resid_pre` (embedding hooks do not fire);
             start_layer = n_layers runs only ln_final and the unembedding. Patching sweeps use
             it to skip the layers a patch cannot change.
-        logit_pos: unembed only these positions: logits [batch, len(logit_pos), vocab].
+        logit_pos: unembed only these positions: logits [batch, len(logit_pos), vocab]. Without
+            hooks or cache, the last layer then also runs only these query positions.
+        start_pos, prefix_kv: run only positions start_pos.. (causal attention leaves earlier ones
+            as they were): `resid` is [batch, pos - start_pos, d_model] and prefix_kv[l] holds
+            layer l's attention keys and values (hook_k, hook_v) of positions < start_pos,
+            [batch, start_pos, head, d_head] each. Needs `resid`; no hooks, no cache.
         """
         hooks = hooks or {}
         unknown = set(hooks) - set(self.hook_names())
@@ -177,22 +184,39 @@ class LeanModel:
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         pos = tokens.shape[1]
+        if start_pos and (resid is None or hooks or cache is not None or prefix_kv is None):
+            raise ValueError("start_pos > 0 needs resid and prefix_kv, and no hooks or cache")
+        if logit_pos is not None:  # absolute positions -> positions within the window
+            logit_pos = [(p + pos if p < 0 else p) - start_pos for p in logit_pos]
+            if min(logit_pos) < 0:
+                raise ValueError(f"logit_pos must lie at or after start_pos={start_pos}")
         if resid is None and start_layer == 0:
             resid = h("hook_embed", self.W_E[tokens])
             if self.W_pos is not None:
                 resid = resid + h("hook_pos_embed", self.W_pos[:pos].expand_as(resid))
-        elif resid is None or resid.shape[:2] != tokens.shape or start_layer > self.n_layers:
+        elif (
+            resid is None
+            or resid.shape[:2] != (tokens.shape[0], pos - start_pos)
+            or start_layer > self.n_layers
+        ):
             got = None if resid is None else tuple(resid.shape)
             raise ValueError(
-                f"resid {got} must be [batch, pos, d_model] matching tokens "
+                f"resid {got} must be [batch, pos - start_pos, d_model] matching tokens "
                 f"{tuple(tokens.shape)}, and start_layer {start_layer} in [0, {self.n_layers}]"
             )
-        mask = torch.triu(torch.ones(pos, pos, dtype=torch.bool, device=tokens.device), 1)
+        mask = torch.triu(
+            torch.ones(pos - start_pos, pos, dtype=torch.bool, device=tokens.device),
+            1 + start_pos,
+        )
+        # the last layer needs only the queries whose logits are read
+        last_q = logit_pos if (logit_pos is not None and not hooks and cache is None) else None
         for l, w in enumerate(self.layers):
             if l < start_layer:
                 continue
             b = f"blocks.{l}"
             resid = h(f"{b}.hook_resid_pre", resid)
+            if l == self.n_layers - 1 and last_q is not None:
+                return self._last_layer(resid, w, mask, last_q, start_pos, prefix_kv)
             if cache is not None or any(f"{b}.hook_{x}_input" in hooks for x in "qkv"):
                 per_head = resid.unsqueeze(2).expand(-1, -1, self.n_heads, -1)
                 q_in = self._ln(h(f"{b}.hook_q_input", per_head), w.ln1)
@@ -205,6 +229,8 @@ class LeanModel:
             q = h(f"{b}.attn.hook_q", torch.einsum(eq, q_in, w.W_Q) + w.b_Q)
             k = h(f"{b}.attn.hook_k", torch.einsum(eq, k_in, w.W_K) + w.b_K)
             v = h(f"{b}.attn.hook_v", torch.einsum(eq, v_in, w.W_V) + w.b_V)
+            if start_pos:
+                k, v = self._with_prefix(k, v, prefix_kv, l)
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
             scores = h(f"{b}.attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
             pattern = h(f"{b}.attn.hook_pattern", scores.softmax(-1))
@@ -235,6 +261,43 @@ class LeanModel:
         return final @ self.W_U + self.b_U
 
     __call__ = forward
+
+    @staticmethod
+    def _with_prefix(
+        k: Tensor, v: Tensor, prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None, layer: int
+    ) -> tuple[Tensor, Tensor]:
+        kv = prefix_kv[layer] if prefix_kv is not None else None
+        if kv is None:
+            raise ValueError(f"prefix_kv[{layer}] is missing")
+        return torch.cat([kv[0], k], 1), torch.cat([kv[1], v], 1)
+
+    def _last_layer(
+        self,
+        resid: Tensor,
+        w: LayerWeights,
+        mask: Tensor,
+        q_pos: Sequence[int],
+        start_pos: int,
+        prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None,
+    ) -> Tensor:
+        """Logits [batch, len(q_pos), vocab] from the last block run for queries q_pos only."""
+        x = self._ln(resid, w.ln1)
+        xq = x[:, list(q_pos)]
+        q = torch.einsum("bpm,hmd->bphd", xq, w.W_Q) + w.b_Q
+        k = torch.einsum("bpm,hmd->bphd", x, w.W_K) + w.b_K
+        v = torch.einsum("bpm,hmd->bphd", x, w.W_V) + w.b_V
+        if start_pos:
+            k, v = self._with_prefix(k, v, prefix_kv, self.n_layers - 1)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
+        pattern = scores.masked_fill(mask[list(q_pos)], float("-inf")).softmax(-1)
+        z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        out = resid[:, list(q_pos)] + z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
+        if not self.attn_only:
+            assert w.W_in is not None and w.W_out is not None
+            assert w.b_in is not None and w.b_out is not None
+            post = self.act(self._ln(out, w.ln2) @ w.W_in + w.b_in)
+            out = out + post @ w.W_out + w.b_out
+        return self._ln(out, self.ln_final) @ self.W_U + self.b_U
 
     def run_with_cache(
         self, tokens: Tensor, hooks: Mapping[str, Hook] | None = None

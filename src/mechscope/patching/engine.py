@@ -210,23 +210,49 @@ def _skip_to(lean: LeanModel, variant: Variant) -> int | None:
     return None
 
 
+def _first_pos(variant: Variant) -> int:
+    """The earliest position a skipping variant patches (causal: earlier ones stay as they were)."""
+    ((rep,),) = (variant.values(),)
+    return int(rep.mask.nonzero()[:, 0].min())
+
+
 def _add_resid_delta(
-    lean: LeanModel, diff: Tensor, hook: str, rep: Replacement, resid: Tensor
+    lean: LeanModel, diff: Tensor, hook: str, rep: Replacement, resid: Tensor, start_pos: int
 ) -> None:
-    """Add to resid [batch, pos, d_model] the change `rep` makes to the next layer's resid_pre.
+    """Add to resid [batch, pos - start_pos, d_model] (positions start_pos..) the change `rep`
+    makes to the next layer's resid_pre.
 
     diff: source - base activation at `hook` [batch, ...]; only the masked entries are read.
     """
     nz = rep.mask.nonzero()
     pos = nz[:, 0]
     if rep.layout == "pos":
-        resid.index_add_(1, pos, diff[:, pos])
+        resid.index_add_(1, pos - start_pos, diff[:, pos])
         return
     heads = nz[:, 1]
     picked = diff[:, pos, heads]  # [batch, k, d_head or d_model]
     if hook.endswith("hook_z"):
         picked = torch.einsum("bkd,kdm->bkm", picked, lean.layers[_layer(hook)].W_O[heads])
-    resid.index_add_(1, pos, picked)  # hook_result: per-head outputs add up
+    resid.index_add_(1, pos - start_pos, picked)  # hook_result: per-head outputs add up
+
+
+def _prefix_kv(
+    lean: LeanModel, runs: Runs, layer: int, p: int
+) -> list[tuple[Tensor, Tensor] | None] | None:
+    """Base-run keys and values of positions < p at layers >= `layer` (None when p == 0)."""
+    if not p:
+        return None
+    c = runs.base_cache
+    return [
+        (c[f"blocks.{l}.attn.hook_k"][:, :p], c[f"blocks.{l}.attn.hook_v"][:, :p])
+        if l >= layer
+        else None
+        for l in range(lean.n_layers)
+    ]
+
+
+def _rep(kv: tuple[Tensor, Tensor], n: int) -> tuple[Tensor, Tensor]:
+    return kv[0].repeat(n, 1, 1, 1), kv[1].repeat(n, 1, 1, 1)
 
 
 def _start_resid(lean: LeanModel, runs: Runs, layer: int) -> Tensor:
@@ -246,24 +272,31 @@ def run_variants(
     """Mean metric over prompts of each patched run: [n_variants].
 
     Each variant starts at the earliest layer it can change (after the layer it patches, for
-    patches of what a layer adds to the residual stream). Variants are grouped by that layer,
-    stacked along the batch and run in chunks whose estimated activation memory stays under
-    `memory_mb`.
+    patches of what a layer adds to the residual stream) and, for those, at the earliest position
+    it patches (earlier positions keep their keys and values from the base run). Variants are
+    grouped by (layer, position), stacked along the batch and run in chunks whose estimated
+    activation memory stays under `memory_mb`.
     """
     batch, seq_len = runs.base_tokens.shape
     n_logits = seq_len if metric.positions is None else len(metric.positions)
     per_variant = batch * _row_bytes(lean, seq_len, n_logits)
     chunk = max(1, int(memory_mb * 2**20 // per_variant))
-    groups: dict[int, list[int]] = defaultdict(list)
+    first_logit = 0 if metric.positions is None else min(p % seq_len for p in metric.positions)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     skips: list[bool] = []
     for i, v in enumerate(variants):
         skip = _skip_to(lean, v)
         skips.append(skip is not None)
-        groups[min(_layer(h) for h in v) if skip is None else skip].append(i)
+        if skip is None:
+            groups[(min(_layer(h) for h in v), 0)].append(i)
+        else:
+            p = _first_pos(v)
+            groups[(skip, p if p <= first_logit and skip < lean.n_layers else 0)].append(i)
     out = torch.empty(len(variants))
     diffs: dict[tuple[str, int], Tensor] = {}  # (hook, id(source)) -> source - base
-    for layer, idx in sorted(groups.items()):
-        resid0 = _start_resid(lean, runs, layer)
+    for (layer, p), idx in sorted(groups.items()):
+        resid0 = _start_resid(lean, runs, layer)[:, p:]
+        prefix = _prefix_kv(lean, runs, layer, p)
         for start in range(0, len(idx), chunk):
             ids = idx[start : start + chunk]
             n = len(ids)
@@ -276,7 +309,7 @@ def run_variants(
                     key = (hook, id(rep.source))
                     if key not in diffs:
                         diffs[key] = rep.source - runs.base_cache[hook]
-                    _add_resid_delta(lean, diffs[key], hook, rep, by_variant[j])
+                    _add_resid_delta(lean, diffs[key], hook, rep, by_variant[j], p)
             hooks = {h: _stack_hook(hooked, h) for h in {h for v in hooked for h in v}}
             logits = lean(
                 runs.base_tokens.repeat(n, 1),
@@ -284,6 +317,8 @@ def run_variants(
                 start_layer=layer,
                 resid=resid,
                 logit_pos=metric.positions,
+                start_pos=p,
+                prefix_kv=None if prefix is None else [kv and _rep(kv, n) for kv in prefix],
             )
             prompt = torch.arange(n * batch) % batch
             out[ids] = metric(logits, prompt).view(n, batch).mean(1)

@@ -1,7 +1,7 @@
 """Deterministic training of the bundled models (`mechscope zoo build NAME`).
 
 Everything is seeded; the corpus is the running Python's standard library. Weights are written as
-safetensors (intermediate checkpoints in fp16), with a `card.json` recording how they were made.
+safetensors in fp16, with a `card.json` recording how they were made.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechscope.data.corpus import stdlib_texts
@@ -193,7 +193,16 @@ def build_model(name: str, out: Path | None = None, steps: int | None = None) ->
             progress.update(bar, advance=1, loss=sum(losses[-50:]) / len(losses[-50:]))
             if not sys.stderr.isatty() and step % 250 == 0:
                 print(f"{name} step {step}/{steps} loss {losses[-1]:.3f}", flush=True)
+            if step and step % 500 == 0:
+                m = evaluate(model, tokenizer, heldout)
+                progress.console.print(
+                    f"{name} step {step}: "
+                    + ", ".join(f"{k} {v:.3g}" for k, v in m.items() if "corrupt" not in k)
+                )
 
+    with torch.no_grad():  # the card describes the stored (fp16) weights
+        for p in model.parameters():
+            p.copy_(p.half().float())
     _save_final(spec, model, out)
     metrics = evaluate(model, tokenizer, heldout)
     card = {
@@ -227,11 +236,18 @@ def build_model(name: str, out: Path | None = None, steps: int | None = None) ->
 
 
 def _save_final(spec: ModelSpec, model: nn.Module, out: Path) -> None:
+    """Final weights in fp16 (the zoo's ~40 MB budget); loaders cast to the dtype asked for."""
     if spec.kind == "gpt2":
         model.save_pretrained(str(out))  # type: ignore[operator]
         (out / "generation_config.json").unlink(missing_ok=True)
+        weights = out / "model.safetensors"
+        save_file(
+            {k: v.half().contiguous() for k, v in load_file(str(weights)).items()},
+            str(weights),
+            metadata={"format": "pt"},
+        )
     else:
-        save_file(_state_dict(model, torch.float32), str(out / "model.safetensors"))
+        save_file(_state_dict(model, torch.float16), str(out / "model.safetensors"))
         from mechscope.models.architectures import native_config_dict
 
         _write_json(out / "config.json", native_config_dict(spec.to_dict()))

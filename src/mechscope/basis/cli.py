@@ -1,0 +1,131 @@
+"""`mechscope basis ...`: degeneracy and the interaction basis on the bundled models.
+
+mechscope basis list                         # bundled models and their metrics
+mechscope basis build digits-mlp             # retrain a bundled model (deterministic, CPU)
+mechscope basis analyse modadd-1l --out runs/basis/modadd-1l --figures docs/figures
+mechscope basis modular                      # the hand-built block network: modules vs blocks
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from mechscope.errors import BasisError
+
+basis_app = typer.Typer(
+    help="Degeneracy and the interaction basis (Bushnaq et al. 2024): ranks, bases, edges, modules."
+)
+console = Console()
+
+Name = Annotated[str, typer.Argument(help="bundled model: digits-mlp or modadd-1l")]
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]Error:[/] {msg}")
+    raise typer.Exit(code=2)
+
+
+@basis_app.command("list")
+def list_cmd() -> None:
+    """List the bundled models of the basis package with their test accuracy."""
+    from mechscope.basis.pretrained import card, list_bundled
+
+    table = Table("name", "params", "node layers", "test accuracy", "remake")
+    for name in list_bundled():
+        try:
+            c = card(name)
+        except BasisError as e:
+            table.add_row(name, "-", "-", "-", str(e))
+            continue
+        table.add_row(
+            name,
+            f"{c['n_params']:,}",
+            ", ".join(c["node_layers"]),
+            f"{c['metrics_stored']['test_accuracy']:.4f}",
+            c["command"],
+        )
+    console.print(table)
+
+
+@basis_app.command("build")
+def build_cmd(
+    name: Name,
+    out: Annotated[Path | None, typer.Option(help="folder (default: the bundled one)")] = None,
+) -> None:
+    """Retrain a bundled model from scratch (deterministic on CPU) and write its weights + card."""
+    from mechscope.basis.pretrained import build, card
+
+    try:
+        folder = build(name, out)
+    except BasisError as e:
+        _fail(str(e))
+    metrics = card(name)["metrics"] if out is None else {}
+    console.print(f"wrote {folder} {metrics}")
+
+
+@basis_app.command("analyse")
+def analyse_cmd(
+    name: Name,
+    split: Annotated[str, typer.Option(help="data split: train, test or all")] = "train",
+    tau: Annotated[float, typer.Option(help="absolute truncation threshold (rib: 1e-15)")] = 1e-15,
+    rtol: Annotated[float, typer.Option(help="relative truncation / rank tolerance")] = 1e-12,
+    resolution: Annotated[float, typer.Option(help="Louvain resolution for modules")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="inputs per streamed batch")] = 2048,
+    out: Annotated[Path, typer.Option(help="folder for analysis.json + tensors")] = Path(
+        "runs/basis"
+    ),
+    figures: Annotated[Path | None, typer.Option(help="folder for the HTML figures")] = None,
+) -> None:
+    """Degeneracy, interaction / PCA / neuron bases, edge sparsity and modules of a model."""
+    from mechscope.basis.analysis import analyse
+    from mechscope.basis.pretrained import bundled_data, load_bundled
+
+    try:
+        model = load_bundled(name)
+        x, _ = bundled_data(name, split)
+        result = analyse(
+            model,
+            x,
+            tau=tau,
+            rtol=rtol,
+            resolution=resolution,
+            batch_size=batch_size,
+            progress=True,
+            meta={"model": name, "split": split},
+        )
+    except BasisError as e:
+        _fail(str(e))
+    folder = result.save(out / name)
+    console.print(Markdown(result.markdown()))
+    console.print(f"saved {folder}")
+    if figures is not None:
+        for path in result.write_figures(figures, prefix=f"basis_{name}"):
+            console.print(f"figure {path}")
+
+
+@basis_app.command("modular")
+def modular_cmd(
+    seed: Annotated[int, typer.Option(help="seed of the weights and data")] = 0,
+    resolution: Annotated[float, typer.Option(help="Louvain resolution")] = 0.1,
+) -> None:
+    """Run rib's hand-built block-diagonal MLP and show that the modules found are its blocks."""
+    from mechscope.basis.edges import compute_edges, find_modules, interaction_graph
+    from mechscope.basis.handbuilt import block_diagonal_mlp, block_product_inputs, feature_blocks
+    from mechscope.basis.interaction import BASIS_KINDS, build_basis
+
+    mlp, x = block_diagonal_mlp(seed=seed), block_product_inputs(seed=seed)
+    table = Table("basis", "modules", "blocks of each module's directions", "modularity Q")
+    for kind in BASIS_KINDS:
+        bases = build_basis(mlp, x, kind=kind)
+        edges = compute_edges(mlp, bases, x)
+        mods = find_modules(interaction_graph(bases, edges), resolution=resolution, seed=seed)
+        blocks = [feature_blocks(b, 4) for b in bases]
+        found = [sorted({blocks[li][k] for li, k in c}) for c in mods.communities]
+        table.add_row(kind, str(len(mods.communities)), str(found), f"{mods.modularity:.3f}")
+    console.print(table)

@@ -1,0 +1,170 @@
+"""`mechscope regions`: stable regions in the residual stream (Janiak et al. 2024).
+
+mechscope regions run --model code-4l --revision step-150      -> out/regions/<model>@<rev>.*
+mechscope regions sweep -m code-2l -m code-4l                  -> out/regions/sweep.{json,html}
+mechscope regions semantic --model code-4l                     -> out/regions/semantic_<model>.*
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mechscope.errors import ModelLoadError, RegionsError
+
+regions_app = typer.Typer(
+    help="Stable regions in the residual stream: interpolate between prompts' activations.",
+    no_args_is_help=True,
+)
+console = Console()
+
+Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")]
+Prompts = Annotated[int, typer.Option(help="random prompt windows (pairs: consecutive ones)")]
+Steps = Annotated[int, typer.Option(help="points per interpolation path")]
+Layer = Annotated[int, typer.Option(help="write after this block (-1: the embeddings)")]
+Threshold = Annotated[float, typer.Option(help="slope d'(alpha)/d(1) that counts as a boundary")]
+Out = Annotated[Path, typer.Option(help="output folder")]
+Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]Error:[/] {e}")
+    raise typer.Exit(code=2) from e
+
+
+def _table(rows: list[dict]) -> Table:
+    """Sharpness table: median s [IQR], isotropic control, boundaries, polytopes."""
+    table = Table("model", "rev", "s median [q25, q75]", "isotropic s", "bound.", "out ratio")
+    table.add_column("MLP bits flipped")
+    for r in rows:
+        poly = r["polytope_crossings_median"]
+        table.add_row(
+            r["model"],
+            r["revision"],
+            f"{r['s_median']:.2f} [{r['s_q25']:.2f}, {r['s_q75']:.2f}]",
+            f"{r['iso_s_median']:.2f}",
+            f"{r['with_boundary']:.0%}",
+            f"{r['output_ratio']:.2f}",
+            "-" if poly is None else f"{poly:.0f}",
+        )
+    return table
+
+
+@regions_app.command("run")
+def run_cmd(
+    model: Model = "code-4l",
+    revision: Annotated[str | None, typer.Option(help="checkpoint, e.g. step-150")] = None,
+    n_prompts: Prompts = 64,
+    n_steps: Steps = 31,
+    layer: Layer = 0,
+    path: Annotated[str, typer.Option(help="linear, arc or slerp")] = "linear",
+    read: Annotated[str, typer.Option(help="normalized (final norm) or logits")] = "normalized",
+    threshold: Threshold = 3.0,
+    seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
+    out: Out = Path("out/regions"),
+    cdn: Cdn = False,
+) -> None:
+    """Interpolate between consecutive random prompts of one model; write curves and figures."""
+    from mechscope.regions.plot import curves_figure, write_figure
+    from mechscope.regions.result import save_curves
+    from mechscope.regions.sweep import RegionConfig, analyse
+
+    cfg = RegionConfig(
+        n_prompts=n_prompts,
+        n_steps=n_steps,
+        layer=layer,
+        path=path,
+        read=read,
+        threshold=threshold,
+        seed=seed,
+    )
+    try:
+        stats, real, iso = analyse(model, revision, cfg)
+    except (ModelLoadError, RegionsError) as e:
+        _fail(e)
+    stem = out / f"{Path(model).name}@{revision or 'main'}"
+    stats.save(stem.with_suffix(".json"))
+    save_curves(real, stem.parent / f"{stem.name}_curves")
+    save_curves(iso, stem.parent / f"{stem.name}_isotropic")
+    write_figure(curves_figure(real, stats, iso), stem.with_suffix(".html"), cdn)
+    from mechscope.regions.result import SweepResult
+
+    console.print(_table(SweepResult([stats]).table()))
+    console.print(f"results: {stem}.json, {stem.name}_curves.*, figure: {stem}.html")
+
+
+@regions_app.command("sweep")
+def sweep_cmd(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="models (repeat); default both sizes")
+    ] = None,
+    revision: Annotated[
+        list[str] | None,
+        typer.Option("--revision", "-r", help="revisions (repeat); default every checkpoint"),
+    ] = None,
+    n_prompts: Prompts = 64,
+    n_steps: Steps = 31,
+    layer: Layer = 0,
+    threshold: Threshold = 3.0,
+    seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
+    out: Out = Path("out/regions"),
+    cdn: Cdn = False,
+) -> None:
+    """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
+    from mechscope.regions.plot import sweep_figure, write_figure
+    from mechscope.regions.sweep import RegionConfig, sweep
+
+    cfg = RegionConfig(
+        n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
+    )
+    try:
+        result = sweep(model or ["code-2l", "code-4l"], revision, cfg)
+    except (ModelLoadError, RegionsError) as e:
+        _fail(e)
+    result.save(out / "sweep.json")
+    write_figure(sweep_figure(result), out / "sweep.html", cdn)
+    console.print(_table(result.table()))
+    console.print(f"results: {out}/sweep.json, figure: {out}/sweep.html")
+
+
+@regions_app.command("semantic")
+def semantic_cmd(
+    model: Model = "code-4l",
+    revision: Annotated[str | None, typer.Option(help="checkpoint, e.g. step-150")] = None,
+    n_prompts: Prompts = 24,
+    n_steps: Steps = 21,
+    layer: Layer = 0,
+    threshold: Threshold = 3.0,
+    seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
+    out: Out = Path("out/regions"),
+    cdn: Cdn = False,
+) -> None:
+    """Cluster prompts by stable region and relate the clusters to their predictions."""
+    from mechscope.regions.plot import semantic_figure, write_figure
+    from mechscope.regions.semantic import semantic_alignment
+
+    try:
+        res = semantic_alignment(
+            model,
+            revision,
+            n_prompts,
+            n_steps=n_steps,
+            layer=layer,
+            threshold=threshold,
+            seed=seed,
+        )
+    except (ModelLoadError, RegionsError) as e:
+        _fail(e)
+    stem = out / f"semantic_{Path(model).name}@{revision or 'main'}"
+    res.save(stem.with_suffix(".json"))
+    write_figure(semantic_figure(res), stem.with_suffix(".html"), cdn)
+    table = Table("quantity", "value")
+    table.add_row("clusters", str(len(set(res.labels))))
+    for k, v in res.rates.items():
+        table.add_row(k, f"{v:.3f}")
+    console.print(table)
+    console.print(f"results: {stem}.json, figure: {stem}.html")
