@@ -94,7 +94,7 @@ def list_bundled(model: str = "code-2l") -> list[dict[str, Any]]:
 
 def load_bundled(model: str, name: str) -> SparseAutoencoder:
     """A bundled SAE by model and run name (see `list_bundled`), e.g.
-    `load_bundled("code-2l", "blocks.0.hook_resid_post__local__l1-3")`."""
+    `load_bundled("code-2l", "blocks.0.hook_resid_post__local__l1-2")`."""
     folder = PRETRAINED_DIR / model / name
     if not (folder / CFG_FILE).exists():
         names = [s["name"] for s in list_bundled(model)]
