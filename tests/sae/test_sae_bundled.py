@@ -12,9 +12,6 @@ from mechscope.sae import SAEError, evaluate_sae
 from mechscope.sae.bundled import PRETRAINED_DIR, list_bundled, load_bundled
 
 CARD = PRETRAINED_DIR / "code-2l" / "card.json"
-pytestmark = pytest.mark.skipif(
-    not CARD.exists(), reason="bundled SAEs not built yet: `mechscope sae build-bundled`"
-)
 
 
 @pytest.fixture(scope="module")

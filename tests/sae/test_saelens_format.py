@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import sae_lens  # a dev dependency: these tests must run, never skip
 import torch
 
 from mechscope.sae import SAEConfig, SAEError, SparseAutoencoder, load_saelens, save_saelens
-
-sae_lens = pytest.importorskip("sae_lens")
 
 
 def _random(arch: str = "standard", k: int | None = None, seed: int = 0) -> SparseAutoencoder:
