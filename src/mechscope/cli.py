@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mechscope.basis.cli import basis_app
+from mechscope.cli_common import console, fail
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.sae.cli import sae_app
@@ -35,12 +35,6 @@ app.add_typer(sae_app, name="sae")
 app.add_typer(regions_app, name="regions")
 app.add_typer(basis_app, name="basis")
 app.command("patch")(patch_command)
-console = Console()
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]Error:[/] {msg}")
-    raise typer.Exit(code=2)
 
 
 @zoo_app.command("list")
@@ -72,7 +66,7 @@ def zoo_info(name: Annotated[str, typer.Argument(help="model name, or 'tokenizer
     try:
         console.print_json(json.dumps(zoo.card(name)))
     except ModelLoadError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @zoo_app.command("build")
@@ -93,7 +87,7 @@ def zoo_build(
     try:
         folder = zoo.build(name, **kwargs)
     except ModelLoadError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"[green]built[/] {name} -> {folder}")
 
 
@@ -119,7 +113,7 @@ def run_task_cmd(
         t = make_task(task, m.tokenizer, n=n, seed=seed)
         result = run_task(m, t, metric=metric)
     except (ModelLoadError, TaskError) as e:
-        _fail(str(e))
+        fail(str(e))
     table = Table("model", "task", "metric", "clean", "corrupted", "top-1 acc", "prompts")
     table.add_row(
         model,

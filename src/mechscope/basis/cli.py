@@ -12,23 +12,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from mechscope.cli_common import console, fail
 from mechscope.errors import BasisError
 
 basis_app = typer.Typer(
     help="Degeneracy and the interaction basis (Bushnaq et al. 2024): ranks, bases, edges, modules."
 )
-console = Console()
 
 Name = Annotated[str, typer.Argument(help="bundled model: digits-mlp or modadd-1l")]
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]Error:[/] {msg}")
-    raise typer.Exit(code=2)
 
 
 @basis_app.command("list")
@@ -64,7 +58,7 @@ def build_cmd(
     try:
         folder = build(name, out)
     except BasisError as e:
-        _fail(str(e))
+        fail(str(e))
     metrics = card(name)["metrics"] if out is None else {}
     console.print(f"wrote {folder} {metrics}")
 
@@ -100,7 +94,7 @@ def analyse_cmd(
             meta={"model": name, "split": split},
         )
     except BasisError as e:
-        _fail(str(e))
+        fail(str(e))
     folder = result.save(out / name)
     console.print(Markdown(result.markdown()))
     console.print(f"saved {folder}")

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from mechscope.cli_common import console, fail
 
 
 def patch_command(
@@ -88,8 +87,7 @@ def patch_command(
                 r_val = pearson(est.values, r.values)
                 console.print(f"{c}: attribution vs exact Pearson r = {r_val:.3f}")
     except (ModelLoadError, TaskError, PatchingError) as e:
-        console.print(f"[bold red]Error:[/] {e}")
-        raise typer.Exit(code=2) from e
+        fail(e)
     console.print(table)
     console.print(f"results and figures: {out}/<component>_{direction}.{{json,safetensors,html}}")
 

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mechscope.cli_common import console, fail
 from mechscope.errors import ModelLoadError, RegionsError
 
 regions_app = typer.Typer(
     help="Stable regions in the residual stream: interpolate between prompts' activations.",
     no_args_is_help=True,
 )
-console = Console()
 
 Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")]
 Prompts = Annotated[int, typer.Option(help="random prompt windows (pairs: consecutive ones)")]
@@ -29,11 +28,6 @@ Layer = Annotated[int, typer.Option(help="write after this block (-1: the embedd
 Threshold = Annotated[float, typer.Option(help="slope d'(alpha)/d(1) that counts as a boundary")]
 Out = Annotated[Path, typer.Option(help="output folder")]
 Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
-
-
-def _fail(e: Exception) -> None:
-    console.print(f"[bold red]Error:[/] {e}")
-    raise typer.Exit(code=2) from e
 
 
 def _table(rows: list[dict]) -> Table:
@@ -85,7 +79,7 @@ def run_cmd(
     try:
         stats, real, iso = analyse(model, revision, cfg)
     except (ModelLoadError, RegionsError) as e:
-        _fail(e)
+        fail(e)
     stem = out / f"{Path(model).name}@{revision or 'main'}"
     stats.save(stem.with_suffix(".json"))
     save_curves(real, stem.parent / f"{stem.name}_curves")
@@ -124,7 +118,7 @@ def sweep_cmd(
     try:
         result = sweep(model or ["code-2l", "code-4l"], revision, cfg)
     except (ModelLoadError, RegionsError) as e:
-        _fail(e)
+        fail(e)
     result.save(out / "sweep.json")
     write_figure(sweep_figure(result), out / "sweep.html", cdn)
     console.print(_table(result.table()))
@@ -158,7 +152,7 @@ def semantic_cmd(
             seed=seed,
         )
     except (ModelLoadError, RegionsError) as e:
-        _fail(e)
+        fail(e)
     stem = out / f"semantic_{Path(model).name}@{revision or 'main'}"
     res.save(stem.with_suffix(".json"))
     write_figure(semantic_figure(res), stem.with_suffix(".html"), cdn)

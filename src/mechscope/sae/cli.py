@@ -13,22 +13,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from mechscope.cli_common import console, fail
 from mechscope.errors import SAEError
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
-console = Console()
 
 Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")]
 Loss = Annotated[str, typer.Option(help="local, e2e or e2e_ds")]
 Arch = Annotated[str, typer.Option(help="standard (ReLU + L1) or topk")]
 Out = Annotated[Path, typer.Option(help="output folder")]
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]Error:[/] {msg}")
-    raise typer.Exit(code=2)
 
 
 def _hooks(spec: str, n_layers: int) -> list[str]:
@@ -78,7 +72,7 @@ def train_cmd(
         )
         evals = sweep(cfg, out, n_eval_batches=eval_batches)
     except (SAEError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(eval_table(evals))
     console.print(f"saved under {out}")
 
@@ -127,7 +121,7 @@ def sweep_cmd(
             n_eval_batches=eval_batches,
         )
     except (SAEError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(eval_table(evals))
     console.print(f"results in {out / 'results.json'}, figure {out / 'pareto.html'}")
 
@@ -152,7 +146,7 @@ def eval_cmd(
         check_sae_fits(lean, sae, hook or sae.cfg.hook_name)
         ev = evaluate_sae(lean, sae, batches(lean, eval_batches), hook, name=path.name)
     except (SAEError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(eval_table([ev]))
 
 
@@ -177,5 +171,5 @@ def list_cmd(model: Model = "code-2l") -> None:
 
     entries = list_bundled(model)
     if not entries:
-        _fail(f"no bundled SAEs for {model!r}")
+        fail(f"no bundled SAEs for {model!r}")
     console.print(eval_table([SAEEval(**e["evaluation"]) for e in entries]))
