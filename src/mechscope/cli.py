@@ -4,6 +4,7 @@ mechscope zoo list                      # bundled models
 mechscope zoo info code-attn4           # a model card
 mechscope zoo build code-attn4          # retrain a bundled model from scratch
 mechscope run-task --model code-attn4 --task docstring
+mechscope acdc --model code-attn4 --task docstring --tau 0.01   # a circuit, JSON/DOT/HTML
 mechscope regions sweep -m code-2l -m code-4l   # stable regions over checkpoints and sizes
 mechscope demo                          # the whole programme on the bundled models
 """
@@ -19,6 +20,7 @@ import typer
 from rich.table import Table
 
 from mechscope.basis.cli import basis_app
+from mechscope.circuits.cli import acdc_command
 from mechscope.cli_common import console, fail
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
@@ -35,6 +37,7 @@ app.add_typer(sae_app, name="sae")
 app.add_typer(regions_app, name="regions")
 app.add_typer(basis_app, name="basis")
 app.command("patch")(patch_command)
+app.command("acdc")(acdc_command)
 
 
 @zoo_app.command("list")
@@ -74,6 +77,7 @@ def zoo_build(
     name: Annotated[str, typer.Argument(help="'tokenizer', 'code-attn4', 'code-2l' or 'code-4l'")],
     out: Annotated[Path | None, typer.Option(help="output folder (default: the package)")] = None,
     steps: Annotated[int | None, typer.Option(help="override the number of steps")] = None,
+    device: Annotated[str, typer.Option(help="train on cpu or cuda")] = "cpu",
 ) -> None:
     """Retrain a bundled model (deterministic, minutes on 2 CPU cores); the tokenizer first."""
     from mechscope import zoo
@@ -84,6 +88,8 @@ def zoo_build(
         kwargs["out"] = out
     if steps is not None and name != "tokenizer":
         kwargs["steps"] = steps
+    if device != "cpu" and name != "tokenizer":
+        kwargs["device"] = device
     try:
         folder = zoo.build(name, **kwargs)
     except ModelLoadError as e:

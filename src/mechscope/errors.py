@@ -24,3 +24,12 @@ class RegionsError(ValueError):
 
 class CircuitError(ValueError):
     """A circuit-discovery input (graph node, threshold, task, metric, file) that cannot be used."""
+
+
+class DirectionsError(ValueError):
+    """A hook, SAE, direction family, length sweep or input that the sensitive-directions
+    experiments cannot use (with what to do instead)."""
+
+
+class EvolutionError(ValueError):
+    """A layer set, SAE, measure, threshold or result file the feature-evolution code cannot use."""

@@ -16,7 +16,8 @@ def test_lean_matches_bridge_logits_and_hooks(name, tokenizer):
     with torch.no_grad():
         ref, ref_cache = bridge.run_with_cache(tokens)
         out, cache = lean.run_with_cache(tokens)
-    assert (ref - out).abs().max() < 1e-5
+    # fp32 with another summation order: 1e-5 relative (code-attn4's logits reach ~20)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     shared = [k for k in cache if k in ref_cache and "attn_scores" not in k]
     assert len(shared) > 10 * bridge.cfg.n_layers // 2
     for k in shared:

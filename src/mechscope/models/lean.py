@@ -74,6 +74,8 @@ def _ln_params(module: Any) -> tuple[Tensor, Tensor] | None:
 class LeanModel:
     """Plain-tensor forward of a TransformerBridge's weights with HookedTransformer hook names."""
 
+    causal: bool = True  # each position attends to itself and earlier ones
+
     def __init__(self, bridge: Any) -> None:
         cfg = bridge.cfg
         self.cfg = cfg
@@ -122,6 +124,44 @@ class LeanModel:
         x = x - x.mean(-1, keepdim=True)
         x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
         return x if p is None else x * p[0] + p[1]
+
+    def head_qkv(self, l: int, x: Tensor, letter: int, heads: Tensor) -> Tensor:
+        """Query, key or value (letter 0, 1, 2) [batch, pos, k, d_head] of `heads` [k] of layer l,
+        each from its own residual input x [batch, pos, k, d_model] (hook_{q,k,v}_input)."""
+        w = self.layers[l]
+        W, b = ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))[letter]
+        return torch.einsum("bpkm,kmd->bpkd", self._ln(x, w.ln1), W[heads]) + b[heads]
+
+    def head_results(
+        self,
+        l: int,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        heads: Tensor,
+        q_pos: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Outputs [batch, q_pos, k, d_model] (attn.hook_result) of `heads` [k] of layer l from
+        their queries [batch, q_pos, k, d_head] at positions q_pos (default: all) and keys and
+        values [batch, pos, k, d_head]."""
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
+        if self.causal:
+            n = k.shape[1]
+            mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=q.device), 1)
+            scores = scores.masked_fill(mask if q_pos is None else mask[list(q_pos)], float("-inf"))
+        z = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+        return torch.einsum("bqhd,hdm->bqhm", z, self.layers[l].W_O[heads])
+
+    def mlp_out(self, l: int, x: Tensor) -> Tensor:
+        """Output [..., d_model] (hook_mlp_out) of MLP l from its input x [..., d_model]."""
+        w = self.layers[l]
+        assert w.W_in is not None and w.W_out is not None
+        assert w.b_in is not None and w.b_out is not None
+        return self.act(self._ln(x, w.ln2) @ w.W_in + w.b_in) @ w.W_out + w.b_out
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """Logits [..., vocab] of final residual-stream vectors [..., d_model]."""
+        return self._ln(resid, self.ln_final) @ self.W_U + self.b_U
 
     def hook_names(self) -> list[str]:
         """Every hook name this model fires, in forward order."""
@@ -293,11 +333,8 @@ class LeanModel:
         z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
         out = resid[:, list(q_pos)] + z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
         if not self.attn_only:
-            assert w.W_in is not None and w.W_out is not None
-            assert w.b_in is not None and w.b_out is not None
-            post = self.act(self._ln(out, w.ln2) @ w.W_in + w.b_in)
-            out = out + post @ w.W_out + w.b_out
-        return self._ln(out, self.ln_final) @ self.W_U + self.b_U
+            out = out + self.mlp_out(self.n_layers - 1, out)
+        return self.unembed(out)
 
     def run_with_cache(
         self, tokens: Tensor, hooks: Mapping[str, Hook] | None = None

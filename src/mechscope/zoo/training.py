@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import sys
@@ -94,11 +95,13 @@ def evaluate(model: nn.Module, tokenizer, heldout: torch.Tensor) -> dict[str, fl
     from mechscope.tasks import make_task
 
     model.eval()
-    out: dict[str, float] = {"heldout_stdlib_loss": round(float(lm_loss(model, heldout)), 4)}
+    dev = next(model.parameters()).device
+    loss = lm_loss(model, heldout.to(dev))
+    out: dict[str, float] = {"heldout_stdlib_loss": round(float(loss), 4)}
     for name in ("docstring", "ioi", "induction"):
         task = make_task(name, tokenizer, n=200, seed=1000)
-        logits = logits_of(model, task.clean_tokens)
-        corrupt = logits_of(model, task.corrupt_tokens)
+        logits = logits_of(model, task.clean_tokens.to(dev)).float().cpu()
+        corrupt = logits_of(model, task.corrupt_tokens.to(dev)).float().cpu()
         out[f"{name}_{task.metric}"] = round(float(task.score(logits).mean()), 4)
         out[f"{name}_{task.metric}_corrupt"] = round(float(task.score(corrupt).mean()), 4)
         out[f"{name}_top1_acc"] = round(task.accuracy(logits), 4)
@@ -121,21 +124,29 @@ def _state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]
         if not v.is_floating_point() or v.data_ptr() in seen:  # buffers / tied weights once
             continue
         seen.add(v.data_ptr())
-        sd[k] = v.detach().to(dtype).contiguous().clone()
+        sd[k] = v.detach().to("cpu", dtype).contiguous().clone()
     return sd
 
 
-def build_model(name: str, out: Path | None = None, steps: int | None = None) -> Path:
-    """Train bundled model `name` from scratch and write weights + card; returns the folder."""
+def build_model(
+    name: str, out: Path | None = None, steps: int | None = None, device: str = "cpu"
+) -> Path:
+    """Train bundled model `name` from scratch and write weights + card; returns the folder.
+
+    device: where to train ("cpu", "cuda"); the same seed gives the same model on one kind of
+    device, and the card records which one built it.
+    """
     if name not in SPECS:
         raise KeyError(f"Unknown zoo model {name!r}. Buildable: tokenizer, {', '.join(SPECS)}")
     spec = SPECS[name]
     steps = steps or spec.steps
     out = out or model_dir(name)
     out.mkdir(parents=True, exist_ok=True)
+    if device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
     tokenizer = load_tokenizer(TOKENIZER_DIR)
-    model = new_model(spec)
+    model = new_model(spec).to(device)
     stream = TokenStream(tokenizer, spec.mixture, N_CTX, seed=spec.seed)
     held = TokenStream(tokenizer, {"stdlib": 1.0}, N_CTX, seed=12345, split="heldout")
     heldout = torch.tensor([held.sequence() for _ in range(64)])
@@ -184,7 +195,7 @@ def build_model(name: str, out: Path | None = None, steps: int | None = None) ->
                 save_checkpoint(step)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            loss = lm_loss(model, next(batches))
+            loss = lm_loss(model, next(batches).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -220,6 +231,7 @@ def build_model(name: str, out: Path | None = None, steps: int | None = None) ->
             "optimizer": f"AdamW(lr={spec.lr}, betas=(0.9, 0.95), wd={spec.weight_decay}), "
             f"warmup {spec.warmup}, cosine to 0.1x",
             "seed": spec.seed,
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
             "final_train_loss_avg50": round(sum(losses[-50:]) / len(losses[-50:]), 4),
             "wall_seconds": round(time.time() - t0, 1),
         },
@@ -227,7 +239,8 @@ def build_model(name: str, out: Path | None = None, steps: int | None = None) ->
         "metrics_note": "task metrics on 200 prompts of seed 1000 (training text is generated "
         "from other seeds and formats); heldout_stdlib_loss on 64 windows of held-out stdlib files",
         "checkpoints": checkpoints,
-        "command": f"mechscope zoo build {name}",
+        "command": f"mechscope zoo build {name}"
+        + ("" if device == "cpu" else f" --device {device}"),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
     }

@@ -1,0 +1,313 @@
+"""ACDC's delta forward: a circuit's activations, and the circuit with a few edges removed,
+recomputed only where it differs.
+
+ACDC tests one edge at a time, and removing edge u -> v changes only what depends on v: the head
+(or MLP, or the logits) that v feeds, then only the nodes that read a changed node through an edge
+still present. `DeltaCircuit` keeps the current circuit's sender outputs and per-head queries,
+keys and values; `trial(edges)` recomputes the changed nodes alone (a removal into layer 3 of a
+4-layer model recomputes one head and the logits) and `commit` makes the trial the current
+circuit. Receiver inputs are always summed afresh from the senders' outputs (the formula of
+patched.py), so nothing drifts over many commits: a trial equals `CircuitRunner.logits` of the
+same mask to float32 rounding, which a test checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mechscope.circuits.patched import CircuitRunner
+
+
+@dataclass
+class Trial:
+    """Circuits a few edges away from the current one (variants), ready to be committed.
+
+    Variant i is the current circuit without `edge_sets[i]`; every tensor has the variant first.
+    """
+
+    edge_sets: list[list[int]]
+    logits: Tensor  # [n, batch, len(logit_pos), vocab]
+    rows: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new K rows [n, U]
+    dc: Tensor | None = None  # new dc presence [n, L, 3, H] (None: unchanged)
+    outs: dict[int, Tensor] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
+    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # last layer's, at the logit pos
+    ins: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
+    qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # (layer, letter) -> (heads [k], their new q/k/v [n, batch, pos, k, d_head]); the last
+    # layer's queries only at the logit positions
+
+
+class DeltaCircuit:
+    """The current circuit's activations on `runner`'s prompts (start: every edge present).
+
+    runner: the CircuitRunner of the model, graph, prompts and ablation (its ablation run and
+    clean outputs are reused); mask: [n_edges] bool, the starting circuit (default: all edges).
+    Stored: each sender's a_u - A_u (`D`, and `Dp` at the logit positions), each head and MLP
+    input (`IN`), each head's q/k/v. A trial's changed inputs are the stored ones plus the few
+    changed terms; every `resync_every` commits all is recomputed from scratch, which bounds
+    float32 drift. The last layer's outputs are read only at the logit positions, so there
+    trials compute queries, head outputs and the MLP at those positions alone (keys and values
+    at all), from scratch, and keep them in `Dp` only.
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self, runner: CircuitRunner, mask: Tensor | None = None, resync_every: int = 256
+    ) -> None:
+        g, lean = runner.graph, runner.lean
+        self.runner, self.g, self.lean = runner, g, lean
+        self.L, self.H = g.n_layers, g.n_heads
+        self.B, self.P = runner.tokens.shape
+        self.pos = list(range(self.P)) if runner.logit_pos is None else runner.logit_pos
+        U, V = len(g.senders), len(g.receivers)
+        self.n_in = len(g.inputs)
+        self.per_layer = self.H + int(g.has_mlp)  # senders per layer
+        self.per_rcv = 3 * self.H + int(g.has_mlp)  # receivers per layer
+        self.A = runner.ablated_out.reshape(U, -1)  # A_u [U, B*P*d]
+        self.mask = torch.ones(len(g.edges), dtype=torch.bool) if mask is None else mask.clone()
+        self.K = torch.zeros(V, U)
+        self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float()
+        self.dc = (
+            self.mask[g.n_add :].view(self.L, 3, self.H).clone()
+            if g.dc_edges
+            else torch.ones(self.L, 3, self.H, dtype=torch.bool)
+        )
+        self.D = runner.diff.reshape(U, -1).clone()  # a_u - A_u; inputs' rows never change
+        self.Dp = self._at_pos(self.D)
+        self.Ap = self._at_pos(self.A)
+        last = self.L - 1
+        self.ain_logits = self._at_pos(runner.ablated_in[self.L].reshape(1, -1))[0]
+        self.ain_q_last = self._at_pos(runner.ablated_in[last].reshape(1, -1))[0]
+        self.ain_mlp_last = (
+            self._at_pos(runner.ablated_in_mlp[last].reshape(1, -1))[0] if g.has_mlp else None
+        )
+        self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
+        self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1])
+        self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head)
+        self.q_last = self.qkv[last, 0][:, self.pos]  # the last layer's queries [B, pos, H, dh]
+        self.resync_every, self.n_commits = resync_every, 0
+        self.logits = self._full()
+
+    # -- indices ----------------------------------------------------------------------------------
+    def _sender(self, l: int, h: int) -> int:
+        """Sender index of head h of layer l (h = H: the layer's MLP)."""
+        return self.n_in + l * self.per_layer + h
+
+    def _receiver(self, l: int, j: int, h: int) -> int:
+        """Receiver index of letter j (0 q, 1 k, 2 v) of head h of layer l; j = 3: the MLP."""
+        return l * self.per_rcv + (3 * self.H if j == 3 else j * self.H + h)
+
+    def _at_pos(self, x: Tensor) -> Tensor:
+        """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
+        return x.view(len(x), self.B, self.P, -1)[:, :, self.pos].reshape(len(x), -1)
+
+    # -- the full forward of the current circuit ------------------------------------------------
+    @torch.no_grad()
+    def _full(self) -> Tensor:
+        """Compute every activation of the current circuit from scratch; logits [B, pos, vocab]."""
+        r = self.runner
+        all_heads = torch.arange(self.H)
+        for l in range(self.L):
+            r0 = self._receiver(l, 0, 0)
+            self.IN[r0 : r0 + 3 * self.H] = r.ablated_in[l].reshape(1, -1) + (
+                self.K[r0 : r0 + 3 * self.H] @ self.D
+            )
+            ins = self.IN[r0 : r0 + 3 * self.H].view(3, self.H, self.B, self.P, -1)
+            for j in range(3):
+                out = self.lean.head_qkv(l, ins[j].permute(1, 2, 0, 3), j, all_heads)
+                abl = r.ablated_qkv[l][j]
+                self.qkv[l, j] = torch.where(self.dc[l, j].view(1, 1, -1, 1), out, abl)
+            q, k, v = self.qkv[l]
+            self._set_heads(l, all_heads, q, k, v, self.D)
+            if self.g.has_mlp:
+                rm = self._receiver(l, 3, 0)
+                self.IN[rm] = r.ablated_in_mlp[l].reshape(-1) + self.K[rm] @ self.D
+                self._set_mlp(l, self.IN[rm : rm + 1], self.D)
+        self.Dp = self._at_pos(self.D)
+        self.q_last = self.qkv[self.L - 1, 0][:, self.pos]
+        return self._logits(self.K[-1:], {}, {})[0]
+
+    def _set_heads(
+        self, l: int, heads: Tensor, q: Tensor, k: Tensor, v: Tensor, dest: Tensor | dict
+    ) -> None:
+        """Head outputs from q, k, v [n*B, P, k, d_head] into dest[sender] ([n, B*P*d], or a
+        row of D when n = 1 and dest is D)."""
+        res = self.lean.head_results(l, q, k, v, heads)  # [n*B, P, k, d]
+        n = res.shape[0] // self.B
+        for i, h in enumerate(heads.tolist()):
+            s = self._sender(l, h)
+            out = res[:, :, i].reshape(n, -1) - self.A[s]
+            dest[s] = out[0] if isinstance(dest, Tensor) else out
+
+    def _set_mlp(self, l: int, x: Tensor, dest: Tensor | dict) -> None:
+        """MLP l's output from its input x [n, B*P*d] into dest[sender]."""
+        s = self._sender(l, self.H)
+        n = x.shape[0]
+        out = self.lean.mlp_out(l, x.view(n * self.B, self.P, -1)).reshape(n, -1) - self.A[s]
+        dest[s] = out[0] if isinstance(dest, Tensor) else out
+
+    def _at_pos_input(
+        self, ain: Tensor, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]
+    ) -> Tensor:
+        """Inputs [n, k, B*len(pos)*d] at the logit positions of receivers with K rows
+        [n, k, U], from scratch (cheap there): ablated input plus the present edges' terms,
+        changed senders at their new values (`outs` full, `outs_pos` at the positions)."""
+        x = ain + rows @ self.Dp
+        idx = list(outs) + list(outs_pos)
+        if idx:
+            new = [self._at_pos(outs[s]) for s in outs] + list(outs_pos.values())
+            x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - self.Dp[idx])
+        return x
+
+    def _logits(
+        self, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]
+    ) -> Tensor:
+        """Logits [n, B, len(pos), vocab] from K rows [n, U] of the logits receiver."""
+        x = self._at_pos_input(self.ain_logits, rows[:, None], outs, outs_pos)
+        return self.lean.unembed(x.view(x.shape[0], self.B, len(self.pos), -1))
+
+    # -- trials -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def trial(self, edge_sets: list[list[int]]) -> Trial:
+        """Variants of the current circuit, variant i without `edge_sets[i]` (present edges):
+        their logits and what changed, recomputing only the nodes whose inputs differ.
+        Variants share one pass (stacked along the batch), so a chain of tentative removals
+        costs about as much as one."""
+        g, n = self.g, len(edge_sets)
+        t = Trial([list(es) for es in edge_sets], self.logits.expand(n, *self.logits.shape))
+        layers = [self.L]
+        for i, es in enumerate(edge_sets):
+            for e in es:
+                if e < g.n_add:
+                    r = int(g.add_receiver[e])
+                    if r not in t.rows:
+                        t.rows[r] = self.K[r].repeat(n, 1)
+                    t.rows[r][i, int(g.add_sender[e])] = 0.0
+                    layers.append(min(r // self.per_rcv, self.L))
+                else:
+                    if t.dc is None:
+                        t.dc = self.dc.repeat(n, 1, 1, 1)
+                    t.dc[i].view(-1)[e - g.n_add] = False
+                    layers.append((e - g.n_add) // (3 * self.H))
+        dc = self.dc.expand(n, -1, -1, -1) if t.dc is None else t.dc
+        removed = sorted({int(g.add_sender[e]) for es in edge_sets for e in es if e < g.n_add})
+
+        def new_rows(rs: list[int]) -> Tensor:
+            rows = [t.rows[r] if r in t.rows else self.K[r].expand(n, -1) for r in rs]
+            return torch.stack(rows, 1)
+
+        def new_inputs(rs: list[int]) -> Tensor:
+            """Inputs [n, k, B*P*d] of receivers rs: stored ones plus what changed."""
+            x = self.IN[rs].expand(n, -1, -1)
+            rows = new_rows(rs)  # [n, k, U]
+            if removed:
+                x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ self.D[removed]
+            if t.outs:
+                ch = list(t.outs)
+                delta = torch.stack([t.outs[s] for s in ch], 1) - self.D[ch]  # [n, c, .]
+                x = x + torch.bmm(rows[:, :, ch], delta)
+            for i, r in enumerate(rs):
+                t.ins[r] = x[:, i]
+            return x
+
+        def touched(r0: int, k: int) -> Tensor:
+            """Which of receivers r0..r0+k-1 have inputs that differ in some variant [k]."""
+            out = torch.zeros(k, dtype=torch.bool)
+            for r in t.rows:
+                if r0 <= r < r0 + k:
+                    out[r - r0] = True
+            changed = list(t.outs) + list(t.outs_pos)
+            if changed:
+                out |= self.K[r0 : r0 + k, changed].any(1)
+            return out
+
+        P, npos = self.P, len(self.pos)
+
+        for l in range(min(layers), self.L):
+            r0 = self._receiver(l, 0, 0)
+            head_touched = touched(r0, 3 * self.H).view(3, self.H)
+            redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
+            is_last = l == self.L - 1
+            if bool(redo_heads.any()):
+                hs = redo_heads.nonzero().flatten()
+                qkv = []
+                for j in range(3):
+                    at_pos = is_last and j == 0  # the last layer's queries: logit positions
+                    p = npos if at_pos else P
+                    base = self.q_last if at_pos else self.qkv[l, j]
+                    cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
+                    redo = head_touched[j, hs].nonzero().flatten()
+                    if len(redo):
+                        rs = [r0 + j * self.H + h for h in hs[redo].tolist()]
+                        if at_pos:
+                            x = self._at_pos_input(
+                                self.ain_q_last, new_rows(rs), t.outs, t.outs_pos
+                            )
+                        else:
+                            x = new_inputs(rs)
+                        x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
+                        x = x.reshape(n * self.B, p, len(rs), -1)
+                        cur = cur.clone()
+                        cur[:, :, :, redo] = self.lean.head_qkv(l, x, j, hs[redo]).view(
+                            n, self.B, p, len(rs), -1
+                        )
+                    present = dc[:, l, j, hs]  # [n, k]
+                    if not bool(present.all()):
+                        abl = (self.abl_q_last if at_pos else self.runner.ablated_qkv[l][j])[
+                            :, :, hs
+                        ]
+                        cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
+                    t.qkv[(l, j)] = (hs, cur)
+                    qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
+                if is_last:
+                    res = self.lean.head_results(l, qkv[0], qkv[1], qkv[2], hs, q_pos=self.pos)
+                    res = res.view(n, self.B, npos, len(hs), -1)
+                    for i, h in enumerate(hs.tolist()):
+                        s = self._sender(l, h)
+                        t.outs_pos[s] = res[:, :, :, i].reshape(n, -1) - self.Ap[s]
+                else:
+                    self._set_heads(l, hs, qkv[0], qkv[1], qkv[2], t.outs)
+            rm = r0 + 3 * self.H
+            if g.has_mlp and bool(touched(rm, 1)[0]):
+                if is_last:
+                    assert self.ain_mlp_last is not None
+                    x = self._at_pos_input(self.ain_mlp_last, new_rows([rm]), t.outs, t.outs_pos)
+                    s = self._sender(l, self.H)
+                    out = self.lean.mlp_out(l, x.view(n * self.B, npos, -1))
+                    t.outs_pos[s] = out.reshape(n, -1) - self.Ap[s]
+                else:
+                    self._set_mlp(l, new_inputs([rm])[:, 0], t.outs)
+        last = len(g.receivers) - 1
+        if bool(touched(last, 1)[0]):
+            t.logits = self._logits(new_rows([last])[:, 0], t.outs, t.outs_pos)
+        return t
+
+    @torch.no_grad()
+    def commit(self, t: Trial, i: int = 0) -> None:
+        """Make variant i of trial `t` (of the current circuit) the current circuit."""
+        self.mask[t.edge_sets[i]] = False
+        for r, rows in t.rows.items():
+            self.K[r] = rows[i]
+        if t.dc is not None:
+            self.dc = t.dc[i].clone()
+        for r, x in t.ins.items():
+            self.IN[r] = x[i]
+        for s, out in t.outs.items():
+            self.D[s] = out[i]
+        if t.outs:
+            idx = list(t.outs)
+            self.Dp[idx] = self._at_pos(self.D[idx])
+        for s, out in t.outs_pos.items():  # the last layer's: D keeps stale rows for them
+            self.Dp[s] = out[i]
+        for (l, j), (hs, val) in t.qkv.items():
+            if l == self.L - 1 and j == 0:
+                self.q_last[:, :, hs] = val[i]
+            else:
+                self.qkv[l, j][:, :, hs] = val[i]
+        self.logits = t.logits[i].clone()
+        self.n_commits += 1
+        if self.n_commits % self.resync_every == 0:
+            self.logits = self._full()

@@ -1,0 +1,88 @@
+"""Tiny random models (LeanModel over plain tensors) and prompts for the circuit tests."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mechscope.models.lean import LeanModel
+
+
+def tiny_model(
+    n_layers: int = 2,
+    n_heads: int = 2,
+    d: int = 8,
+    d_mlp: int | None = 12,
+    vocab: int = 7,
+    layer_norm: bool = True,
+    seed: int = 0,
+) -> LeanModel:
+    """A random transformer: LayerNorm (no affine) or none, optional GELU MLPs, causal attention."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.5) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    L, H, dh = n_layers, n_heads, d // n_heads
+    cfg = SimpleNamespace(
+        n_layers=L,
+        n_heads=H,
+        d_head=dh,
+        eps=1e-5,
+        attn_only=d_mlp is None,
+        act_fn="gelu",
+        normalization_type="LN" if layer_norm else None,
+        attn_scale=float(dh) ** 0.5,
+    )
+
+    def ln() -> SimpleNamespace:
+        return SimpleNamespace(named_parameters=lambda: iter(()))
+
+    bridge = SimpleNamespace(
+        cfg=cfg,
+        tokenizer=None,
+        W_E=r(vocab, d, scale=1.0),
+        pos_embed=SimpleNamespace(W_pos=r(16, d)),
+        W_U=r(d, vocab),
+        b_U=r(vocab),
+        ln_final=ln(),
+        blocks=[SimpleNamespace(ln1=ln(), ln2=ln()) for _ in range(L)],
+        W_Q=r(L, H, d, dh),
+        W_K=r(L, H, d, dh),
+        W_V=r(L, H, d, dh),
+        b_Q=r(L, H, dh),
+        b_K=r(L, H, dh),
+        b_V=r(L, H, dh),
+        W_O=r(L, H, dh, d),
+        b_O=r(L, d),
+    )
+    if d_mlp is not None:
+        bridge.W_in, bridge.b_in = r(L, d, d_mlp), r(L, d_mlp)
+        bridge.W_out, bridge.b_out = r(L, d_mlp, d), r(L, d)
+    return LeanModel(bridge)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LeanModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_attn() -> LeanModel:
+    return tiny_model(n_layers=3, n_heads=2, d_mlp=None, seed=1)
+
+
+@pytest.fixture(scope="session")
+def no_ln() -> LeanModel:
+    """Attention-only, no LayerNorm: edges into the logits act linearly."""
+    return tiny_model(n_layers=2, d_mlp=None, layer_norm=False, seed=4)
+
+
+@pytest.fixture(scope="session")
+def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 7, (4, 6), generator=g)
+    corrupt = torch.randint(0, 7, (4, 6), generator=g)
+    return clean, corrupt

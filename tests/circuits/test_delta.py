@@ -1,0 +1,75 @@
+"""The delta forward: each trial equals the full masked forward of its circuit, over commits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.circuits import Graph
+from mechscope.circuits.delta import DeltaCircuit
+from mechscope.circuits.patched import CircuitRunner
+from mechscope.circuits.tracr import load_tracr
+
+
+def _walk(runner: CircuitRunner, n_steps: int, seed: int, resync_every: int = 64) -> int:
+    """Remove random sets of present edges, checking each trial against the full forward."""
+    state = DeltaCircuit(runner, resync_every=resync_every)
+    full = torch.ones(1, len(runner.graph.edges), dtype=torch.bool)
+    torch.testing.assert_close(state.logits, runner.logits(full)[0], atol=1e-5, rtol=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_steps):
+        present = state.mask.nonzero().flatten()
+        if not len(present):
+            break
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        edges = present[torch.randint(len(present), (k,), generator=g)].unique().tolist()
+        trial = state.trial([edges])
+        without = state.mask.clone()
+        without[edges] = False
+        ref = runner.logits(without[None], start_layer=0)[0]
+        torch.testing.assert_close(trial.logits[0], ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(state.mask[edges], torch.ones(len(edges), dtype=torch.bool))
+        if bool(torch.rand(1, generator=g) < 0.7):  # most trials are kept, as in ACDC
+            state.commit(trial)
+    return int(state.mask.sum())
+
+
+def test_variants_of_one_trial_each_equal_their_circuit(tiny, prompts):
+    """A chain of tentative removals (variant i removes the first i+1 edges) in one pass."""
+    runner = CircuitRunner(tiny, Graph.from_model(tiny), *prompts, logit_pos=(-1,))
+    state = DeltaCircuit(runner)
+    for r in ("1.1.q", "mlp0", "logits"):
+        edges = runner.graph.in_edges(r)[:5]
+        trial = state.trial([edges[: k + 1] for k in range(len(edges))])
+        masks = state.mask.repeat(len(edges), 1)
+        for k in range(len(edges)):
+            masks[k, edges[: k + 1]] = False
+        torch.testing.assert_close(trial.logits, runner.logits(masks), atol=1e-5, rtol=1e-5)
+        state.commit(trial, 2)  # the first three removals stand
+        full = runner.logits(state.mask[None])[0]
+        torch.testing.assert_close(state.logits, full, atol=1e-5, rtol=1e-5)
+    assert int((~state.mask).sum()) == 9
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+@pytest.mark.parametrize("dc", [True, False])
+def test_trials_equal_the_full_forward_with_mlps(tiny, prompts, ablation, dc):
+    clean, corrupt = prompts
+    graph = Graph.from_model(tiny, dc_edges=dc)
+    corrupt = corrupt if ablation == "resample" else None
+    runner = CircuitRunner(tiny, graph, clean, corrupt, ablation, logit_pos=(-1, 2))
+    left = _walk(runner, 60, seed=1, resync_every=7)
+    assert left < len(graph.edges) - 40  # the walk removed edges everywhere
+
+
+def test_trials_equal_the_full_forward_attention_only(tiny_attn, prompts):
+    runner = CircuitRunner(tiny_attn, Graph.from_model(tiny_attn), *prompts, logit_pos=None)
+    _walk(runner, 40, seed=2)
+
+
+def test_trials_equal_the_full_forward_on_a_bidirectional_tracr_model():
+    t = load_tracr("proportion")
+    runner = CircuitRunner(
+        t.model, t.graph, t.tokens[:16], None, "zero", logit_pos=t.metric.positions
+    )
+    _walk(runner, 30, seed=3)

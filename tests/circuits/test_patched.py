@@ -1,0 +1,133 @@
+"""The patched forward: full and empty circuits, both ablations, ACDC's two receiver formulas."""
+
+from __future__ import annotations
+
+import torch
+
+from mechscope.circuits.graph import LETTERS, Graph
+from mechscope.circuits.patched import CircuitRunner
+
+
+def _runner(model, prompts, ablation="resample", **kw):
+    clean, corrupt = prompts
+    g = Graph.from_model(model, **kw)
+    return CircuitRunner(
+        model, g, clean, corrupt if ablation == "resample" else None, ablation, logit_pos=None
+    )
+
+
+def test_full_circuit_is_the_model_and_empty_is_the_corrupted_run(tiny, prompts):
+    r = _runner(tiny, prompts)
+    n = len(r.graph.edges)
+    out = r.logits(torch.stack([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]))
+    assert torch.allclose(out[0], tiny(prompts[0]), atol=1e-5)
+    assert torch.allclose(out[1], tiny(prompts[1]), atol=1e-5)
+    assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+def test_zero_ablation_empty_circuit_zeroes_every_sender(tiny, prompts):
+    r = _runner(tiny, prompts, "zero")
+    zero = {n: torch.zeros_like for n in ["blocks.0.hook_resid_pre"]}
+    for l in range(tiny.n_layers):
+        zero[f"blocks.{l}.attn.hook_result"] = torch.zeros_like
+        zero[f"blocks.{l}.hook_mlp_out"] = torch.zeros_like
+    empty = r.logits(torch.zeros(1, len(r.graph.edges), dtype=torch.bool))[0]
+    assert torch.allclose(empty, tiny(prompts[0], zero), atol=1e-5)
+
+
+def _subtract_formula(model, graph, clean, corrupt, present):
+    """ACDC's receiver rule written the other way, one circuit, plain hooks: in_v = residual
+    stream - sum over removed u -> v of (a_u(now) - A_u); removed dc edge -> ablated q/k/v."""
+    _, abl = model.run_with_cache(corrupt)
+    now: dict[str, torch.Tensor] = {}
+    ablated = {}
+
+    def outputs(cache, prefix):
+        o = {"input": cache["blocks.0.hook_resid_pre"]}
+        for l in range(model.n_layers):
+            for h in range(model.n_heads):
+                o[f"{l}.{h}"] = cache[f"blocks.{l}.attn.hook_result"][:, :, h]
+            if not model.attn_only:
+                o[f"mlp{l}"] = cache[f"blocks.{l}.hook_mlp_out"]
+        return o
+
+    ablated = outputs(abl, "")
+    removed = [graph.edges[i] for i in (~present).nonzero().flatten().tolist()]
+
+    def fix(x, receiver):
+        for e in removed:
+            if e.kind == "add" and e.receiver == receiver:
+                x = x - (now[e.sender] - ablated[e.sender])
+        return x
+
+    hooks = {}
+
+    def rec_resid(name):
+        def fn(x):
+            now["input"] = x
+            return None
+
+        return fn
+
+    hooks["blocks.0.hook_resid_pre"] = rec_resid("input")
+    for l in range(model.n_layers):
+
+        def qkv(x, l=l, letter="q"):
+            x = x.clone()
+            for h in range(model.n_heads):
+                x[:, :, h] = fix(x[:, :, h], f"{l}.{h}.{letter}")
+            return x
+
+        def dc(x, l=l, letter="q"):
+            x = x.clone()
+            for e in removed:
+                if e.kind == "dc" and e.receiver.split(".")[0] == str(l) and e.sender[-1] == letter:
+                    h = int(e.receiver.split(".")[1])
+                    x[:, :, h] = abl[f"blocks.{l}.attn.hook_{letter}"][:, :, h]
+            return x
+
+        def res(x, l=l):
+            for h in range(model.n_heads):
+                now[f"{l}.{h}"] = x[:, :, h]
+
+        def mlp_out(x, l=l):
+            now[f"mlp{l}"] = x
+
+        for letter in LETTERS:
+            hooks[f"blocks.{l}.hook_{letter}_input"] = lambda x, l=l, c=letter: qkv(x, l, c)
+            hooks[f"blocks.{l}.attn.hook_{letter}"] = lambda x, l=l, c=letter: dc(x, l, c)
+        hooks[f"blocks.{l}.attn.hook_result"] = res
+        if not model.attn_only:
+            hooks[f"blocks.{l}.hook_mlp_in"] = lambda x, l=l: fix(x, f"mlp{l}")
+            hooks[f"blocks.{l}.hook_mlp_out"] = mlp_out
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    hooks[last] = lambda x: fix(x, "logits")
+    return model(clean, hooks)
+
+
+def test_batched_runner_matches_the_subtract_formula_on_random_circuits(tiny, prompts):
+    r = _runner(tiny, prompts)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, len(r.graph.edges), generator=g) > 0.4
+    masks[0, :] = True
+    masks[1, : r.graph.n_add] = True  # dc edges only
+    out = r.logits(masks)
+    for i in range(len(masks)):
+        ref = _subtract_formula(tiny, r.graph, *prompts, masks[i])
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+    assert torch.allclose(out, r.logits(masks, start_layer=0), atol=1e-6)
+
+
+def test_removing_an_edge_into_the_logits_moves_the_final_residual_by_its_difference(
+    no_ln, prompts
+):
+    """Without LayerNorm the logits change by exactly (A_u - a_u) @ W_U."""
+    m = no_ln
+    r = _runner(m, prompts)
+    mask = torch.ones(2, len(r.graph.edges), dtype=torch.bool)
+    i = r.graph.edge_index["1.1->logits"]
+    mask[1, i] = False
+    out = r.logits(mask)
+    u = r.graph.sender_index["1.1"]
+    expected = (r.ablated_out[u] - r.clean_out[u]) @ m.W_U
+    assert torch.allclose(out[1] - out[0], expected, atol=1e-5)
