@@ -1,0 +1,80 @@
+"""End to end on code-2l with its bundled SAEs: one forward per batch, result files, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mechscope.errors import EvolutionError
+from mechscope.evolution import EvolutionConfig, EvolutionResult, compute_evolution
+from mechscope.evolution.cli import evolution_app
+from mechscope.evolution.collect import layer_codes, stream_codes
+from mechscope.sae.activations import as_lean, collect
+from mechscope.sae.bundled import load_bundled
+from mechscope.sae.sweep import eval_batches
+
+NAMES = [f"blocks.{l}.hook_resid_post__local__l1-1" for l in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def saes():
+    return [load_bundled("code-2l", n) for n in NAMES]
+
+
+@pytest.fixture(scope="module")
+def result(gpt2_2l, saes):
+    batches = eval_batches(gpt2_2l, 3, batch_size=4)
+    cfg = EvolutionConfig(algorithms=("louvain", "leiden"))
+    return compute_evolution(gpt2_2l, saes, batches, cfg, names=NAMES, model_name="code-2l")
+
+
+@pytest.mark.slow
+def test_one_forward_gives_each_saes_codes(gpt2_2l, saes) -> None:
+    lean = as_lean(gpt2_2l)
+    tokens = eval_batches(gpt2_2l, 1, batch_size=2)[0]
+    hooks = [s.cfg.hook_name for s in saes]
+    codes = layer_codes(lean, hooks, saes, tokens)
+    for h, s, c in zip(hooks, saes, codes, strict=True):
+        torch.testing.assert_close(c, s.encode(collect(lean, tokens, h)))
+    _, ids, flat = next(iter(stream_codes(lean, hooks, saes, [tokens])))
+    assert flat[0].shape == (ids.numel(), 1024) and ids.numel() < tokens.numel()  # BOS left out
+
+
+@pytest.mark.slow
+def test_result_counts_and_files(result, tmp_path) -> None:
+    assert result.sizes == [1024, 1024] and result.n_tokens > 0
+    rows = result.counts()
+    assert rows[0]["pass_through"] + rows[0]["disappearing"] == 1024
+    assert rows[1]["kept"] + rows[1]["appearing"] == 1024
+    assert set(result.communities) == {"louvain", "leiden"}
+    assert result.layers[0].examples[int(result.layers[0].freq.argmax())]
+    again = EvolutionResult.load(result.save(tmp_path / "r"))
+    assert again.counts() == rows and again.communities == result.communities
+    for m in result.measures:
+        s, t = result.pairs[0].sims[m], again.pairs[0].sims[m]
+        assert torch.equal(s.rows, t.rows) and torch.equal(s.values, t.values)
+    assert again.graph().number_of_edges() == result.graph().number_of_edges()
+
+
+def test_bad_layers(gpt2_2l, saes) -> None:
+    batches = eval_batches(gpt2_2l, 1, batch_size=2)
+    with pytest.raises(EvolutionError, match="two or more"):
+        compute_evolution(gpt2_2l, saes[:1], batches)
+    with pytest.raises(EvolutionError, match="forward order"):
+        compute_evolution(gpt2_2l, saes[::-1], batches)
+    with pytest.raises(EvolutionError, match="unknown measures"):
+        EvolutionConfig(measures=("spearman",))
+
+
+@pytest.mark.slow
+def test_cli_run_and_page(tmp_path) -> None:
+    out, html = tmp_path / "res", tmp_path / "page.html"
+    args = ["run", "--batches", "2", "--batch-size", "4", "--out", str(out), "--html", str(html)]
+    r = CliRunner().invoke(evolution_app, args)
+    assert r.exit_code == 0, r.output
+    assert "result in" in r.output and html.exists() and (out / "graph.graphml").exists()
+    r = CliRunner().invoke(evolution_app, ["page", str(out), "--html", str(tmp_path / "p2.html")])
+    assert r.exit_code == 0 and (tmp_path / "p2.html").exists()
+    r = CliRunner().invoke(evolution_app, ["run", "--model", "code-4l", "--batches", "1"])
+    assert r.exit_code == 2 and "--sae" in r.output
