@@ -162,9 +162,7 @@ class DeltaCircuit:
             x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - self.Dp[idx])
         return x
 
-    def _logits(
-        self, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]
-    ) -> Tensor:
+    def _logits(self, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]) -> Tensor:
         """Logits [n, B, len(pos), vocab] from K rows [n, U] of the logits receiver."""
         x = self._at_pos_input(self.ain_logits, rows[:, None], outs, outs_pos)
         return self.lean.unembed(x.view(x.shape[0], self.B, len(self.pos), -1))
