@@ -190,8 +190,8 @@ def main() -> None:
     eap_scores(lean, clean, corrupt, metric, graph=graph)
     t_eap = time.perf_counter() - t0
     print(
-        f"mechscope acdc (batched):    {t_fast:7.1f} s, {fast.n_edges} edges kept, "
-        f"{fast.meta['edge_tests']} edge tests, {fast.meta['forwards']} circuit forwards"
+        f"mechscope acdc (delta):    {t_fast:7.1f} s, {fast.n_edges} edges kept, "
+        f"{fast.meta['edge_tests']} edge tests in {fast.meta['delta_passes']} delta passes"
     )
     print(
         f"mechscope acdc_reference:    {t_ref:7.1f} s, {ref.n_edges} edges kept; same circuit: "

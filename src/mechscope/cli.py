@@ -22,6 +22,7 @@ from rich.table import Table
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
 from mechscope.cli_common import console, fail
+from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
@@ -38,6 +39,7 @@ app.add_typer(sae_app, name="sae")
 app.add_typer(regions_app, name="regions")
 app.add_typer(basis_app, name="basis")
 app.add_typer(evolution_app, name="evolution")
+app.add_typer(directions_app, name="directions")
 app.command("patch")(patch_command)
 app.command("acdc")(acdc_command)
 

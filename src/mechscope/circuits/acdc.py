@@ -278,4 +278,6 @@ def acdc(
                     cur = values[done]
                 i += decided
                 bar.update(task, advance=decided, kept=int(mask.sum()) - _untested(bar, task, mask))
-    return _finish(runner, graph, mask, metric, "acdc", ablation, tau, t0, n_tests)
+    c = _finish(runner, graph, mask, metric, "acdc", ablation, tau, t0, n_tests)
+    c.meta.update(delta_passes=state.n_trials)
+    return c

@@ -88,7 +88,7 @@ class DeltaCircuit:
         self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1])
         self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head)
         self.q_last = self.qkv[last, 0][:, self.pos]  # the last layer's queries [B, pos, H, dh]
-        self.resync_every, self.n_commits = resync_every, 0
+        self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
 
     # -- indices ----------------------------------------------------------------------------------
@@ -175,6 +175,7 @@ class DeltaCircuit:
         Variants share one pass (stacked along the batch), so a chain of tentative removals
         costs about as much as one."""
         g, n = self.g, len(edge_sets)
+        self.n_trials += 1
         t = Trial([list(es) for es in edge_sets], self.logits.expand(n, *self.logits.shape))
         layers = [self.L]
         for i, es in enumerate(edge_sets):

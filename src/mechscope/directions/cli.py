@@ -1,0 +1,223 @@
+"""`mechscope directions`: sensitive directions (Lee & Heimersheim 2024).
+
+mechscope directions families                                   # the direction families
+mechscope directions sweep --model code-2l --hook blocks.0.hook_resid_post --sae <name or folder>
+mechscope directions error --model code-2l                      # finding (a), bundled SAEs
+mechscope directions features --model code-2l --hook blocks.0.hook_resid_post   # (b), (c)
+mechscope directions paper --model code-2l                      # all three, one figure
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mechscope.cli_common import console, fail
+from mechscope.errors import DirectionsError, ModelLoadError, SAEError
+
+if TYPE_CHECKING:
+    from mechscope.directions.experiments import DirectionsConfig
+
+directions_app = typer.Typer(
+    help="Sensitive directions: KL of perturbations along SAE errors, features and baselines.",
+    no_args_is_help=True,
+)
+
+Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")]
+Hook = Annotated[str, typer.Option(help="hook to perturb, e.g. blocks.0.hook_resid_post")]
+Saes = Annotated[
+    list[str] | None,
+    typer.Option("--sae", help="bundled SAE name or SAELens folder (repeat); default: bundled"),
+]
+Batches = Annotated[int, typer.Option(help="held-out token batches")]
+BatchSize = Annotated[int, typer.Option(help="sequences per batch")]
+Lengths = Annotated[
+    str | None, typer.Option(help="comma-separated lengths L; default: paper sweep x norm/121")
+]
+Position = Annotated[int | None, typer.Option(help="perturb only this position (default: all)")]
+Seed = Annotated[int, typer.Option(help="seed of every random direction")]
+Out = Annotated[Path, typer.Option(help="output folder")]
+Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
+Errors = (DirectionsError, ModelLoadError, SAEError)
+
+
+def _config(
+    batches: int, batch_size: int, lengths: str | None, position: int | None, seed: int
+) -> DirectionsConfig:
+    from mechscope.directions.experiments import DirectionsConfig
+
+    try:
+        lens = None if lengths is None else tuple(float(v) for v in lengths.split(",") if v.strip())
+    except ValueError:
+        fail(f"--lengths must be comma-separated numbers, got {lengths!r}")
+    if lens is not None and not lens:
+        fail("--lengths is empty; give e.g. --lengths 0.5,1,2 or leave it out")
+    return DirectionsConfig(
+        n_batches=batches, batch_size=batch_size, lengths=lens, position=position, seed=seed
+    )
+
+
+def load_saes(model: str, specs: list[str] | None, hook: str | None = None) -> dict[str, Any]:
+    """SAEs by bundled run name (of a zoo model) or SAELens folder; default: all bundled (at
+    `hook`, if given)."""
+    from mechscope.directions.experiments import bundled_saes
+    from mechscope.sae.bundled import list_bundled, load_bundled
+    from mechscope.sae.saelens_format import load_saelens
+
+    if not specs:
+        return bundled_saes(Path(model).name, hook)
+    bundled = {e["name"] for e in list_bundled(Path(model).name)}
+    out = {}
+    for s in specs:
+        if s in bundled:
+            out[s] = load_bundled(Path(model).name, s)
+        elif Path(s).is_dir():
+            out[Path(s).name] = load_saelens(s)
+        else:
+            known = ", ".join(sorted(bundled)) or "none"
+            raise DirectionsError(
+                f"--sae {s!r} is neither a bundled SAE of {model!r} ({known}) nor a SAELens folder"
+            )
+    return out
+
+
+@directions_app.command("families")
+def families_cmd() -> None:
+    """List the direction families."""
+    from mechscope.directions.families import FAMILIES
+
+    table = Table("family", "direction", "needs")
+    for f in FAMILIES.values():
+        needs = "SAE" if f.needs_sae else ("activation statistics" if f.needs_stats else "-")
+        table.add_row(f.key, f.description, needs)
+    console.print(table)
+
+
+@directions_app.command("sweep")
+def sweep_cmd(
+    model: Model = "code-2l",
+    hook: Hook = "blocks.0.hook_resid_post",
+    family: Annotated[
+        list[str] | None, typer.Option("--family", "-f", help="direction family (repeat)")
+    ] = None,
+    sae: Annotated[str | None, typer.Option(help="SAE for sae_error / feature_*")] = None,
+    batches: Batches = 2,
+    batch_size: BatchSize = 16,
+    lengths: Lengths = None,
+    position: Position = None,
+    seed: Seed = 0,
+    out: Out = Path("out/directions"),
+    cdn: Cdn = False,
+) -> None:
+    """KL(P_orig || P_perturbed) against length L for direction families at one hook."""
+    from mechscope.directions.experiments import sweep_directions
+    from mechscope.directions.plot import curves_figure, write_figure
+
+    cfg = _config(batches, batch_size, lengths, position, seed)
+    fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
+    if sae is not None and "sae_error" not in fams:
+        fams.append("sae_error")
+    try:
+        saes = load_saes(model, [sae]) if sae is not None else {}
+        ((name, s),) = saes.items() if saes else (("", None),)
+        res = sweep_directions(model, hook, fams, sae=s, sae_name=name, cfg=cfg)
+    except Errors as e:
+        fail(e)
+    stem = out / f"sweep_{Path(model).name}_{hook}"
+    res.save(stem.with_suffix(".json"))
+    write_figure(curves_figure(res), stem.with_suffix(".html"), cdn)
+    console.print(res.table())
+    console.print(f"results: {stem}.json, figure: {stem}.html")
+
+
+@directions_app.command("error")
+def error_cmd(
+    model: Model = "code-2l",
+    sae: Saes = None,
+    batches: Batches = 2,
+    batch_size: BatchSize = 16,
+    position: Position = None,
+    seed: Seed = 0,
+    out: Out = Path("out/directions"),
+    cdn: Cdn = False,
+) -> None:
+    """Finding (a): KL of SAE(x) vs x + eps * (isotropic, cov-mixture, real-mixture), eps =
+    |SAE(x) - x|, per SAE at its own hook."""
+    from mechscope.directions.experiments import error_vs_baselines
+    from mechscope.directions.plot import substitution_figure, write_figure
+
+    cfg = _config(batches, batch_size, None, position, seed)
+    try:
+        res = error_vs_baselines(model, load_saes(model, sae), cfg=cfg)
+    except Errors as e:
+        fail(e)
+    stem = out / f"substitution_{Path(model).name}"
+    res.save(stem.with_suffix(".json"))
+    write_figure(substitution_figure(res), stem.with_suffix(".html"), cdn)
+    console.print(res.table())
+    console.print(f"results: {stem}.json, figure: {stem}.html")
+
+
+@directions_app.command("features")
+def features_cmd(
+    model: Model = "code-2l",
+    hook: Hook = "blocks.0.hook_resid_post",
+    sae: Saes = None,
+    pool: Annotated[
+        list[str] | None, typer.Option(help="feature pool: active, inactive, dead (repeat)")
+    ] = None,
+    batches: Batches = 2,
+    batch_size: BatchSize = 16,
+    lengths: Lengths = None,
+    seed: Seed = 0,
+    out: Out = Path("out/directions"),
+    cdn: Cdn = False,
+) -> None:
+    """Findings (b), (c): feature directions of several SAEs at one hook, at equal L."""
+    from mechscope.directions.experiments import compare_features
+    from mechscope.directions.plot import curves_figure, write_figure
+
+    cfg = _config(batches, batch_size, lengths, None, seed)
+    try:
+        saes = load_saes(model, sae, hook)
+        res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)
+    except Errors as e:
+        fail(e)
+    stem = out / f"features_{Path(model).name}_{res.hook_name}"
+    res.save(stem.with_suffix(".json"))
+    write_figure(curves_figure(res), stem.with_suffix(".html"), cdn)
+    console.print(res.table())
+    if res.meta.get("skipped"):
+        console.print(f"empty pools skipped: {', '.join(res.meta['skipped'])}")
+    console.print(f"results: {stem}.json, figure: {stem}.html")
+
+
+@directions_app.command("paper")
+def paper_cmd(
+    model: Model = "code-2l",
+    batches: Batches = 2,
+    batch_size: BatchSize = 16,
+    lengths: Lengths = None,
+    seed: Seed = 0,
+    out: Out = Path("out/directions"),
+    cdn: Cdn = False,
+) -> None:
+    """All three findings on a zoo model's bundled SAEs: results/*.json and paper.html."""
+    from mechscope.directions.experiments import paper_comparisons
+    from mechscope.directions.plot import paper_figure, write_figure
+
+    cfg = _config(batches, batch_size, lengths, None, seed)
+    try:
+        res = paper_comparisons(model, cfg)
+    except Errors as e:
+        fail(e)
+    res.save(out)
+    fig = paper_figure(res.substitution, list(res.baselines.values()), list(res.features.values()))
+    write_figure(fig, out / "paper.html", cdn)
+    console.print(res.substitution.table())
+    for r in res.features.values():
+        console.print(r.table())
+    console.print(f"results: {out}/*.json, figure: {out}/paper.html")
