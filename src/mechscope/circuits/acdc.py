@@ -216,11 +216,13 @@ def acdc(
     """ACDC: the circuit `acdc_reference` finds with the same arguments, faster.
 
     Each tested removal recomputes only the nodes it changes (delta.py), from the current
-    circuit's cached activations. batch_size: tentative removals evaluated together where a
-    receiver's changes reach at most two nodes (where they spread further, stacking costs as
-    much as testing one by one): the next edges of the receiver, variant i assuming the i
-    earlier ones removed (the usual outcome); the results are read in order up to the first
-    edge kept, and the search resumes after it.
+    circuit's cached activations. batch_size: tentative removals evaluated together where the
+    last pass recomputed at most two nodes at every position (none before the last layer when
+    chains cross receivers; where changes spread further, stacking costs as much as testing one
+    by one): the next edges in test order, variant i
+    assuming the i earlier ones removed (the usual outcome), within one receiver when skipping
+    disconnected receivers; the results are read in order up to the first edge kept, and the
+    search resumes after it.
     tie_tol: where the metric difference lies within tie_tol (+ tie_tol x |metric|) of tau,
     both sides are recomputed with acdc_reference's own full forward before deciding, so float
     rounding cannot flip a decision. Other arguments as there.
@@ -241,43 +243,53 @@ def acdc(
 
     cur, n_tests = float(metric(state.logits[None])[0]), 0
     bar, task = _progress(progress, tau, len(graph.edges))
+    # the tests in order: (step, edge); a chain of tentative removals may run past the end of
+    # a step unless skipping disconnected receivers (that check needs the step's start state)
+    tests = [(si, e) for si, (_, edges) in enumerate(steps) for e in edges]
+    step_end = {si: k + 1 for k, (si, _) in enumerate(tests)}
+    pos, width = 0, 1
     with bar:
-        for alive, edges in steps:
-            if skip_disconnected and alive is not None and not bool(mask[alive].any()):
-                present = [e for e in edges if mask[e]]
-                if present:
-                    state.commit(state.trial([present]))
-                    cur = float(metric(state.logits[None])[0])
-                bar.update(task, advance=len(edges))
-                continue
-            i, width = 0, 1  # the first test shows how far this receiver's changes spread
-            while i < len(edges):
-                chain = edges[i : i + width]
-                trial = state.trial([chain[: k + 1] for k in range(len(chain))])
-                values = metric(trial.logits).tolist()
-                # stacking variants pays where a pass recomputes little (a last-layer receiver,
-                # or later layers already pruned); a wide spread costs ~n x as much stacked
-                width = batch_size if len(trial.outs) + len(trial.outs_pos) <= 2 else 1
-                done, decided = -1, len(chain)  # last variant whose removals all stand
-                for k, e in enumerate(chain):
-                    before = cur if k == 0 else values[k - 1]
-                    delta = values[k] - before
-                    n_tests += 1
-                    if abs(delta - tau) <= tie_tol * (1 + max(abs(values[k]), abs(before))):
-                        base = mask.clone()
-                        base[chain[:k]] = False
-                        without = base.clone()
-                        without[e] = False
-                        delta = ev_exact(without) - ev_exact(base)
-                    if delta >= tau:  # kept: the later variants assumed otherwise
-                        decided = k + 1
-                        break
-                    done = k
-                if done >= 0:
-                    state.commit(trial, done)
-                    cur = values[done]
-                i += decided
-                bar.update(task, advance=decided, kept=int(mask.sum()) - _untested(bar, task, mask))
+        while pos < len(tests):
+            si, _ = tests[pos]
+            alive, edges = steps[si]
+            if skip_disconnected and (pos == 0 or tests[pos - 1][0] != si):
+                width = 1  # a new receiver: its first test shows how far its changes spread
+                if alive is not None and not bool(mask[alive].any()):
+                    present = [e for e in edges if mask[e]]
+                    if present:
+                        state.commit(state.trial([present]))
+                        cur = float(metric(state.logits[None])[0])
+                    bar.update(task, advance=len(edges))
+                    pos = step_end[si]
+                    continue
+            end = step_end[si] if skip_disconnected else len(tests)
+            chain = [e for _, e in tests[pos : min(pos + width, end)]]
+            trial = state.trial([chain[: k + 1] for k in range(len(chain))])
+            values = metric(trial.logits).tolist()
+            # stacking variants pays where a pass recomputes little at every position (a last-
+            # layer receiver, or later layers already pruned); a wide spread costs ~n x as much.
+            # Chains across receivers (no skipping) stack only passes that stay in the last layer
+            width = batch_size if len(trial.outs) <= (2 if skip_disconnected else 0) else 1
+            done, decided = -1, len(chain)  # last variant whose removals all stand
+            for k, e in enumerate(chain):
+                before = cur if k == 0 else values[k - 1]
+                delta = values[k] - before
+                n_tests += 1
+                if abs(delta - tau) <= tie_tol * (1 + max(abs(values[k]), abs(before))):
+                    base = mask.clone()
+                    base[chain[:k]] = False
+                    without = base.clone()
+                    without[e] = False
+                    delta = ev_exact(without) - ev_exact(base)
+                if delta >= tau:  # kept: the later variants assumed otherwise
+                    decided = k + 1
+                    break
+                done = k
+            if done >= 0:
+                state.commit(trial, done)
+                cur = values[done]
+            pos += decided
+            bar.update(task, advance=decided, kept=int(mask.sum()) - _untested(bar, task, mask))
     c = _finish(runner, graph, mask, metric, "acdc", ablation, tau, t0, n_tests)
     c.meta.update(delta_passes=state.n_trials)
     return c
