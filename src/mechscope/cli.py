@@ -12,7 +12,6 @@ mechscope demo                          # the whole programme on the bundled mod
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +25,7 @@ from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
+from mechscope.report.cli import demo_command
 from mechscope.sae.cli import sae_app
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.add_typer(evolution_app, name="evolution")
 app.add_typer(directions_app, name="directions")
 app.command("patch")(patch_command)
 app.command("acdc")(acdc_command)
+app.command("demo")(demo_command)
 
 
 @zoo_app.command("list")
@@ -137,29 +138,6 @@ def run_task_cmd(
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
-
-
-@app.command()
-def demo(
-    quick: Annotated[bool, typer.Option(help="fewer prompts (for CI)")] = False,
-) -> None:
-    """Run mechscope's methods on the bundled models and print what they find."""
-    from mechscope import load_model
-    from mechscope.tasks import TASKS, make_task, run_task
-
-    t0 = time.time()
-    n = 20 if quick else 100
-    console.rule("mechscope demo")
-    model = load_model("code-attn4")
-    table = Table("task", "metric", "clean", "corrupted", "top-1 acc")
-    for name in TASKS:
-        r = run_task(model, make_task(name, model.tokenizer, n=n, seed=0))
-        table.add_row(
-            name, r.metric, f"{r.clean:.3f}", f"{r.corrupt:.3f}", f"{r.top1_accuracy:.1%}"
-        )
-    console.print("[bold]code-attn4[/] on the bundled tasks (held-out prompts, seed 0):")
-    console.print(table)
-    console.print(f"done in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":

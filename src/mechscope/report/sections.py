@@ -1,0 +1,611 @@
+"""The report's sections: one function per method, each calling only that method's public API.
+
+Every function takes the demo's settings (`DemoConfig`) and a folder for side files, and returns a
+`Section`: what was asked, what was found (two sentences with the numbers), the CLI commands that
+rerun it alone with the same settings, plotly figures and a dict of every number shown. No method
+logic lives here: the numbers are the API's results, picked and formatted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SAE_MODEL = "code-2l"
+
+
+@dataclass
+class Section:
+    """One section of the report (a failed stage has `error` set and no finding)."""
+
+    key: str
+    title: str
+    question: str
+    commands: list[str]
+    finding: str = ""
+    figures: list[Any] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, relative href)
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # CPU time of this process (all threads): robust to other jobs
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of every stage; `DemoConfig.make(quick)` gives the full run or the CI one."""
+
+    quick: bool = False
+    # (1) patching
+    patch_model: str = "code-attn4"
+    patch_n: int = 20
+    patch_components: tuple[str, ...] = ("resid_pre", "z")
+    # (2) circuits
+    acdc_n: int = 16
+    acdc_tau: float = 0.01
+    tracr_tasks: tuple[str, ...] = ("reverse", "proportion")
+    tracr_taus: tuple[float, ...] = ()  # () = circuits.TAU_GRID
+    # (4) sensitive directions
+    directions_hook: str = "blocks.1.hook_resid_post"
+    directions_sae: str = "blocks.1.hook_resid_post__local__l1-2"
+    directions_families: tuple[str, ...] = ("isotropic", "cov_mixture", "real_mixture")
+    directions_batches: int = 2
+    directions_batch_size: int = 16
+    directions_lengths: tuple[float, ...] | None = None  # None: the paper's sweep, scaled
+    # (5) feature evolution
+    evolution_coeff: float = 1.0
+    evolution_batches: int = 16
+    evolution_batch_size: int = 16
+    # (6) stable regions
+    regions_models: tuple[str, ...] = ("code-2l", "code-4l")
+    regions_revisions: tuple[str, ...] | None = None  # None: every bundled checkpoint
+    regions_prompts: int = 64
+    regions_steps: int = 31
+    # (7) interaction basis
+    basis_models: tuple[str, ...] = ("digits-mlp", "modadd-1l")
+    seed: int = 0
+
+    @classmethod
+    def make(cls, quick: bool) -> DemoConfig:
+        if not quick:
+            return cls()
+        return cls(
+            quick=True,
+            patch_n=4,
+            acdc_n=4,
+            tracr_taus=(1e-5, 1e-3, 0.1),
+            directions_batches=1,
+            directions_batch_size=4,
+            directions_lengths=(0.5, 1.0, 2.0, 4.0),
+            evolution_batches=2,
+            evolution_batch_size=8,
+            regions_revisions=("step-0", "main"),
+            regions_prompts=8,
+            regions_steps=11,
+            basis_models=("digits-mlp",),
+        )
+
+
+Stage = Callable[[DemoConfig, Path], Section]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _label(labels: dict[str, list[str]], axes: tuple[str, ...], index: list[int]) -> str:
+    return " ".join(
+        f"{a}={labels[a][i] if a in labels else i}" for a, i in zip(axes, index, strict=True)
+    )
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
+    out = []
+    for size in reversed(shape):
+        out.append(flat % size)
+        flat //= size
+    return out[::-1]
+
+
+# -- (1) activation patching ------------------------------------------------------------------
+PATCHING = (
+    "patching",
+    "Activation patching on the docstring task",
+    "Which activations of code-attn4 carry the docstring answer? Each residual-stream position "
+    "and each head is patched one at a time, denoising (clean activations into the corrupted "
+    "run: sufficient?) and noising (corrupted into the clean run: necessary?).",
+)
+
+
+def patching_commands(cfg: DemoConfig) -> list[str]:
+    comps = " ".join(f"-c {c}" for c in cfg.patch_components)
+    return [
+        f"mechscope patch --model {cfg.patch_model} --task docstring {comps} --direction {d} "
+        f"--n {cfg.patch_n} --seed {cfg.seed} --out out/patch"
+        for d in ("denoising", "noising")
+    ]
+
+
+def patching_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope import load_model
+    from mechscope.patching import patch_task
+    from mechscope.tasks import make_task
+
+    key, title, question = PATCHING
+    sec = Section(key, title, question, patching_commands(cfg))
+    bridge = load_model(cfg.patch_model)
+    task = make_task("docstring", bridge.tokenizer, n=cfg.patch_n, seed=cfg.seed)
+    best: dict[str, tuple[str, float]] = {}
+    for direction in ("denoising", "noising"):
+        for comp in cfg.patch_components:
+            r = patch_task(bridge, task, comp, direction)
+            norm = r.normalised()
+            # the most restoring (denoising) / most damaging (noising) single patch
+            flat = int(norm.flatten().argmax() if direction == "denoising" else norm.argmin())
+            where = _label(r.labels, r.axes, _unravel(flat, tuple(r.values.shape)))
+            val = float(norm.flatten()[flat])
+            sec.numbers[f"{comp}_{direction}"] = {
+                "axes": list(r.axes),
+                "clean": r.clean,
+                "corrupted": r.corrupted,
+                "metric": r.metric,
+                "values": r.values.tolist(),
+                "top": where,
+                "top_normalised": val,
+            }
+            best[f"{comp}_{direction}"] = (where, val)
+            sec.figures.append(r.plot(title=f"{comp}, {direction} (0 = corrupted, 1 = clean)"))
+    first = sec.numbers[f"{cfg.patch_components[0]}_denoising"]
+    parts = []
+    for comp in cfg.patch_components:
+        d_where, d_val = best[f"{comp}_denoising"]
+        n_where, n_val = best[f"{comp}_noising"]
+        parts.append(
+            f"{comp}: denoising {d_where} restores {d_val:.2f}, "
+            f"noising {n_where} leaves {n_val:.2f}"
+        )
+    sec.finding = (
+        f"We patched {', '.join(cfg.patch_components)} of {cfg.patch_model} on {cfg.patch_n} "
+        f"docstring prompts ({first['metric']}: clean {first['clean']:.2f}, corrupted "
+        f"{first['corrupted']:.2f}; 0 = corrupted, 1 = clean). The strongest single patches: "
+        + "; ".join(parts)
+        + "."
+    )
+    return sec
+
+
+# -- (2) circuits -----------------------------------------------------------------------------
+CIRCUITS = (
+    "circuits",
+    "ACDC circuit and tracr ground truth",
+    "Which edges of code-attn4's computational graph does the docstring task need (ACDC, KL "
+    "to the full model, resample ablation), how faithful is that circuit, and does ACDC recover "
+    "the known circuits of the tracr-compiled models?",
+)
+
+
+def _tracr_taus(cfg: DemoConfig) -> tuple[float, ...]:
+    from mechscope.circuits import TAU_GRID
+
+    return cfg.tracr_taus or tuple(TAU_GRID)
+
+
+def circuits_commands(cfg: DemoConfig) -> list[str]:
+    cmds = [
+        f"mechscope acdc --model {cfg.patch_model} --task docstring --tau {cfg.acdc_tau:g} "
+        f"--n {cfg.acdc_n} --seed {cfg.seed} --out out/acdc-docstring"
+    ]
+    taus = _tracr_taus(cfg)
+    for name in cfg.tracr_tasks:
+        cmds.append(
+            f"mechscope acdc --tracr {name} --ablation zero --tau TAU --out out/acdc-{name}"
+            f"   # TAU in {', '.join(f'{t:g}' for t in taus)}"
+        )
+    return cmds
+
+
+def circuits_section(cfg: DemoConfig, files: Path) -> Section:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from mechscope import load_model
+    from mechscope.circuits import Graph, acdc, kl_metric, roc
+    from mechscope.circuits.render import write
+    from mechscope.circuits.tracr import load_tracr
+    from mechscope.models.lean import LeanModel
+    from mechscope.tasks import make_task
+
+    key, title, question = CIRCUITS
+    sec = Section(key, title, question, circuits_commands(cfg))
+    bridge = load_model(cfg.patch_model)
+    lean = LeanModel(bridge)
+    graph = Graph.from_model(lean)
+    task = make_task("docstring", bridge.tokenizer, n=cfg.acdc_n, seed=cfg.seed)
+    clean, corrupt = task.clean_tokens, task.corrupt_tokens
+    metric = kl_metric(lean(clean, logit_pos=(-1,)))
+    c = acdc(lean, clean, corrupt, cfg.acdc_tau, metric, "resample", graph)
+    c.meta.update(model=cfg.patch_model, task="docstring", seed=cfg.seed)
+    paths = write(c, files / "acdc-docstring")
+    html = next(p for p in paths if p.suffix == ".html")
+    sec.links.append(("the ACDC circuit drawing (SVG, edge list)", f"{files.name}/{html.name}"))
+    sec.numbers["acdc"] = {
+        "n_edges": c.n_edges,
+        "n_graph_edges": len(graph.edges),
+        "heads": c.heads,
+        "edges": c.edges,
+        "full": c.full,
+        "value": c.value,
+        "ablated": c.ablated,
+        "faithfulness": _finite(c.faithfulness) if c.faithfulness is not None else None,
+        "tau": cfg.acdc_tau,
+        "n_prompts": cfg.acdc_n,
+    }
+
+    taus = _tracr_taus(cfg)
+    fig = make_subplots(
+        rows=1,
+        cols=len(cfg.tracr_tasks) + 1,
+        subplot_titles=["docstring: KL to the full model (lower is better)"]
+        + [f"tracr {n}: edge ROC over tau" for n in cfg.tracr_tasks],
+    )
+    fig.add_trace(
+        go.Bar(
+            x=["full model", f"circuit ({c.n_edges} edges)", "all edges ablated"],
+            y=[c.full, c.value, c.ablated],
+            name="KL",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    tracr_parts = []
+    for col, name in enumerate(cfg.tracr_tasks, start=2):
+        tt = load_tracr(name)
+        masks, sizes = [], []
+        for tau in taus:
+            ct = acdc(tt.model, tt.tokens, None, tau, tt.metric, "zero", tt.graph)
+            masks.append(ct.present)
+            sizes.append(ct.n_edges)
+        r = roc(tt.graph, tt.truth, circuits=masks)
+        exact = sum(bool((m == tt.truth).all()) for m in masks)
+        sec.numbers[f"tracr_{name}"] = {
+            "taus": list(taus),
+            "n_edges": sizes,
+            "n_true_edges": int(tt.truth.sum()),
+            "n_graph_edges": len(tt.graph.edges),
+            "exact_recoveries": exact,
+            "edge_auc": r.edge_auc,
+            "node_auc": r.node_auc,
+        }
+        pts = sorted(r.edge_points)
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                mode="lines+markers",
+                name=f"{name} (AUC {r.edge_auc:.2f})",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="false positive rate", range=[-0.02, 1.02], row=1, col=col)
+        fig.update_yaxes(title_text="true positive rate", range=[-0.02, 1.02], row=1, col=col)
+        tracr_parts.append(
+            f"{name}: edge AUC {r.edge_auc:.2f}, node AUC {r.node_auc:.2f}, exactly the "
+            f"{int(tt.truth.sum())} true edges at {exact} of {len(taus)} taus"
+        )
+    fig.update_layout(title="ACDC on code-attn4 (docstring) and on the tracr models")
+    sec.figures.append(fig)
+    faith = sec.numbers["acdc"]["faithfulness"]
+    faith_s = "undefined" if faith is None else f"{faith:.2f}"
+    sec.finding = (
+        f"At tau {cfg.acdc_tau:g} on {cfg.acdc_n} docstring prompts ACDC keeps {c.n_edges} of "
+        f"{len(graph.edges)} edges touching {len(c.heads)} heads, with KL {c.value:.3f} against "
+        f"{c.ablated:.3f} fully ablated (faithfulness {faith_s})."
+        f" On the tracr models (zero ablation, {len(taus)} taus): " + "; ".join(tracr_parts) + "."
+    )
+    return sec
+
+
+# -- (3) bundled SAEs -------------------------------------------------------------------------
+SAES = (
+    "saes",
+    "Bundled sparse autoencoders",
+    "How sparse and how faithful are the SAEs bundled for code-2l (local and end-to-end "
+    "training, several sparsity coefficients), on held-out tokens with SAELens's definitions?",
+)
+
+
+def saes_commands(cfg: DemoConfig) -> list[str]:
+    return [f"mechscope sae list --model {SAE_MODEL}"]
+
+
+def saes_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope.sae import SAEEval, pareto_figure
+    from mechscope.sae.bundled import list_bundled
+
+    key, title, question = SAES
+    sec = Section(key, title, question, saes_commands(cfg))
+    entries = list_bundled(SAE_MODEL)
+    if not entries:
+        raise RuntimeError(f"no bundled SAEs for {SAE_MODEL} (mechscope sae build-bundled)")
+    evals = [SAEEval(**e["evaluation"]) for e in entries]
+    groups = [
+        f"{e['training']['hook_name'].split('.hook')[0]} {e['training']['loss']}" for e in entries
+    ]
+    sec.figures.append(pareto_figure(evals, groups))
+    sec.numbers = {e.name: e.to_dict() for e in evals}
+    local = [e for e, x in zip(evals, entries, strict=True) if x["training"]["loss"] == "local"]
+    e2e = [e for e, x in zip(evals, entries, strict=True) if x["training"]["loss"] != "local"]
+
+    def span(xs: list[float], fmt: str = "{:.2f}") -> str:
+        return f"{fmt.format(min(xs))}-{fmt.format(max(xs))}" if xs else "-"
+
+    sec.finding = (
+        f"{len(evals)} SAEs ({len(local)} local, {len(e2e)} end-to-end) of {SAE_MODEL}'s residual "
+        f"stream, evaluated on {evals[0].n_tokens:,} held-out tokens. Local SAEs reach explained "
+        f"variance {span([e.explained_variance for e in local])} and CE recovered "
+        f"{span([e.ce_recovered for e in local], '{:.3f}')} at L0 "
+        f"{span([e.l0 for e in local], '{:.0f}')}; e2e SAEs keep CE recovered "
+        f"{span([e.ce_recovered for e in e2e], '{:.3f}')} at L0 "
+        f"{span([e.l0 for e in e2e], '{:.0f}')} while explaining only "
+        f"{span([e.explained_variance for e in e2e])} of the variance."
+    )
+    return sec
+
+
+# -- (4) sensitive directions ------------------------------------------------------------------
+DIRECTIONS = (
+    "directions",
+    "Sensitive directions",
+    "How much does moving code-2l's residual stream along an SAE's reconstruction error change "
+    "the next-token distribution, compared with the isotropic baseline and the improved "
+    "(covariance-random and real-activation mixture) baselines of the same length?",
+)
+
+
+def directions_commands(cfg: DemoConfig) -> list[str]:
+    fams = " ".join(f"-f {f}" for f in cfg.directions_families)
+    lens = ""
+    if cfg.directions_lengths is not None:
+        lens = " --lengths " + ",".join(f"{x:g}" for x in cfg.directions_lengths)
+    return [
+        f"mechscope directions sweep --model {SAE_MODEL} --hook {cfg.directions_hook} {fams} "
+        f"--sae {cfg.directions_sae} --batches {cfg.directions_batches} "
+        f"--batch-size {cfg.directions_batch_size}{lens} --seed {cfg.seed} --out out/directions"
+    ]
+
+
+def directions_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope import load_model
+    from mechscope.directions import DirectionsConfig, sweep_directions
+    from mechscope.directions.plot import curves_figure
+    from mechscope.sae.bundled import load_bundled
+
+    key, title, question = DIRECTIONS
+    sec = Section(key, title, question, directions_commands(cfg))
+    dcfg = DirectionsConfig(
+        n_batches=cfg.directions_batches,
+        batch_size=cfg.directions_batch_size,
+        lengths=cfg.directions_lengths,
+        seed=cfg.seed,
+        progress=False,
+    )
+    sae = load_bundled(SAE_MODEL, cfg.directions_sae)
+    families = [*cfg.directions_families, "sae_error"]
+    res = sweep_directions(
+        load_model(SAE_MODEL),
+        cfg.directions_hook,
+        families,
+        sae=sae,
+        sae_name=cfg.directions_sae,
+        cfg=dcfg,
+    )
+    sec.figures.append(curves_figure(res))
+    eps = float(res.families["sae_error"]["error_norm"])
+    at_eps = {f: res.kl_at(f, eps) for f in families}
+    sec.numbers = {
+        "lengths": res.lengths,
+        "curves": {f: res.curve(f) for f in families},
+        "sae": cfg.directions_sae,
+        "sae_l0": res.families["sae_error"].get("l0"),
+        "error_norm": eps,
+        "kl_at_error_norm": at_eps,
+    }
+    ratios = ", ".join(
+        f"{at_eps['sae_error'] / at_eps[f]:.2f}x {f}"
+        for f in cfg.directions_families
+        if at_eps[f] > 0
+    )
+    sec.finding = (
+        f"Perturbations x + L d at {cfg.directions_hook} of {SAE_MODEL} "
+        f"({len(res.lengths)} lengths, {cfg.directions_batches} x {cfg.directions_batch_size} "
+        f"held-out sequences), for the error of SAE {cfg.directions_sae} and the baselines. "
+        f"At the SAE's mean error length L = {eps:.2f}, the error direction's mean KL is "
+        f"{at_eps['sae_error']:.4f}: {ratios} (read off the curves, linear between lengths)."
+    )
+    return sec
+
+
+# -- (5) feature evolution ---------------------------------------------------------------------
+EVOLUTION = (
+    "evolution",
+    "Feature evolution across layers",
+    "How do the SAE features of code-2l's layer 0 relate to those of layer 1: which pass "
+    "through, disappear, appear or combine (AND / OR), and what communities does the feature "
+    "graph form?",
+)
+
+
+def evolution_commands(cfg: DemoConfig) -> list[str]:
+    return [
+        f"mechscope evolution run --model {SAE_MODEL} --coeff {cfg.evolution_coeff:g} "
+        f"--batches {cfg.evolution_batches} --batch-size {cfg.evolution_batch_size} "
+        f"--out out/evolution --html out/evolution.html"
+    ]
+
+
+def evolution_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope import load_model
+    from mechscope.evolution import EvolutionConfig, compute_evolution
+    from mechscope.evolution.classify import sankey_figure
+    from mechscope.evolution.page import write_page
+    from mechscope.sae.bundled import load_bundled
+    from mechscope.sae.sweep import eval_batches
+
+    key, title, question = EVOLUTION
+    sec = Section(key, title, question, evolution_commands(cfg))
+    bridge = load_model(SAE_MODEL)
+    n_layers = int(bridge.cfg.n_layers)
+    names = [
+        f"blocks.{layer}.hook_resid_post__local__l1-{cfg.evolution_coeff:g}"
+        for layer in range(n_layers)
+    ]
+    saes = [load_bundled(SAE_MODEL, n) for n in names]
+    tokens = eval_batches(bridge, cfg.evolution_batches, batch_size=cfg.evolution_batch_size)
+    result = compute_evolution(
+        bridge, saes, tokens, EvolutionConfig(), names=names, model_name=SAE_MODEL
+    )
+    page = write_page(result, files / "evolution.html")
+    sec.links.append(("the interactive feature-evolution page", f"{files.name}/{page.name}"))
+    sec.figures.append(
+        sankey_figure([p.classification for p in result.pairs], result.sizes, title=SAE_MODEL)
+    )
+    counts = result.counts()
+    stats = result.community_stats()
+    sec.numbers = {"n_tokens": result.n_tokens, "counts": counts, "communities": stats}
+    c0, c1 = counts[0], counts[-1]
+    algo = "louvain" if "louvain" in stats else next(iter(stats), None)
+    comm = (
+        f"; Louvain finds {stats[algo]['n_communities']} communities, "
+        f"{stats[algo]['multi_layer']} spanning both layers"
+        if algo is not None
+        else ""
+    )
+    sec.finding = (
+        f"Bundled local SAEs (lambda {cfg.evolution_coeff:g}) at every layer of {SAE_MODEL}, "
+        f"related by their activations on {result.n_tokens:,} held-out tokens. Of layer 0's "
+        f"{c0['features']} features ({c0['dead']} dead), {c0['pass_through']} pass through "
+        f"(Pearson r >= 0.95) and {c0['disappearing']} disappear; layer {c1['layer']} has "
+        f"{c1['appearing']} appearing features, {c1['and']} AND and {c1['or']} OR gates{comm}."
+    )
+    return sec
+
+
+# -- (6) stable regions ------------------------------------------------------------------------
+REGIONS = (
+    "regions",
+    "Stable regions over checkpoints and sizes",
+    "Does the output change sharply at region boundaries when a residual activation is "
+    "interpolated between two prompts', and does that sharpness grow with training and model "
+    "size (random-initialisation and isotropic controls alongside)?",
+)
+
+
+def regions_commands(cfg: DemoConfig) -> list[str]:
+    ms = " ".join(f"-m {m}" for m in cfg.regions_models)
+    rs = "".join(f" -r {r}" for r in cfg.regions_revisions or ())
+    return [
+        f"mechscope regions sweep {ms}{rs} --n-prompts {cfg.regions_prompts} "
+        f"--n-steps {cfg.regions_steps} --seed {cfg.seed} --out out/regions"
+    ]
+
+
+def regions_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope.regions import RegionConfig, sweep
+    from mechscope.regions.plot import sweep_figure
+
+    key, title, question = REGIONS
+    sec = Section(key, title, question, regions_commands(cfg))
+    rcfg = RegionConfig(n_prompts=cfg.regions_prompts, n_steps=cfg.regions_steps, seed=cfg.seed)
+    revs = list(cfg.regions_revisions) if cfg.regions_revisions else None
+    result = sweep(list(cfg.regions_models), revs, rcfg, progress=False)
+    sec.figures.append(sweep_figure(result))
+    table = result.table()
+    sec.numbers = {"rows": table}
+    parts = []
+    for m in result.models():
+        rows = result.of(m)
+        first, last = rows[0], rows[-1]
+        parts.append(
+            f"{m} {first.sharpness[1]:.2f} at {first.revision or 'main'} -> "
+            f"{last.sharpness[1]:.2f} at {last.revision or 'main'} (isotropic "
+            f"{last.iso_sharpness[1]:.2f})"
+        )
+    n_pairs = result.rows[0].n_pairs if result.rows else 0
+    sec.finding = (
+        f"Linear paths between {n_pairs} pairs of held-out prompts' activations after block 0, "
+        f"{cfg.regions_steps} steps each, at {len(result.rows)} model checkpoints (sharpness s: 1 "
+        f"= a straight line, {cfg.regions_steps - 1} = a jump inside one step). Median s: "
+        + "; ".join(parts)
+        + "."
+    )
+    return sec
+
+
+# -- (7) interaction basis ---------------------------------------------------------------------
+BASIS = (
+    "basis",
+    "Degeneracy and the interaction basis",
+    "How many directions of each layer of the bundled digits MLP and modular-addition "
+    "transformer actually matter (activation / gradient Gram ranks), and are the interactions "
+    "between layers sparser in the interaction basis than in the PCA or neuron basis?",
+)
+
+
+def basis_commands(cfg: DemoConfig) -> list[str]:
+    return [f"mechscope basis analyse {m} --out out/basis" for m in cfg.basis_models]
+
+
+def basis_section(cfg: DemoConfig, files: Path) -> Section:
+    from mechscope.basis import analyse, bundled_data, load_bundled
+
+    key, title, question = BASIS
+    sec = Section(key, title, question, basis_commands(cfg))
+    parts = []
+    for name in cfg.basis_models:
+        x, _ = bundled_data(name, "train")
+        result = analyse(load_bundled(name), x, meta={"model": name, "split": "train"})
+        sec.figures.append(result.spectra_figure().update_layout(title=f"{name}: spectra"))
+        sec.figures.append(
+            result.sparsity_figure().update_layout(title=f"{name}: edge-strength sparsity")
+        )
+        s = result.summary()
+        sec.numbers[name] = s
+        dims = ", ".join(
+            f"{row['layer']} {row.get('width', '?')}->{row.get('lib_dim', '?')}"
+            for row in s["layers"]
+            if "width" in row
+        )
+        edges = ", ".join(
+            f"{k.removesuffix('_edges_99')} {v}"
+            for k, v in s["pairs"][0].items()
+            if k.endswith("_edges_99")
+        )
+        parts.append(
+            f"{name}: width -> interaction-basis dimensions {dims}; edges holding 99% of the "
+            f"strength of {s['pairs'][0]['pair']}: {edges}"
+        )
+    sec.finding = (
+        f"Degeneracy and interaction / PCA / neuron bases of {', '.join(cfg.basis_models)} on "
+        f"their training inputs. " + "; ".join(parts) + "."
+    )
+    return sec
+
+
+STAGES: dict[str, tuple[tuple[str, str, str], Callable[[DemoConfig], list[str]], Stage]] = {
+    "patching": (PATCHING, patching_commands, patching_section),
+    "circuits": (CIRCUITS, circuits_commands, circuits_section),
+    "saes": (SAES, saes_commands, saes_section),
+    "directions": (DIRECTIONS, directions_commands, directions_section),
+    "evolution": (EVOLUTION, evolution_commands, evolution_section),
+    "regions": (REGIONS, regions_commands, regions_section),
+    "basis": (BASIS, basis_commands, basis_section),
+}
