@@ -30,3 +30,20 @@ def gpt2_2l():
     import mechscope
 
     return mechscope.load_model("code-2l")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """(path of Debian's chromium, playwright's sync_playwright) for the browser tests; fails,
+    never skips, when either is missing (CI installs both)."""
+    import shutil
+    from pathlib import Path
+
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("chromium not found: install it with `apt-get install chromium` (Debian)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright missing: pip install playwright (uses the system chromium)")
+    return exe, sync_playwright

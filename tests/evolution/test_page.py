@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -37,20 +35,9 @@ def test_server_binds_localhost_only(evil_result) -> None:
         server.server_close()
 
 
-def _browser():
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        pytest.fail("chromium not found: install it with `apt-get install chromium` (Debian)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright missing: pip install playwright (uses the system chromium)")
-    return exe, sync_playwright
-
-
 @pytest.mark.slow
-def test_page_in_headless_chromium(evil_result, tmp_path) -> None:
-    exe, sync_playwright = _browser()
+def test_page_in_headless_chromium(evil_result, tmp_path, chromium) -> None:
+    exe, sync_playwright = chromium
     path = write_page(evil_result, tmp_path / "page.html")
     errors: list[str] = []
     with sync_playwright() as p:

@@ -14,20 +14,9 @@ import pytest
 DOCS_PNG = Path(__file__).resolve().parents[2] / "docs" / "figures" / "demo_report.png"
 
 
-def _browser():
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        pytest.fail("chromium not found: install it with `apt-get install chromium` (Debian)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright missing: pip install playwright (uses the system chromium)")
-    return exe, sync_playwright
-
-
 @pytest.mark.slow
-def test_report_in_headless_chromium(quick_demo, tmp_path) -> None:
-    exe, sync_playwright = _browser()
+def test_report_in_headless_chromium(quick_demo, tmp_path, chromium) -> None:
+    exe, sync_playwright = chromium
     titles = [s.title for s in quick_demo.sections]
     errors: list[str] = []
     with sync_playwright() as p:
