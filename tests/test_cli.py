@@ -10,8 +10,9 @@ runner = CliRunner()
 def test_help_lists_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("zoo", "run-task", "demo"):
+    for cmd in ("zoo", "run-task", "patch", "acdc", "sae", "directions", "evolution", "regions"):
         assert cmd in r.output
+    assert "demo" in r.output and "basis" in r.output
 
 
 def test_zoo_list_and_info():
@@ -38,9 +39,3 @@ def test_bad_inputs_exit_2_with_a_message():
     assert r.exit_code == 2 and "Available tasks" in " ".join(r.output.split())
     r = runner.invoke(app, ["zoo", "info", "nope"])
     assert r.exit_code == 2 and "No bundled model" in " ".join(r.output.split())
-
-
-def test_demo_quick_runs():
-    r = runner.invoke(app, ["demo", "--quick"])
-    assert r.exit_code == 0, r.output
-    assert "docstring" in r.output
