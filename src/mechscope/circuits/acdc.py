@@ -192,6 +192,24 @@ def acdc_reference(
     return _finish(runner, graph, mask, metric, "acdc-reference", ablation, tau, t0, n_tests)
 
 
+def _chain(graph: Graph, edges: list[int]) -> list[int]:
+    """The longest prefix of `edges` worth testing in one delta pass: edges into the first
+    edge's receiver, or, while every receiver is computed only at the metric's positions (the
+    logits, a last-layer query), edges into any of those."""
+
+    def at_pos(r: str) -> bool:
+        return r == "logits" or (r.endswith(".q") and graph.layer(r) == graph.n_layers - 1)
+
+    first = graph.edges[edges[0]].receiver
+    out = edges[:1]
+    for e in edges[1:]:
+        r = graph.edges[e].receiver
+        if r != first and not (at_pos(first) and at_pos(r)):
+            break
+        out.append(e)
+    return out
+
+
 def _untested(bar: Progress, task: Any, mask: Tensor) -> int:
     """Edges not yet visited (all still present), so that 'kept' counts visited edges only."""
     return len(mask) - int(bar.tasks[task].completed)
@@ -217,9 +235,9 @@ def acdc(
 
     Each tested removal recomputes only the nodes it changes (delta.py), from the current
     circuit's cached activations. batch_size: tentative removals evaluated together where the
-    last pass recomputed at most two nodes at every position (none before the last layer when
-    chains cross receivers; where changes spread further, stacking costs as much as testing one
-    by one): the next edges in test order, variant i
+    last pass recomputed at most two nodes at every position (where changes spread further,
+    stacking costs as much as testing one by one): the next edges in test order into the same
+    receiver (or into receivers computed only at the metric's positions), variant i
     assuming the i earlier ones removed (the usual outcome), within one receiver when skipping
     disconnected receivers; the results are read in order up to the first edge kept, and the
     search resumes after it.
@@ -263,13 +281,12 @@ def acdc(
                     pos = step_end[si]
                     continue
             end = step_end[si] if skip_disconnected else len(tests)
-            chain = [e for _, e in tests[pos : min(pos + width, end)]]
+            chain = _chain(graph, [e for _, e in tests[pos : min(pos + width, end)]])
             trial = state.trial([chain[: k + 1] for k in range(len(chain))])
             values = metric(trial.logits).tolist()
             # stacking variants pays where a pass recomputes little at every position (a last-
-            # layer receiver, or later layers already pruned); a wide spread costs ~n x as much.
-            # Chains across receivers (no skipping) stack only passes that stay in the last layer
-            width = batch_size if len(trial.outs) <= (2 if skip_disconnected else 0) else 1
+            # layer receiver, or later layers already pruned); a wide spread costs ~n x as much
+            width = batch_size if len(trial.outs) <= 2 else 1
             done, decided = -1, len(chain)  # last variant whose removals all stand
             for k, e in enumerate(chain):
                 before = cur if k == 0 else values[k - 1]

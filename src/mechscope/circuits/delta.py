@@ -253,8 +253,10 @@ class DeltaCircuit:
                         cur[:, :, :, redo] = self.lean.head_qkv(l, x, j, hs[redo]).view(
                             n, self.B, p, len(rs), -1
                         )
+                    # stored q/k/v already hold the current circuit's ablated ones; only
+                    # recomputed ones, or a trial that removes dc edges, need the ablation
                     present = dc[:, l, j, hs]  # [n, k]
-                    if not bool(present.all()):
+                    if (len(redo) or t.dc is not None) and not bool(present.all()):
                         abl = (self.abl_q_last if at_pos else self.runner.ablated_qkv[l][j])[
                             :, :, hs
                         ]

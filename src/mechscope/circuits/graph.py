@@ -89,6 +89,11 @@ class Graph:
                 for h in range(H)
             ]
         self.edge_index = {e.name: i for i, e in enumerate(self.edges)}
+        self._by_sender: dict[str, list[int]] = {}
+        self._by_receiver: dict[str, list[int]] = {}
+        for i, e in enumerate(self.edges):
+            self._by_sender.setdefault(e.sender, []).append(i)
+            self._by_receiver.setdefault(e.receiver, []).append(i)
         self.n_add = sum(e.kind == "add" for e in self.edges)
         # tensors the patched forward uses
         adds = self.edges[: self.n_add]
@@ -163,10 +168,11 @@ class Graph:
             if self.dc_edges:
                 return [self.edge_index[f"{node}->{node.rsplit('.', 1)[0]}"]]
             node = node.rsplit(".", 1)[0]
-        return [i for i, e in enumerate(self.edges) if e.sender == node]
+        return list(self._by_sender.get(node, ()))
 
     def in_edges(self, node: str) -> list[int]:
-        return [i for i, e in enumerate(self.edges) if e.receiver == node]
+        """Indices of the edges into `node`, in edge order."""
+        return list(self._by_receiver.get(node, ()))
 
     def nodes_of(self, mask: Tensor) -> set[str]:
         """Nodes touched by an edge of `mask` [n_edges] (node-level view)."""
