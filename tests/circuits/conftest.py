@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -26,29 +24,11 @@ def tiny_model(
         return torch.randn(*shape, generator=g) * scale
 
     L, H, dh = n_layers, n_heads, d // n_heads
-    cfg = SimpleNamespace(
-        n_layers=L,
-        n_heads=H,
-        d_head=dh,
-        eps=1e-5,
-        attn_only=d_mlp is None,
-        act_fn="gelu",
-        normalization_type="LN" if layer_norm else None,
-        attn_scale=float(dh) ** 0.5,
-    )
-
-    def ln() -> SimpleNamespace:
-        return SimpleNamespace(named_parameters=lambda: iter(()))
-
-    bridge = SimpleNamespace(
-        cfg=cfg,
-        tokenizer=None,
+    weights = dict(
         W_E=r(vocab, d, scale=1.0),
-        pos_embed=SimpleNamespace(W_pos=r(16, d)),
+        W_pos=r(16, d),
         W_U=r(d, vocab),
         b_U=r(vocab),
-        ln_final=ln(),
-        blocks=[SimpleNamespace(ln1=ln(), ln2=ln()) for _ in range(L)],
         W_Q=r(L, H, d, dh),
         W_K=r(L, H, d, dh),
         W_V=r(L, H, d, dh),
@@ -59,9 +39,13 @@ def tiny_model(
         b_O=r(L, d),
     )
     if d_mlp is not None:
-        bridge.W_in, bridge.b_in = r(L, d, d_mlp), r(L, d_mlp)
-        bridge.W_out, bridge.b_out = r(L, d_mlp, d), r(L, d)
-    return LeanModel(bridge)
+        weights.update(W_in=r(L, d, d_mlp), b_in=r(L, d_mlp), W_out=r(L, d_mlp, d), b_out=r(L, d))
+    return LeanModel.from_weights(
+        weights,
+        normalization="LN" if layer_norm else None,
+        act_fn="gelu",
+        attn_scale=float(dh) ** 0.5,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ space, small token batches and a bundled SAE of code-2l."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -22,25 +20,11 @@ def no_ln_model(seed: int = 0) -> LeanModel:
     r = lambda *s: torch.randn(*s, generator=g) * 0.5  # noqa: E731
     W_U = torch.zeros(D, VOCAB)
     W_U[:3] = r(3, VOCAB) * 4
-    cfg = SimpleNamespace(
-        n_layers=1,
-        n_heads=2,
-        d_head=3,
-        eps=1e-5,
-        attn_only=False,
-        act_fn="gelu_new",
-        normalization_type=None,
-        attn_scale=-1.0,
-    )
-    bridge = SimpleNamespace(
-        cfg=cfg,
-        tokenizer=None,
+    weights = dict(
         W_E=r(VOCAB, D) * 2,
-        pos_embed=SimpleNamespace(W_pos=r(16, D)),
+        W_pos=r(16, D),
         W_U=W_U,
         b_U=torch.zeros(VOCAB),
-        ln_final=None,
-        blocks=[SimpleNamespace()],
         W_Q=r(1, 2, D, 3),
         W_K=r(1, 2, D, 3),
         W_V=r(1, 2, D, 3),
@@ -54,7 +38,7 @@ def no_ln_model(seed: int = 0) -> LeanModel:
         W_out=r(1, 8, D),
         b_out=torch.zeros(1, D),
     )
-    return LeanModel(bridge)
+    return LeanModel.from_weights(weights)
 
 
 @pytest.fixture(scope="session")

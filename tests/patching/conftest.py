@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -45,25 +43,11 @@ def toy() -> LeanModel:
     W_U = torch.zeros(d, vocab)
     W_U[B, 0] = 1.0
     zeros_head = torch.zeros(n_layers, n_heads, 1)
-    cfg = SimpleNamespace(
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_head=1,
-        eps=1e-5,
-        attn_only=True,
-        act_fn="relu",
-        normalization_type=None,
-        attn_scale=1.0,
-    )
-    bridge = SimpleNamespace(
-        cfg=cfg,
-        tokenizer=None,
+    weights = dict(
         W_E=W_E,
-        pos_embed=SimpleNamespace(W_pos=torch.zeros(16, d)),
+        W_pos=torch.zeros(16, d),
         W_U=W_U,
         b_U=torch.zeros(vocab),
-        ln_final=None,
-        blocks=[SimpleNamespace() for _ in range(n_layers)],
         W_Q=torch.zeros(n_layers, n_heads, d, 1),
         W_K=torch.zeros(n_layers, n_heads, d, 1),
         W_V=W_V,
@@ -73,4 +57,4 @@ def toy() -> LeanModel:
         W_O=W_O,
         b_O=torch.zeros(n_layers, d),
     )
-    return LeanModel(bridge)
+    return LeanModel.from_weights(weights, act_fn="relu", attn_scale=1.0)

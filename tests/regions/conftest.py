@@ -4,7 +4,6 @@ prompt sets on the bundled code-2l."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -39,28 +38,11 @@ def step_model(gain: float = 1000.0) -> LeanModel:
     zero_w = torch.zeros(1, 1, d, 1)
     zero_b = torch.zeros(1, 1, 1)
 
-    def ln() -> torch.nn.LayerNorm:
-        return torch.nn.LayerNorm(d)  # weight 1, bias 0
-
-    cfg = SimpleNamespace(
-        n_layers=1,
-        n_heads=1,
-        d_head=1,
-        eps=1e-5,
-        attn_only=False,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        attn_scale=1.0,
-    )
-    bridge = SimpleNamespace(
-        cfg=cfg,
-        tokenizer=None,
+    weights = dict(
         W_E=torch.randn(vocab, d, generator=torch.Generator().manual_seed(0)),
-        pos_embed=SimpleNamespace(W_pos=torch.zeros(n_pos, d)),
+        W_pos=torch.zeros(n_pos, d),
         W_U=W_U,
         b_U=torch.zeros(vocab),
-        ln_final=ln(),
-        blocks=[SimpleNamespace(ln1=ln(), ln2=ln())],
         W_Q=zero_w,
         W_K=zero_w,
         W_V=zero_w,
@@ -74,7 +56,7 @@ def step_model(gain: float = 1000.0) -> LeanModel:
         W_out=W_out,
         b_out=torch.zeros(1, d),
     )
-    return LeanModel(bridge)
+    return LeanModel.from_weights(weights, normalization="LN", attn_scale=1.0)
 
 
 def crossing_ends(alpha0: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,12 +3,11 @@ recomputed only where it differs.
 
 ACDC tests one edge at a time, and removing edge u -> v changes only what depends on v: the head
 (or MLP, or the logits) that v feeds, then only the nodes that read a changed node through an edge
-still present. `DeltaCircuit` keeps the current circuit's sender outputs and per-head queries,
-keys and values; `trial(edges)` recomputes the changed nodes alone (a removal into layer 3 of a
-4-layer model recomputes one head and the logits) and `commit` makes the trial the current
-circuit. Receiver inputs are always summed afresh from the senders' outputs (the formula of
-patched.py), so nothing drifts over many commits: a trial equals `CircuitRunner.logits` of the
-same mask to float32 rounding, which a test checks.
+still present. `DeltaCircuit` keeps the current circuit's activations; `trial(edge_sets)`
+recomputes the changed nodes alone (a removal into the last layer recomputes one head, at the
+metric's positions, and the logits) and `commit` makes one of its variants the current circuit.
+Inputs follow the formula of patched.py; a trial equals `CircuitRunner.logits` of the same mask
+to float32 rounding, which a test checks over long random walks of commits.
 """
 
 from __future__ import annotations
@@ -76,7 +75,6 @@ class DeltaCircuit:
             else torch.ones(self.L, 3, self.H, dtype=torch.bool)
         )
         self.D = runner.diff.reshape(U, -1).clone()  # a_u - A_u; inputs' rows never change
-        self.Dp = self._at_pos(self.D)
         self.Ap = self._at_pos(self.A)
         last = self.L - 1
         self.ain_logits = self._at_pos(runner.ablated_in[self.L].reshape(1, -1))[0]
@@ -87,7 +85,6 @@ class DeltaCircuit:
         self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
         self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1])
         self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head)
-        self.q_last = self.qkv[last, 0][:, self.pos]  # the last layer's queries [B, pos, H, dh]
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
 
@@ -127,7 +124,7 @@ class DeltaCircuit:
                 self.IN[rm] = r.ablated_in_mlp[l].reshape(-1) + self.K[rm] @ self.D
                 self._set_mlp(l, self.IN[rm : rm + 1], self.D)
         self.Dp = self._at_pos(self.D)
-        self.q_last = self.qkv[self.L - 1, 0][:, self.pos]
+        self.q_last = self.qkv[self.L - 1, 0][:, self.pos]  # last layer's queries [B, pos, H, dh]
         return self._logits(self.K[-1:], {}, {})[0]
 
     def _set_heads(

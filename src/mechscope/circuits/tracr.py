@@ -30,7 +30,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -199,8 +198,9 @@ def _inputs(name: str) -> list[list[Any]]:
     return [list(p) for p in itertools.product("wxyz", repeat=4)]
 
 
-def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> TracrModel:
-    """A TracrModel from a NativeModel-layout state dict (no LayerNorm)."""
+def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> LeanModel:
+    """A model from a NativeModel-layout state dict (no LayerNorm): a TracrModel when its
+    attention is bidirectional."""
     L, H, dh = config["n_layers"], config["n_heads"], config["d_head"]
 
     def heads(w: Tensor) -> Tensor:  # [H*dh, d] -> [H, d, dh]
@@ -210,25 +210,11 @@ def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> TracrMo
         return torch.stack([state[f"layers.{l}.{key}"] for l in range(L)])
 
     d = config["d_model"]
-    cfg = SimpleNamespace(
-        n_layers=L,
-        n_heads=H,
-        d_head=dh,
-        eps=1e-5,
-        attn_only=False,
-        act_fn="relu",
-        normalization_type=None,
-        attn_scale=float(dh) ** 0.5,
-    )
-    bridge = SimpleNamespace(
-        cfg=cfg,
-        tokenizer=None,
+    weights = dict(
         W_E=state["tok_embed.weight"],
-        pos_embed=SimpleNamespace(W_pos=state["pos.weight"]),
+        W_pos=state["pos.weight"],
         W_U=state["head.weight"].T.contiguous(),
         b_U=torch.zeros(config["d_vocab_out"]),
-        ln_final=None,
-        blocks=[SimpleNamespace() for _ in range(L)],
         W_Q=torch.stack([heads(state[f"layers.{l}.attn.q.weight"]) for l in range(L)]),
         W_K=torch.stack([heads(state[f"layers.{l}.attn.k.weight"]) for l in range(L)]),
         W_V=torch.stack([heads(state[f"layers.{l}.attn.v.weight"]) for l in range(L)]),
@@ -242,9 +228,8 @@ def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> TracrMo
         W_out=torch.stack([state[f"layers.{l}.mlp.fc_out.weight"].T for l in range(L)]),
         b_out=stack("mlp.fc_out.bias"),
     )
-    if config["attention_dir"] != "bidirectional":
-        return LeanModel(bridge)  # type: ignore[return-value]
-    return TracrModel(bridge)
+    cls = TracrModel if config["attention_dir"] == "bidirectional" else LeanModel
+    return cls.from_weights(weights, act_fn="relu", attn_scale=float(dh) ** 0.5)
 
 
 def encode(name: str, encoding: dict[str, int]) -> Tensor:

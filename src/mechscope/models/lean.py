@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,47 @@ class LeanModel:
                 lw.W_in, lw.b_in = g(bridge.W_in[l]), g(bridge.b_in[l])
                 lw.W_out, lw.b_out = g(bridge.W_out[l]), g(bridge.b_out[l])
             self.layers.append(lw)
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: Mapping[str, Tensor],
+        *,
+        normalization: str | None = None,
+        eps: float = 1e-5,
+        act_fn: str = "gelu_new",
+        attn_scale: float = -1.0,
+        tokenizer: Any = None,
+    ) -> Self:
+        """A model from HookedTransformer-layout weights, without a bridge (hand-built and
+        converted models): W_E [vocab, d], W_U [d, vocab], b_U [vocab]; W_Q, W_K, W_V
+        [layer, head, d, d_head]; b_Q, b_K, b_V [layer, head, d_head]; W_O [layer, head, d_head,
+        d]; b_O [layer, d]; optional W_pos [n_ctx, d] and MLPs W_in [layer, d, d_mlp], b_in,
+        W_out [layer, d_mlp, d], b_out (none: attention-only). normalization "LN": LayerNorms
+        without affine parameters; attn_scale <= 0: sqrt(d_head)."""
+        n_layers, n_heads, _, d_head = weights["W_Q"].shape
+        cfg = SimpleNamespace(
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_head=d_head,
+            eps=eps,
+            attn_only="W_in" not in weights,
+            act_fn=act_fn,
+            normalization_type=normalization,
+            attn_scale=attn_scale,
+        )
+        no_affine = SimpleNamespace(named_parameters=lambda: iter(()))
+        parts: dict[str, Any] = dict(weights)
+        if "W_pos" in parts:
+            parts["pos_embed"] = SimpleNamespace(W_pos=parts.pop("W_pos"))
+        bridge = SimpleNamespace(
+            cfg=cfg,
+            tokenizer=tokenizer,
+            ln_final=no_affine,
+            blocks=[SimpleNamespace(ln1=no_affine, ln2=no_affine) for _ in range(n_layers)],
+            **parts,
+        )
+        return cls(bridge)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _ln(self, x: Tensor, p: tuple[Tensor, Tensor] | None) -> Tensor:
