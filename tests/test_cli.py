@@ -39,3 +39,14 @@ def test_bad_inputs_exit_2_with_a_message():
     assert r.exit_code == 2 and "Available tasks" in " ".join(r.output.split())
     r = runner.invoke(app, ["zoo", "info", "nope"])
     assert r.exit_code == 2 and "No bundled model" in " ".join(r.output.split())
+
+
+def test_zoo_build_on_a_missing_gpu_says_what_to_do(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = runner.invoke(
+        app, ["zoo", "build", "code-attn4", "--device", "cuda", "--out", str(tmp_path)]
+    )
+    assert r.exit_code == 2 and "--device cpu" in " ".join(r.output.split())
+    assert not any(tmp_path.iterdir())  # nothing written

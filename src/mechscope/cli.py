@@ -97,7 +97,7 @@ def zoo_build(
         kwargs["device"] = device
     try:
         folder = zoo.build(name, **kwargs)
-    except ModelLoadError as e:
+    except (ModelLoadError, ValueError) as e:
         fail(str(e))
     console.print(f"[green]built[/] {name} -> {folder}")
 

@@ -138,6 +138,11 @@ def build_model(
     """
     if name not in SPECS:
         raise KeyError(f"Unknown zoo model {name!r}. Buildable: tokenizer, {', '.join(SPECS)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
+            "build with --device cpu, or install the torch build that fits the GPU"
+        )
     spec = SPECS[name]
     steps = steps or spec.steps
     out = out or model_dir(name)
