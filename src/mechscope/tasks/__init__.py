@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from mechscope.tasks.base import Task, TaskError
 from mechscope.tasks.docstring import make_docstring
 from mechscope.tasks.induction import make_induction
 from mechscope.tasks.ioi import make_ioi
 from mechscope.tasks.run import TaskEval, run_task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TASKS: dict[str, Callable[..., Task]] = {
     "docstring": make_docstring,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from mechscope import metrics
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 METRICS = ("logit_diff", "logprob", "prob")
 

@@ -18,11 +18,13 @@ Wrong answers are the other def arguments plus random names not in the prompt (1
 from __future__ import annotations
 
 import random
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from mechscope.tasks.base import Task
 from mechscope.tasks.words import DESC_WORDS, FUNCTION_NAMES, PARAM_NAMES, single_token_words
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 N_WRONG = 13
 

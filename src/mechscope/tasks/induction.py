@@ -6,10 +6,14 @@ no earlier occurrence tells the answer. Default metric: log-probability of the a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from mechscope.tasks.base import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 FIRST_ID = 257  # skip BOS and the 256 single-byte tokens: random tokens are merged "words"
 

@@ -7,11 +7,13 @@ wrong answer " John" (subject). Corruption "ABC": all three names replaced by fr
 from __future__ import annotations
 
 import random
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from mechscope.tasks.base import Task
 from mechscope.tasks.words import OBJECTS, PERSON_NAMES, PLACES, single_token_words
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEMPLATE = "Then, {A} and {B} went to the {place}. {C} gave a {obj} to"
 TRAIN_TEMPLATES = [

@@ -6,7 +6,11 @@ Tasks keep only the words that the tokenizer encodes as one token with a leading
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 # Parameter names of the docstring task: common identifiers (ACDC drew from such a list).
 PARAM_NAMES = """

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from mechscope.data.corpus import stdlib_texts
 from mechscope.tasks import docstring, induction, ioi
@@ -23,6 +23,9 @@ from mechscope.tasks.words import (
     PLACES,
     single_token_words,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def synthetic_texts(rng: random.Random, n: int, tokenizer: PreTrainedTokenizerBase | None = None):
