@@ -2,7 +2,8 @@
 
 Shapes: `logits` is [batch, pos, vocab]; metrics read the position `pos` (default -1, the last) and
 return one value per prompt, [batch]. Take `.mean()` for a scalar. KL divergences are computed from
-log-softmax (never softmax-then-log) so small probabilities stay accurate.
+log-softmax (never softmax-then-log) so small probabilities stay accurate. Logits of bf16/fp16
+models are upcast first: every metric is computed and returned in float32 (or float64 if given).
 """
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ from torch import Tensor
 
 
 def _at(logits: Tensor, pos: int | Tensor) -> Tensor:
-    """Logits [batch, vocab] at one position (an int, or a [batch] tensor of positions)."""
+    """Logits [batch, vocab] at one position (an int, or a [batch] tensor of positions), in at
+    least float32."""
     if logits.ndim != 3:
         raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
     if isinstance(pos, Tensor):
-        return logits[torch.arange(logits.shape[0], device=logits.device), pos]
-    return logits[:, pos]
+        picked = logits[torch.arange(logits.shape[0], device=logits.device), pos.to(logits.device)]
+    else:
+        picked = logits[:, pos]
+    return _fp32(picked)
+
+
+def _fp32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def logit_diff(
@@ -29,6 +37,7 @@ def logit_diff(
     strongest one is used (ACDC's docstring metric); with one it is the usual logit difference.
     """
     lg = _at(logits, pos)
+    answers, wrong_answers = answers.to(lg.device), wrong_answers.to(lg.device)
     correct = lg.gather(-1, answers.view(-1, 1)).squeeze(-1)
     wrong = wrong_answers.view(wrong_answers.shape[0], -1)
     return correct - lg.gather(-1, wrong).max(-1).values
@@ -37,7 +46,7 @@ def logit_diff(
 def logprob(logits: Tensor, answers: Tensor, pos: int | Tensor = -1) -> Tensor:
     """log P(answer) at `pos`: [batch]."""
     lp = _at(logits, pos).log_softmax(-1)
-    return lp.gather(-1, answers.view(-1, 1)).squeeze(-1)
+    return lp.gather(-1, answers.to(lp.device).view(-1, 1)).squeeze(-1)
 
 
 def prob(logits: Tensor, answers: Tensor, pos: int | Tensor = -1) -> Tensor:
@@ -56,8 +65,8 @@ def kl_div(ref_logits: Tensor, logits: Tensor, pos: int | Tensor | None = -1) ->
         )
     if pos is not None:
         ref_logits, logits = _at(ref_logits, pos), _at(logits, pos)
-    ref_lp = ref_logits.float().log_softmax(-1)
-    lp = logits.float().log_softmax(-1)
+    ref_lp = _fp32(ref_logits).log_softmax(-1)
+    lp = _fp32(logits.to(ref_logits.device)).log_softmax(-1)
     return (ref_lp.exp() * (ref_lp - lp)).sum(-1)
 
 

@@ -66,14 +66,15 @@ class DeltaCircuit:
         self.per_layer = self.H + int(g.has_mlp)  # senders per layer
         self.per_rcv = 3 * self.H + int(g.has_mlp)  # receivers per layer
         self.A = runner.ablated_out.reshape(U, -1)  # A_u [U, B*P*d]
+        dev = self.device = lean.device  # a split model's pieces return here
         self.mask = torch.ones(len(g.edges), dtype=torch.bool) if mask is None else mask.clone()
-        self.K = torch.zeros(V, U)
-        self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float()
+        self.K = torch.zeros(V, U, device=dev)
+        self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float().to(dev)
         self.dc = (
             self.mask[g.n_add :].view(self.L, 3, self.H).clone()
             if g.dc_edges
             else torch.ones(self.L, 3, self.H, dtype=torch.bool)
-        )
+        ).to(dev)
         self.D = runner.diff.reshape(U, -1).clone()  # a_u - A_u; inputs' rows never change
         self.Ap = self._at_pos(self.A)
         last = self.L - 1
@@ -83,8 +84,8 @@ class DeltaCircuit:
             self._at_pos(runner.ablated_in_mlp[last].reshape(1, -1))[0] if g.has_mlp else None
         )
         self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
-        self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1])
-        self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head)
+        self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev)
+        self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev)
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
 
@@ -106,7 +107,7 @@ class DeltaCircuit:
     def _full(self) -> Tensor:
         """Compute every activation of the current circuit from scratch; logits [B, pos, vocab]."""
         r = self.runner
-        all_heads = torch.arange(self.H)
+        all_heads = torch.arange(self.H, device=self.device)
         for l in range(self.L):
             r0 = self._receiver(l, 0, 0)
             self.IN[r0 : r0 + 3 * self.H] = r.ablated_in[l].reshape(1, -1) + (
@@ -211,7 +212,7 @@ class DeltaCircuit:
 
         def touched(r0: int, k: int) -> Tensor:
             """Which of receivers r0..r0+k-1 have inputs that differ in some variant [k]."""
-            out = torch.zeros(k, dtype=torch.bool)
+            out = torch.zeros(k, dtype=torch.bool, device=self.device)
             for r in t.rows:
                 if r0 <= r < r0 + k:
                     out[r - r0] = True

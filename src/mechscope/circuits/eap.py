@@ -80,6 +80,7 @@ def eap_scores(
         for n in names:
             g = saved[n].grad
             assert g is not None
+            g = g.to(lean.device)  # a split model's blocks: onto the main device
             grads[n] = grads[n] + g if n in grads else g.clone()
     for n in names:
         grads[n] /= ig_steps
@@ -98,7 +99,8 @@ def eap_scores(
         dc = []
         for l in range(L):
             for j, x in enumerate(LETTERS):
-                d = runner.ablated_qkv[l][j] - clean_cache[f"blocks.{l}.attn.hook_{x}"]
+                clean_qkv = clean_cache[f"blocks.{l}.attn.hook_{x}"].to(lean.device)
+                d = runner.ablated_qkv[l][j] - clean_qkv
                 dc.append((d * grads[f"blocks.{l}.attn.hook_{x}"]).sum((0, 1, 3)))  # [H]
         scores = torch.cat([scores, torch.stack(dc).flatten()])
     assert scores.shape == (len(graph.edges),) and H > 0

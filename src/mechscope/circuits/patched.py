@@ -75,13 +75,15 @@ class CircuitRunner:
         self.tokens = clean_tokens
         self.logit_pos = None if logit_pos is None else list(logit_pos)
         L, H = lean.n_layers, lean.n_heads
-        with torch.no_grad():
+        with torch.no_grad():  # caches of a split model: every tensor onto the main device
             _, clean = lean.run_with_cache(clean_tokens)
+            clean = {k: v.to(lean.device) for k, v in clean.items()}
             if ablation == "resample":
                 assert corrupt_tokens is not None
                 _, abl = lean.run_with_cache(corrupt_tokens)
             else:
                 _, abl = lean.run_with_cache(clean_tokens, self._zero_hooks())
+            abl = {k: v.to(lean.device) for k, v in abl.items()}
             self.clean_logits = lean(clean_tokens, logit_pos=self.logit_pos)
         self.clean_out = self._sender_outputs(clean)  # [U, B, P, d]
         self.ablated_out = self._sender_outputs(abl)
@@ -147,8 +149,8 @@ class CircuitRunner:
         s = self.start_layer(present) if start_layer is None else start_layer
         n, (B, P) = present.shape[0], self.tokens.shape
         L, H = g.n_layers, g.n_heads
-        removed = (~present).float()
-        R = torch.zeros(n, len(g.receivers), len(g.senders))
+        removed = (~present).float().to(lean.device)
+        R = torch.zeros(n, len(g.receivers), len(g.senders), device=lean.device)
         R[:, g.add_receiver, g.add_sender] = removed[:, : g.n_add]
         dc = removed[:, g.n_add :].view(n, L, 3, H) if g.dc_edges else None
         shared = self.first_sender[s]  # senders before layer s keep their clean outputs
@@ -216,7 +218,8 @@ class CircuitRunner:
         m = removed.bool().view(n, 1, 1, -1, 1)  # [n, 1, 1, H, 1]
 
         def fn(x: Tensor) -> Tensor:  # x [n*B, P, H, d_head]; ablated [B, P, H, d_head]
-            return torch.where(m, ablated, x.view(n, *ablated.shape)).view_as(x)
+            y = x.view(n, *ablated.shape).to(ablated.device)
+            return torch.where(m.to(ablated.device), ablated, y).view_as(x)
 
         return fn
 
@@ -226,13 +229,13 @@ class CircuitRunner:
             abl = self.ablated_out[first : first + self.graph.n_heads]  # [H, B, P, d]
 
             def fn(x: Tensor) -> None:  # x [n*B, P, H, d]
-                x = x.view(n, *abl.shape[1:3], *x.shape[2:])
+                x = x.view(n, *abl.shape[1:3], *x.shape[2:]).to(abl.device)
                 live.extend((x[:, :, :, h] - abl[h]) for h in range(abl.shape[0]))
 
             return fn
         abl_mlp = self.ablated_out[first + self.graph.n_heads]
 
         def fn_mlp(x: Tensor) -> None:  # x [n*B, P, d]
-            live.append(x.view(n, *abl_mlp.shape) - abl_mlp)
+            live.append(x.view(n, *abl_mlp.shape).to(abl_mlp.device) - abl_mlp)
 
         return fn_mlp

@@ -19,6 +19,11 @@ Hook names (shapes):
     blocks.{l}.hook_resid_mid, hook_mlp_in, hook_mlp_out   [batch, pos, d_model]
     blocks.{l}.mlp.hook_pre, hook_post           [batch, pos, d_mlp]
     blocks.{l}.hook_resid_post, ln_final.hook_normalized   [batch, pos, d_model]
+
+Split models: each block runs on the device its weights are on (as a bridge loaded with a
+`device_map` places them, or as `dispatch` puts them), the residual stream moves between blocks,
+hooks see each block's tensors on that block's device (a hook's replacement is moved there), and
+logits and every piece's output come back on `device`, the embedding's device.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+_ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O")
+
+
 @dataclass
 class LayerWeights:
     """One block's weights in HookedTransformer layout."""
@@ -61,6 +69,28 @@ class LayerWeights:
     b_in: Tensor | None = None
     W_out: Tensor | None = None  # [d_mlp, d_model]
     b_out: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where this block's weights are, and where it runs."""
+        return self.W_Q.device
+
+    def to(self, device: str | torch.device) -> LayerWeights:
+        """A copy with every weight on `device`."""
+        return LayerWeights(**{k: _move(v, device) for k, v in vars(self).items()})
+
+
+def _move(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, tuple):
+        return tuple(t.to(device) for t in x)
+    return None if x is None else x.to(device)
+
+
+def _block_weight(bridge: Any, l: int, part: str, name: str) -> Tensor:
+    """Block l's weight `name` from the block itself (on the device it was placed on), else
+    from the bridge's stacked [layer, ...] tensor."""
+    own = getattr(getattr(bridge.blocks[l], part, None), name, None)
+    return (own if isinstance(own, Tensor) else getattr(bridge, name)[l]).detach()
 
 
 def _ln_params(module: Any) -> tuple[Tensor, Tensor] | None:
@@ -101,22 +131,35 @@ class LeanModel:
         self.layers: list[LayerWeights] = []
         for l in range(self.n_layers):
             block = bridge.blocks[l]
-            lw = LayerWeights(
-                ln1=_ln_params(block.ln1) if self.normalized else None,
-                W_Q=g(bridge.W_Q[l]),
-                W_K=g(bridge.W_K[l]),
-                W_V=g(bridge.W_V[l]),
-                b_Q=g(bridge.b_Q[l]),
-                b_K=g(bridge.b_K[l]),
-                b_V=g(bridge.b_V[l]),
-                W_O=g(bridge.W_O[l]),
-                b_O=g(bridge.b_O[l]),
-            )
+            attn = {n: _block_weight(bridge, l, "attn", n) for n in _ATTN_WEIGHTS}
+            lw = LayerWeights(ln1=_ln_params(block.ln1) if self.normalized else None, **attn)
             if not self.attn_only:
                 lw.ln2 = _ln_params(block.ln2) if self.normalized else None
-                lw.W_in, lw.b_in = g(bridge.W_in[l]), g(bridge.b_in[l])
-                lw.W_out, lw.b_out = g(bridge.W_out[l]), g(bridge.b_out[l])
+                lw.W_in, lw.b_in, lw.W_out, lw.b_out = (
+                    _block_weight(bridge, l, "mlp", n) for n in ("W_in", "b_in", "W_out", "b_out")
+                )
             self.layers.append(lw)
+
+    @property
+    def device(self) -> torch.device:
+        """The embedding's device: tokens go in and logits come out here."""
+        return self.W_E.device
+
+    def dispatch(
+        self, layer_devices: Sequence[str | torch.device], unembed: str | torch.device | None = None
+    ) -> Self:
+        """Place block l on layer_devices[l] (and the unembedding on `unembed`, default the last
+        block's device), in place; returns self. For splits the bridge's loader refuses, such as
+        some blocks on a GPU and the rest on the CPU (both run there, nothing is offloaded)."""
+        if len(layer_devices) != self.n_layers:
+            raise ValueError(
+                f"layer_devices has {len(layer_devices)} entries for {self.n_layers} blocks"
+            )
+        self.layers = [w.to(d) for w, d in zip(self.layers, layer_devices, strict=True)]
+        last = unembed if unembed is not None else layer_devices[-1]
+        self.W_U, self.b_U = self.W_U.to(last), self.b_U.to(last)
+        self.ln_final = _move(self.ln_final, last)
+        return self
 
     @classmethod
     def from_weights(
@@ -172,7 +215,9 @@ class LeanModel:
         each from its own residual input x [batch, pos, k, d_model] (hook_{q,k,v}_input)."""
         w = self.layers[l]
         W, b = ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))[letter]
-        return torch.einsum("bpkm,kmd->bpkd", self._ln(x, w.ln1), W[heads]) + b[heads]
+        dev, heads = w.device, heads.to(w.device)
+        out = torch.einsum("bpkm,kmd->bpkd", self._ln(x.to(dev), w.ln1), W[heads]) + b[heads]
+        return out.to(x.device)
 
     def head_results(
         self,
@@ -186,24 +231,29 @@ class LeanModel:
         """Outputs [batch, q_pos, k, d_model] (attn.hook_result) of `heads` [k] of layer l from
         their queries [batch, q_pos, k, d_head] at positions q_pos (default: all) and keys and
         values [batch, pos, k, d_head]."""
+        w = self.layers[l]
+        dev, back = w.device, q.device
+        q, k, v, heads = q.to(dev), k.to(dev), v.to(dev), heads.to(dev)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
         if self.causal:
             n = k.shape[1]
-            mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=q.device), 1)
+            mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=dev), 1)
             scores = scores.masked_fill(mask if q_pos is None else mask[list(q_pos)], float("-inf"))
         z = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
-        return torch.einsum("bqhd,hdm->bqhm", z, self.layers[l].W_O[heads])
+        return torch.einsum("bqhd,hdm->bqhm", z, w.W_O[heads]).to(back)
 
     def mlp_out(self, l: int, x: Tensor) -> Tensor:
         """Output [..., d_model] (hook_mlp_out) of MLP l from its input x [..., d_model]."""
         w = self.layers[l]
         assert w.W_in is not None and w.W_out is not None
         assert w.b_in is not None and w.b_out is not None
-        return self.act(self._ln(x, w.ln2) @ w.W_in + w.b_in) @ w.W_out + w.b_out
+        y = self._ln(x.to(w.device), w.ln2)
+        return (self.act(y @ w.W_in + w.b_in) @ w.W_out + w.b_out).to(x.device)
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits [..., vocab] of final residual-stream vectors [..., d_model]."""
-        return self._ln(resid, self.ln_final) @ self.W_U + self.b_U
+        y = self._ln(resid.to(self.W_U.device), self.ln_final)
+        return (y @ self.W_U + self.b_U).to(resid.device)
 
     def hook_names(self) -> list[str]:
         """Every hook name this model fires, in forward order."""
@@ -258,7 +308,7 @@ class LeanModel:
             if f is not None:
                 r = f(x)
                 if r is not None:
-                    x = r
+                    x = r.to(x.device)
             if cache is not None:
                 cache[name] = x
             return x
@@ -272,6 +322,7 @@ class LeanModel:
             logit_pos = [(p + pos if p < 0 else p) - start_pos for p in logit_pos]
             if min(logit_pos) < 0:
                 raise ValueError(f"logit_pos must lie at or after start_pos={start_pos}")
+        tokens = tokens.to(self.device)
         if resid is None and start_layer == 0:
             resid = h("hook_embed", self.W_E[tokens])
             if self.W_pos is not None:
@@ -286,17 +337,16 @@ class LeanModel:
                 f"resid {got} must be [batch, pos - start_pos, d_model] matching tokens "
                 f"{tuple(tokens.shape)}, and start_layer {start_layer} in [0, {self.n_layers}]"
             )
-        mask = torch.triu(
-            torch.ones(pos - start_pos, pos, dtype=torch.bool, device=tokens.device),
-            1 + start_pos,
-        )
+        causal = torch.triu(torch.ones(pos - start_pos, pos, dtype=torch.bool), 1 + start_pos)
+        masks: dict[torch.device, Tensor] = {}
         # the last layer needs only the queries whose logits are read
         last_q = logit_pos if (logit_pos is not None and not hooks and cache is None) else None
         for l, w in enumerate(self.layers):
             if l < start_layer:
                 continue
             b = f"blocks.{l}"
-            resid = h(f"{b}.hook_resid_pre", resid)
+            resid = h(f"{b}.hook_resid_pre", resid.to(w.device))
+            mask = masks.setdefault(w.device, causal.to(w.device))
             if l == self.n_layers - 1 and last_q is not None:
                 return self._last_layer(resid, w, mask, last_q, start_pos, prefix_kv)
             if cache is not None or any(f"{b}.hook_{x}_input" in hooks for x in "qkv"):
@@ -339,8 +389,8 @@ class LeanModel:
             resid = h(f"{b}.hook_resid_post", resid + mlp_out)
         if logit_pos is not None:
             resid = resid[:, list(logit_pos)]
-        final = h("ln_final.hook_normalized", self._ln(resid, self.ln_final))
-        return final @ self.W_U + self.b_U
+        final = h("ln_final.hook_normalized", self._ln(resid.to(self.W_U.device), self.ln_final))
+        return (final @ self.W_U + self.b_U).to(self.device)
 
     __call__ = forward
 
@@ -351,7 +401,7 @@ class LeanModel:
         kv = prefix_kv[layer] if prefix_kv is not None else None
         if kv is None:
             raise ValueError(f"prefix_kv[{layer}] is missing")
-        return torch.cat([kv[0], k], 1), torch.cat([kv[1], v], 1)
+        return torch.cat([kv[0].to(k.device), k], 1), torch.cat([kv[1].to(v.device), v], 1)
 
     def _last_layer(
         self,
@@ -376,7 +426,7 @@ class LeanModel:
         out = resid[:, list(q_pos)] + z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
         if not self.attn_only:
             out = out + self.mlp_out(self.n_layers - 1, out)
-        return self.unembed(out)
+        return self.unembed(out).to(self.device)
 
     def run_with_cache(
         self, tokens: Tensor, hooks: Mapping[str, Hook] | None = None

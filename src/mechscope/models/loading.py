@@ -5,12 +5,18 @@ hook names; LayerNorm folded, weights centred), with per-head results (`attn.hoo
 split q/k/v inputs (`blocks.{l}.hook_q_input`, ...) and `hook_mlp_in` switched on where the bridge's
 attention class supports them (HF GPT-2-family models do; TransformerLens-native attention does not,
 see `fine_grained_hooks`).
+
+Big models: `device_map` (accelerate's maps: "auto", "balanced", or a dict of module name ->
+device), `n_devices` and `max_memory` pass through to the HF loader via TransformerLens's
+`boot_transformers`; the bridge then runs each layer where its weights live. TransformerLens 3.9
+accepts all-GPU maps (several GPUs) and all-CPU maps, and refuses maps mixing CPU and GPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +44,18 @@ def _is_hub_id(s: str) -> bool:
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
+DeviceMap = str | dict[str, str | int]
+
+
 def load_model(
     name_or_path: str | Path,
     revision: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    device_map: DeviceMap | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[str | int, str | int] | None = None,
 ) -> Any:
     """Load a model as a TransformerBridge in compatibility mode.
 
@@ -50,22 +63,56 @@ def load_model(
         name_or_path: a bundled name (`mechscope zoo list`), a local HF directory, or a hub name.
         revision: a checkpoint ("step-500" for zoo models; a branch/tag/commit on the hub).
         device: torch device (default CPU for zoo models, TransformerLens's choice otherwise).
-        dtype: parameter dtype (default float32).
+        dtype: parameter dtype, a torch dtype or its name ("bfloat16"); default float32.
+            Metrics, KL divergences and statistics accumulate in float32 whatever it is.
+        device_map, n_devices, max_memory: split an HF model over devices (accelerate's device
+            maps, e.g. "auto", or {"transformer.h.0": 0, ..., "lm_head": 1}); exclusive with
+            `device`. Models built on TransformerLens's native blocks load on one device.
 
     Raises:
-        ModelLoadError: unknown name, missing directory, unknown revision, unsupported architecture.
+        ModelLoadError: unknown name, missing directory, unknown revision, unsupported
+            architecture, or a device map the loader refuses (with the reason).
     """
-    dtype = dtype or torch.float32
+    dtype = _dtype(dtype)
     name = str(name_or_path)
-    if name in zoo_names():
-        bridge = _load_zoo(name, revision, device, dtype)
-    elif Path(name).expanduser().is_dir():
-        bridge = _load_local(Path(name).expanduser(), revision, device, dtype)
-    elif _looks_like_path(name):
-        raise ModelLoadError(f"No model directory at {name!r}. {_available()}")
-    else:
-        bridge = _load_hub(name, revision, device, dtype)
+    split = {"device_map": device_map, "n_devices": n_devices, "max_memory": max_memory}
+    if device is not None and (device_map is not None or (n_devices or 1) > 1):
+        raise ModelLoadError("pass either device or device_map / n_devices, not both")
+    try:
+        if name in zoo_names():
+            bridge = _load_zoo(name, revision, device, dtype, split)
+        elif Path(name).expanduser().is_dir():
+            bridge = _load_local(Path(name).expanduser(), revision, device, dtype, split)
+        elif _looks_like_path(name):
+            raise ModelLoadError(f"No model directory at {name!r}. {_available()}")
+        else:
+            bridge = _load_hub(name, revision, device, dtype, split)
+    except ValueError as e:  # TransformerLens / accelerate refusing a device map
+        if device_map is None and n_devices is None:
+            raise
+        raise ModelLoadError(f"Could not place {name!r} with device_map={device_map!r}: {e}") from e
     return _prepare(bridge)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ModelLoadError(
+            f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or a torch.dtype"
+        )
+    return found
+
+
+def _native_split_error(split: dict[str, Any]) -> None:
+    if split["device_map"] is not None or (split["n_devices"] or 1) > 1:
+        raise ModelLoadError(
+            "device_map / n_devices apply to HF-architecture models; this model is built on "
+            "TransformerLens's native blocks and loads on one device (pass device=...)"
+        )
 
 
 def _prepare(bridge: Any) -> Any:
@@ -106,15 +153,28 @@ def _state(file: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) for k, v in load_file(str(file)).items()}
 
 
-def _load_zoo(name: str, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+def _load_zoo(
+    name: str, revision: str | None, device: Any, dtype: torch.dtype, split: dict[str, Any]
+) -> Any:
     folder = model_dir(name)
     cfg = json.loads((folder / "config.json").read_text())
     weights = (
         folder / "model.safetensors" if revision in (None, "main") else _checkpoint(name, revision)
     )
-    if "model_type" in cfg:  # an HF model: the same loading path as a user's hub model
+    if "model_type" not in cfg:
+        _native_split_error(split)
+        return _boot_native(cfg, weights, device, dtype, _tokenizer())
+    if split["device_map"] is None and split["n_devices"] is None:
         return _boot_hf(folder, weights, device, dtype, _tokenizer())
-    return _boot_native(cfg, weights, device, dtype, _tokenizer())
+    # a split model goes through the HF loader itself, as a hub model does
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink((folder / "config.json").resolve(), Path(tmp) / "config.json")
+        os.symlink(weights.resolve(), Path(tmp) / "model.safetensors")
+        return TransformerBridge.boot_transformers(
+            tmp, tokenizer=_tokenizer(), dtype=dtype, **split
+        )
 
 
 def _boot_native(cfg: dict, weights: Path, device: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
@@ -156,7 +216,9 @@ def _boot_hf(folder: Path, weights: Path, device: Any, dtype: torch.dtype, token
     )
 
 
-def _load_local(folder: Path, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+def _load_local(
+    folder: Path, revision: str | None, device: Any, dtype: torch.dtype, split: dict[str, Any]
+) -> Any:
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise ModelLoadError(
@@ -166,20 +228,23 @@ def _load_local(folder: Path, revision: str | None, device: Any, dtype: torch.dt
     cfg = json.loads(cfg_file.read_text())
     if "model_type" not in cfg:  # a mechscope TL-native folder
         tok_dir = folder if (folder / "tokenizer.json").exists() else None
+        _native_split_error(split)
         return _boot_native(cfg, folder / "model.safetensors", device, dtype, _tokenizer(tok_dir))
     _check_architecture(cfg)
     from transformer_lens.model_bridge import TransformerBridge
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
 
 
-def _load_hub(name: str, revision: str | None, device: Any, dtype: torch.dtype) -> Any:
+def _load_hub(
+    name: str, revision: str | None, device: Any, dtype: torch.dtype, split: dict[str, Any]
+) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
         return TransformerBridge.boot_transformers(
-            name, device=device, dtype=dtype, revision=revision
+            name, device=device, dtype=dtype, revision=revision, **split
         )
     except (OSError, ValueError) as e:  # not found / offline / gated
         raise ModelLoadError(

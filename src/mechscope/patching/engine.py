@@ -227,13 +227,15 @@ def _add_resid_delta(
     nz = rep.mask.nonzero()
     pos = nz[:, 0]
     if rep.layout == "pos":
-        resid.index_add_(1, pos - start_pos, diff[:, pos])
+        resid.index_add_(1, (pos - start_pos).to(resid.device), diff[:, pos].to(resid.device))
         return
     heads = nz[:, 1]
     picked = diff[:, pos, heads]  # [batch, k, d_head or d_model]
     if hook.endswith("hook_z"):
-        picked = torch.einsum("bkd,kdm->bkm", picked, lean.layers[_layer(hook)].W_O[heads])
-    resid.index_add_(1, pos - start_pos, picked)  # hook_result: per-head outputs add up
+        W_O = lean.layers[_layer(hook)].W_O
+        picked = torch.einsum("bkd,kdm->bkm", picked.to(W_O.device), W_O[heads.to(W_O.device)])
+    # hook_result: per-head outputs add up
+    resid.index_add_(1, (pos - start_pos).to(resid.device), picked.to(resid.device))
 
 
 def _prefix_kv(
