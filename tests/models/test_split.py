@@ -103,3 +103,40 @@ def test_bf16_model_metrics_accumulate_in_fp32(gpt2_2l, tokenizer):
     torch.testing.assert_close(
         diff, metrics.logit_diff(lo.float(), task.answers, task.wrong_answers)
     )
+
+
+def test_lean_model_refuses_architectures_it_would_compute_wrongly(gpt2_2l):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(**vars(gpt2_2l.cfg))
+    cfg.positional_embedding_type, cfg.gated_mlp = "rotary", True
+    fake = SimpleNamespace(cfg=cfg)
+    with pytest.raises(ModelLoadError, match="rotary positions, a gated MLP"):
+        LeanModel(fake)
+
+
+def test_an_opt_model_runs_on_the_engines(tmp_path):
+    """OPT (the architecture of the docs' 7B example, facebook/opt-6.7b) at toy size: the
+    bridge and LeanModel give HF's next-token distribution."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    cfg = OPTConfig(
+        vocab_size=4096,
+        hidden_size=64,
+        num_hidden_layers=2,
+        ffn_dim=256,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=64,
+    )
+    hf = OPTForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, tmp_path)
+    bridge = mechscope.load_model(str(tmp_path), device_map="cpu")
+    toks = torch.randint(3, 4096, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(toks).logits.log_softmax(-1)
+        torch.testing.assert_close(bridge(toks).log_softmax(-1), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(LeanModel(bridge)(toks).log_softmax(-1), ref, rtol=0, atol=1e-5)

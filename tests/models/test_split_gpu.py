@@ -134,3 +134,31 @@ def test_bf16_on_the_gpu_keeps_metrics_in_fp32(tokenizer):
     out, ref = patch_task(half, task, "z"), patch_task(full, task, "z")
     assert out.values.dtype == torch.float32
     torch.testing.assert_close(out.values.cpu(), ref.values, rtol=0, atol=0.3)
+
+
+def test_directions_on_a_split_model(gpt2_pair, tokenizer):
+    from mechscope.directions.perturb import clean_run, perturbed_kl
+
+    cpu, gpu = gpt2_pair
+    toks = make_task("ioi", tokenizer, n=4, seed=0).clean_tokens
+    hook = "blocks.0.hook_resid_post"
+    run_ref, run = clean_run(cpu, toks, hook), clean_run(gpu, toks, hook)
+    d = torch.randn(2, *run_ref.x.shape, generator=torch.Generator().manual_seed(0))
+    ref = perturbed_kl(cpu, run_ref, d, [0.5, 2.0])
+    out = perturbed_kl(gpu, run, d, [0.5, 2.0])
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-5)
+
+
+def test_evolution_on_a_split_model(gpt2_pair):
+    from mechscope.evolution import EvolutionConfig, compute_evolution
+    from mechscope.sae.bundled import load_bundled
+    from mechscope.sae.sweep import eval_batches
+
+    cpu, gpu = gpt2_pair
+    names = [f"blocks.{l}.hook_resid_post__local__l1-1" for l in (0, 1)]
+    saes = [load_bundled("code-2l", n) for n in names]
+    batches = eval_batches(cpu, 2, batch_size=4)
+    cfg = EvolutionConfig(algorithms=("louvain",))
+    ref = compute_evolution(cpu, saes, batches, cfg, names=names, device="cpu")
+    out = compute_evolution(gpu, saes, batches, cfg, names=names)
+    assert out.n_tokens == ref.n_tokens and out.counts() == ref.counts()

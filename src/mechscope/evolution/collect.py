@@ -50,13 +50,17 @@ def check_layers(lean: LeanModel, hooks: Sequence[str], saes: Sequence[SparseAut
 def layer_codes(
     lean: LeanModel, hooks: Sequence[str], saes: Sequence[SparseAutoencoder], tokens: Tensor
 ) -> list[Tensor]:
-    """Codes [batch, pos, d_sae] of each SAE at its hook, from one forward (stopped at the last)."""
+    """Codes [batch, pos, d_sae] of each SAE at its hook, from one forward (stopped at the last).
+
+    Each SAE encodes on its own device (activations of a split model move to it); the codes
+    come back on the first SAE's device."""
     out: dict[str, Tensor] = {}
     last = hooks[-1]
+    home = saes[0].W_dec.device
 
     def make(name: str, sae: SparseAutoencoder) -> Callable[[Tensor], None]:
         def hook(x: Tensor) -> None:
-            out[name] = sae.encode(x)
+            out[name] = sae.encode(x.to(sae.W_dec.device)).to(home)
             if name == last:
                 raise _Stop
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.errors import ModelLoadError
+
 Hook = Callable[[Tensor], Tensor | None]
 
 _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -46,6 +48,39 @@ _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "silu": F.silu,
 }
+
+
+def unsupported(cfg: Any) -> str | None:
+    """Why `LeanModel` cannot compute this architecture exactly, or None if it can (GPT-2-style
+    blocks: learned or no positions, LayerNorm or none, one ungated MLP after attention, one key
+    and value per head)."""
+    heads = getattr(cfg, "n_heads", None)
+    pos = getattr(cfg, "positional_embedding_type", "standard")
+    checks = [
+        (pos == "standard", f"{pos} positions"),
+        (not getattr(cfg, "parallel_attn_mlp", False), "parallel attention and MLP"),
+        (not getattr(cfg, "gated_mlp", False), "a gated MLP"),
+        (getattr(cfg, "normalization_type", None) in ("LN", "LNPre", None), "normalization"),
+        (str(getattr(cfg, "act_fn", "gelu_new")) in _ACTS, "activation"),
+        (getattr(cfg, "n_key_value_heads", None) in (None, heads), "grouped keys and values"),
+    ]
+    bad = [what for ok, what in checks if not ok]
+    return ", ".join(bad) or None
+
+
+def _positions(bridge: Any) -> Tensor | None:
+    """Learned position embeddings [n_ctx, d_model] (None: no position embedding). HF's OPT
+    stores two rows before position 0 (its module's `offset`), which are skipped."""
+    module = getattr(bridge, "pos_embed", None)
+    if module is None:
+        return None
+    offset = int(getattr(getattr(module, "original_component", None), "offset", 0) or 0)
+    return module.W_pos.detach()[offset:]
+
+
+def lean_supports(cfg: Any) -> bool:
+    """Whether `LeanModel` computes this architecture exactly (see `unsupported`)."""
+    return unsupported(cfg) is None
 
 
 _ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O")
@@ -109,6 +144,14 @@ class LeanModel:
 
     def __init__(self, bridge: Any) -> None:
         cfg = bridge.cfg
+        why = unsupported(cfg)
+        if why is not None:
+            raise ModelLoadError(
+                f"mechscope's engines compute GPT-2-style blocks exactly; this model "
+                f"({getattr(cfg, 'model_name', '?')}) differs in: {why}. Patching, circuits and "
+                "SAE methods cannot run on it yet (loading and hooking it with TransformerLens "
+                "work)."
+            )
         self.cfg = cfg
         self.n_layers: int = cfg.n_layers
         self.n_heads: int = cfg.n_heads
@@ -125,7 +168,7 @@ class LeanModel:
         self.tokenizer = getattr(bridge, "tokenizer", None)
         g = lambda t: t.detach()  # noqa: E731
         self.W_E = g(bridge.W_E)
-        self.W_pos = g(bridge.pos_embed.W_pos) if hasattr(bridge, "pos_embed") else None
+        self.W_pos = _positions(bridge)
         self.W_U, self.b_U = g(bridge.W_U), g(bridge.b_U)
         self.ln_final = _ln_params(bridge.ln_final) if self.normalized else None
         self.layers: list[LayerWeights] = []
@@ -148,14 +191,17 @@ class LeanModel:
     def dispatch(
         self, layer_devices: Sequence[str | torch.device], unembed: str | torch.device | None = None
     ) -> Self:
-        """Place block l on layer_devices[l] (and the unembedding on `unembed`, default the last
-        block's device), in place; returns self. For splits the bridge's loader refuses, such as
-        some blocks on a GPU and the rest on the CPU (both run there, nothing is offloaded)."""
+        """Place block l on layer_devices[l], the embeddings with block 0 and the unembedding on
+        `unembed` (default: the last block's device), in place; returns self. For splits the
+        bridge's loader refuses, such as some blocks on a GPU and the rest on the CPU (both run
+        where they are; nothing is offloaded)."""
         if len(layer_devices) != self.n_layers:
             raise ValueError(
                 f"layer_devices has {len(layer_devices)} entries for {self.n_layers} blocks"
             )
         self.layers = [w.to(d) for w, d in zip(self.layers, layer_devices, strict=True)]
+        self.W_E = self.W_E.to(layer_devices[0])
+        self.W_pos = _move(self.W_pos, layer_devices[0])
         last = unembed if unembed is not None else layer_devices[-1]
         self.W_U, self.b_U = self.W_U.to(last), self.b_U.to(last)
         self.ln_final = _move(self.ln_final, last)

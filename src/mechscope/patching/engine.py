@@ -185,9 +185,9 @@ def _stack_hook(variants: Sequence[Variant], hook: str) -> Hook:
     # mask [n, ...] -> [n, 1, ..., (1)] against the activation viewed as [n, batch, ...]
     m = mask[:, None] if first.layout == "head_pos" else mask[:, None, ..., None]
 
-    def hook_fn(act: Tensor) -> Tensor:
+    def hook_fn(act: Tensor) -> Tensor:  # on a split model act is on its block's device
         stacked = act.view(n, -1, *act.shape[1:])
-        return torch.where(m, source, stacked).view_as(act)
+        return torch.where(m.to(act.device), source.to(act.device), stacked).view_as(act)
 
     return hook_fn
 
@@ -323,7 +323,7 @@ def run_variants(
                 prefix_kv=None if prefix is None else [kv and _rep(kv, n) for kv in prefix],
             )
             prompt = torch.arange(n * batch) % batch
-            out[ids] = metric(logits, prompt).view(n, batch).mean(1)
+            out[ids] = metric(logits, prompt).view(n, batch).mean(1).to(out.device)
     return out
 
 

@@ -27,13 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from mechscope.errors import RegionsError
-from mechscope.models.lean import LeanModel
+from mechscope.models.lean import LeanModel, lean_supports
 
 PathKind = Literal["linear", "arc", "slerp"]
 Read = Literal["normalized", "logits"]
 Backend = Literal["auto", "lean", "bridge"]
 PATHS: tuple[str, ...] = ("linear", "arc", "slerp")
-_LEAN_ACTS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
 
 
 # -- paths ---------------------------------------------------------------------------------------
@@ -111,17 +110,6 @@ def progress_bar(enabled: bool) -> Progress:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         disable=not enabled,
-    )
-
-
-def lean_supports(cfg: Any) -> bool:
-    """Whether `LeanModel` computes this architecture exactly (GPT-2-style blocks)."""
-    return (
-        getattr(cfg, "positional_embedding_type", "standard") == "standard"
-        and not getattr(cfg, "parallel_attn_mlp", False)
-        and not getattr(cfg, "gated_mlp", False)
-        and getattr(cfg, "normalization_type", None) in ("LN", "LNPre", None)
-        and str(getattr(cfg, "act_fn", "gelu_new")) in _LEAN_ACTS
     )
 
 
