@@ -47,3 +47,11 @@ def chromium():
     except ImportError:
         pytest.fail("playwright missing: pip install playwright (uses the system chromium)")
     return exe, sync_playwright
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """The `datasets` cache (lock files of streamed sources) in the test's tmp_path."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")

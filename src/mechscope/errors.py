@@ -33,3 +33,11 @@ class DirectionsError(ValueError):
 
 class EvolutionError(ValueError):
     """A layer set, SAE, measure, threshold or result file the feature-evolution code cannot use."""
+
+
+class DataError(ValueError):
+    """A dataset source, column or token stream that cannot be used (with what to do instead)."""
+
+
+class StoreError(DataError):
+    """An activation store that is missing, incomplete, truncated or does not fit the request."""

@@ -10,7 +10,8 @@ from mechscope.errors import EvolutionError
 from mechscope.evolution import EvolutionConfig, EvolutionResult, compute_evolution
 from mechscope.evolution.cli import evolution_app
 from mechscope.evolution.collect import layer_codes, stream_codes
-from mechscope.sae.activations import as_lean, collect
+from mechscope.models.lean import as_lean
+from mechscope.sae.activations import collect
 from mechscope.sae.bundled import load_bundled
 from mechscope.sae.sweep import eval_batches
 

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def test_help_lists_commands() -> None:
     out = runner.invoke(app, ["sae", "--help"]).output
-    for cmd in ("train", "sweep", "eval", "build-bundled", "list"):
+    for cmd in ("train", "sweep", "store", "eval", "build-bundled", "list"):
         assert cmd in out
 
 

@@ -32,8 +32,7 @@ from mechscope.circuits.metric import CircuitMetric, kl_metric
 from mechscope.circuits.patched import CircuitRunner, check_prompts
 from mechscope.circuits.result import Circuit
 from mechscope.errors import CircuitError
-from mechscope.models.lean import LeanModel
-from mechscope.patching.engine import as_lean
+from mechscope.models.lean import LeanModel, as_lean
 
 # auto-circuit's acdc_prune_scores grid: {1,3,5,7,9} x 10^{-5..-2}
 TAU_GRID: tuple[float, ...] = tuple(

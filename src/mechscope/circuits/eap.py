@@ -26,8 +26,7 @@ from mechscope.circuits.metric import CircuitMetric
 from mechscope.circuits.patched import CircuitRunner, check_prompts
 from mechscope.circuits.result import Circuit
 from mechscope.errors import CircuitError
-from mechscope.models.lean import Hook
-from mechscope.patching.engine import as_lean
+from mechscope.models.lean import Hook, as_lean
 
 
 def eap_scores(

@@ -51,9 +51,8 @@ from mechscope.directions.stats import (
     sae_activity,
 )
 from mechscope.errors import DirectionsError
-from mechscope.models.lean import LeanModel
+from mechscope.models.lean import LeanModel, as_lean
 from mechscope.regions.interpolate import progress_bar
-from mechscope.sae.activations import as_lean
 from mechscope.sae.model import SparseAutoencoder
 
 FEATURE_POOLS = ("active", "inactive", "dead")

@@ -25,8 +25,8 @@ from torch import Tensor
 from mechscope.directions.families import unit
 from mechscope.errors import DirectionsError, SAEError
 from mechscope.metrics import kl_div
-from mechscope.models.lean import Hook, LeanModel
-from mechscope.sae.activations import as_lean, hook_width, keep_mask, special_ids
+from mechscope.models.lean import Hook, LeanModel, as_lean
+from mechscope.sae.activations import hook_width, keep_mask, special_ids
 from mechscope.sae.model import SparseAutoencoder
 
 #: Lee & Heimersheim's length sweep for GPT-2 small (layer 6, median residual norm ~121)

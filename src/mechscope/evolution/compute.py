@@ -37,7 +37,7 @@ from mechscope.evolution.stats import (
     relative_thresholds,
     sparsify,
 )
-from mechscope.sae.activations import as_lean
+from mechscope.models.lean import as_lean
 from mechscope.sae.model import SparseAutoencoder
 
 

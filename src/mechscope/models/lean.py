@@ -63,6 +63,7 @@ def unsupported(cfg: Any) -> str | None:
         (getattr(cfg, "normalization_type", None) in ("LN", "LNPre", None), "normalization"),
         (str(getattr(cfg, "act_fn", "gelu_new")) in _ACTS, "activation"),
         (getattr(cfg, "n_key_value_heads", None) in (None, heads), "grouped keys and values"),
+        ("local" not in (getattr(cfg, "attn_types", None) or ()), "local attention"),
     ]
     bad = [what for ok, what in checks if not ok]
     return ", ".join(bad) or None
@@ -174,8 +175,18 @@ class LeanModel:
         self.layers: list[LayerWeights] = []
         for l in range(self.n_layers):
             block = bridge.blocks[l]
-            attn = {n: _block_weight(bridge, l, "attn", n) for n in _ATTN_WEIGHTS}
-            lw = LayerWeights(ln1=_ln_params(block.ln1) if self.normalized else None, **attn)
+            w = {n: _block_weight(bridge, l, "attn", n) for n in _ATTN_WEIGHTS}
+            lw = LayerWeights(
+                ln1=_ln_params(block.ln1) if self.normalized else None,
+                W_Q=w["W_Q"],
+                W_K=w["W_K"],
+                W_V=w["W_V"],
+                b_Q=w["b_Q"],
+                b_K=w["b_K"],
+                b_V=w["b_V"],
+                W_O=w["W_O"],
+                b_O=w["b_O"],
+            )
             if not self.attn_only:
                 lw.ln2 = _ln_params(block.ln2) if self.normalized else None
                 lw.W_in, lw.b_in, lw.W_out, lw.b_out = (
@@ -480,3 +491,8 @@ class LeanModel:
         """(logits, cache of every activation)."""
         cache: dict[str, Tensor] = {}
         return self.forward(tokens, hooks, cache), cache
+
+
+def as_lean(model: Any) -> LeanModel:
+    """The LeanModel of a TransformerBridge (a LeanModel is returned as is)."""
+    return model if isinstance(model, LeanModel) else LeanModel(model)

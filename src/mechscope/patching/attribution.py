@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.patching.engine import as_lean, baselines, make_runs
+from mechscope.models.lean import as_lean
+from mechscope.patching.engine import baselines, make_runs
 from mechscope.patching.metric import PatchMetric
 from mechscope.patching.result import PatchResult, position_labels
 from mechscope.patching.specs import PatchingError, check_component

@@ -39,8 +39,8 @@ def patch_command(
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
     from mechscope import load_model
     from mechscope.models import ModelLoadError
+    from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
-    from mechscope.patching.engine import as_lean
     from mechscope.patching.metric import task_metric
     from mechscope.patching.plot import write_html
     from mechscope.patching.result import pearson

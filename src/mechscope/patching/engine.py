@@ -23,17 +23,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mechscope.models.lean import Hook, LeanModel
+from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.patching.metric import PatchMetric
 from mechscope.patching.specs import Layout, Patch, PatchingError, Site, validate_site
 
 Direction = Literal["denoising", "noising", "zero", "mean"]
 DIRECTIONS: tuple[str, ...] = ("denoising", "noising", "zero", "mean")
-
-
-def as_lean(model: Any) -> LeanModel:
-    """The shared lean forward of a TransformerBridge (or `model` itself if already lean)."""
-    return model if isinstance(model, LeanModel) else LeanModel(model)
 
 
 def check_tokens(clean_tokens: Tensor, corrupt_tokens: Tensor) -> None:

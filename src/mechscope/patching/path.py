@@ -21,12 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.models.lean import LeanModel
+from mechscope.models.lean import LeanModel, as_lean
 from mechscope.patching.engine import (
     Replacement,
     Runs,
     Variant,
-    as_lean,
     baselines,
     make_runs,
     run_variants,

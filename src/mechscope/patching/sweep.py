@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import Tensor
 
+from mechscope.models.lean import as_lean
 from mechscope.patching.engine import (
-    as_lean,
     baselines,
     make_runs,
     run_variants,

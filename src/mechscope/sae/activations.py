@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,11 +23,6 @@ from mechscope.sae.model import SparseAutoencoder, check_finite
 
 class _Stop(Exception):
     """Raised inside a hook to end a forward once the wanted activation is read."""
-
-
-def as_lean(model: Any) -> LeanModel:
-    """The LeanModel of a TransformerBridge (a LeanModel is returned as is)."""
-    return model if isinstance(model, LeanModel) else LeanModel(model)
 
 
 def token_batches(
@@ -43,6 +38,27 @@ def token_batches(
 
     stream = TokenStream(tokenizer, dict(mixture or {"stdlib": 1.0}), n_ctx, seed, split)
     return stream.batches(batch_size)
+
+
+def source_batches(
+    lean: LeanModel,
+    batch_size: int,
+    seed: int,
+    mixture: Mapping[str, float] | None = None,
+    dataset: str = "",
+    column: str = "text",
+) -> Iterator[Tensor]:
+    """Training token batches [batch_size, n_ctx] for `lean`: one pass over the HF datasets
+    source `dataset` (see `mechscope.data.streams.hf_token_batches`) when given, else the
+    endless corpus stream of `mixture`."""
+    n_ctx = int(lean.cfg.n_ctx)
+    if not dataset:
+        return token_batches(lean.tokenizer, batch_size, n_ctx, seed, mixture)
+    from mechscope.data.streams import hf_token_batches
+
+    if lean.tokenizer is None:
+        raise SAEError(f"the model has no tokenizer to read {dataset!r}; pass token batches")
+    return hf_token_batches(dataset, lean.tokenizer, n_ctx, batch_size, column=column, seed=seed)
 
 
 def special_ids(lean: LeanModel) -> list[int]:
@@ -86,21 +102,34 @@ def check_sae_fits(lean: LeanModel, sae: SparseAutoencoder, hook_name: str) -> N
         )
 
 
-def collect(lean: LeanModel, tokens: Tensor, hook_name: str, check: bool = True) -> Tensor:
-    """Activations [batch, pos, d] at `hook_name`, stopping the forward there (no grad)."""
+def collect_many(
+    lean: LeanModel, tokens: Tensor, hook_names: Sequence[str], check: bool = True
+) -> dict[str, Tensor]:
+    """Activations [batch, pos, d] at each of `hook_names`, in one forward stopped after the last
+    of them (no grad), on the model's main device (`lean.device`, also for a split model)."""
     out: dict[str, Tensor] = {}
 
-    def grab(x: Tensor) -> None:
-        out["x"] = x
-        raise _Stop
+    def grab(name: str) -> Hook:
+        def hook(x: Tensor) -> None:
+            out[name] = x.to(lean.device)
+            if len(out) == len(hook_names):
+                raise _Stop
+
+        return hook
 
     with torch.no_grad(), contextlib.suppress(_Stop):
-        lean.forward(tokens, hooks={hook_name: grab})
-    if "x" not in out:
-        raise SAEError(f"hook {hook_name!r} did not fire")
-    if check:
-        check_finite(out["x"], hook_name)
-    return out["x"]
+        lean.forward(tokens, hooks={name: grab(name) for name in hook_names})
+    for name in hook_names:
+        if name not in out:
+            raise SAEError(f"hook {name!r} did not fire")
+        if check:
+            check_finite(out[name], name)
+    return out
+
+
+def collect(lean: LeanModel, tokens: Tensor, hook_name: str, check: bool = True) -> Tensor:
+    """Activations [batch, pos, d] at `hook_name`, stopping the forward there (no grad)."""
+    return collect_many(lean, tokens, [hook_name], check)[hook_name]
 
 
 def splice_hook(
@@ -112,12 +141,13 @@ def splice_hook(
     positions (with gradient), for the sparsity penalty.
     """
 
-    def hook(x: Tensor) -> Tensor:
+    def hook(x: Tensor) -> Tensor:  # the SAE runs where it is; a split model's x comes to it
         check_finite(x, sae.cfg.hook_name or "the spliced hook")
-        x_hat, codes = sae.forward_with_codes(x)
+        dev = sae.W_dec.device
+        x_hat, codes = sae.forward_with_codes(x.to(dev))
         if codes_out is not None:
-            codes_out.append(codes[keep])
-        return torch.where(keep[..., None], x_hat.to(x.dtype), x)
+            codes_out.append(codes[keep.to(dev)])
+        return torch.where(keep.to(x.device)[..., None], x_hat.to(x), x)
 
     return hook
 

@@ -1,6 +1,8 @@
 """`mechscope sae ...`: train, sweep, evaluate and bundle sparse autoencoders.
 
 mechscope sae train --model code-2l --hook blocks.0.hook_resid_post --coeff 3 --out runs/sae
+mechscope sae store --model code-2l --hooks all --n-tokens 1000000 --out runs/acts
+mechscope sae train --hook blocks.0.hook_resid_post --store runs/acts --out runs/sae
 mechscope sae sweep --model code-2l --hooks all --coeffs 1,3,10 --out runs/sweep
 mechscope sae eval runs/sae/blocks.0.hook_resid_post__local__l1-3 --model code-2l
 mechscope sae build-bundled --model code-2l
@@ -23,6 +25,18 @@ Model = Annotated[str, typer.Option(help="zoo name, local HF folder or hub name"
 Loss = Annotated[str, typer.Option(help="local, e2e or e2e_ds")]
 Arch = Annotated[str, typer.Option(help="standard (ReLU + L1) or topk")]
 Out = Annotated[Path, typer.Option(help="output folder")]
+Dataset = Annotated[
+    str,
+    typer.Option(
+        help="HF datasets source instead of the stdlib corpus: data file or glob "
+        "(.txt/.jsonl/.parquet/.arrow/.csv), save_to_disk folder or hub name; read once"
+    ),
+]
+Column = Annotated[str, typer.Option(help="the dataset's text (or token ids) column")]
+StoreDir = Annotated[
+    Path | None,
+    typer.Option(help="train from this activation store (`sae store`; local loss only)"),
+]
 
 
 def _hooks(spec: str, n_layers: int) -> list[str]:
@@ -48,9 +62,13 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="seed (init and data order)")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16 to evaluate")] = 8,
+    dataset: Dataset = "",
+    column: Column = "text",
+    store: StoreDir = None,
     out: Out = Path("runs/sae"),
 ) -> None:
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
+    from mechscope.sae.store import ActivationStore
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.sweep import sweep
@@ -69,8 +87,11 @@ def train_cmd(
             lr=lr,
             seed=seed,
             checkpoint_every=checkpoint_every,
+            dataset=dataset,
+            dataset_column=column,
         )
-        evals = sweep(cfg, out, n_eval_batches=eval_batches)
+        acts = ActivationStore(store) if store is not None else None
+        evals = sweep(cfg, out, n_eval_batches=eval_batches, store=acts)
     except (SAEError, ValueError) as e:
         fail(str(e))
     console.print(eval_table(evals))
@@ -89,10 +110,14 @@ def sweep_cmd(
     steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1500,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16 to evaluate")] = 8,
+    dataset: Dataset = "",
+    column: Column = "text",
+    store: StoreDir = None,
     out: Out = Path("runs/sae-sweep"),
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT."""
     from mechscope import load_model
+    from mechscope.sae.store import ActivationStore
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.sweep import sweep
@@ -110,6 +135,8 @@ def sweep_cmd(
             n_steps=steps,
             seed=seed,
             checkpoint_every=200,
+            dataset=dataset,
+            dataset_column=column,
         )
         evals = sweep(
             cfg,
@@ -119,11 +146,58 @@ def sweep_cmd(
             ks=k_list or None,
             model=bridge,
             n_eval_batches=eval_batches,
+            store=ActivationStore(store) if store is not None else None,
         )
     except (SAEError, ValueError) as e:
         fail(str(e))
     console.print(eval_table(evals))
     console.print(f"results in {out / 'results.json'}, figure {out / 'pareto.html'}")
+
+
+@sae_app.command("store")
+def store_cmd(
+    hooks: Annotated[str, typer.Option(help="'all' (resid_post), 'resid_pre' or names,")],
+    n_tokens: Annotated[int, typer.Option(help="tokens to store (rounded up to whole batches)")],
+    out: Annotated[Path, typer.Option(help="store folder (new or empty)")],
+    model: Model = "code-2l",
+    dataset: Dataset = "",
+    column: Column = "text",
+    batch_size: Annotated[
+        int, typer.Option(help="sequences per forward; train with the same for identical SAEs")
+    ] = 32,
+    seed: Annotated[int, typer.Option(help="seed of the data order")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+    shard_tokens: Annotated[int, typer.Option(help="tokens per shard file")] = 65_536,
+    overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
+) -> None:
+    """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
+    from mechscope import load_model
+    from mechscope.sae.store import write_store
+    from mechscope.models.lean import as_lean
+    from mechscope.sae.activations import source_batches
+
+    try:
+        lean = as_lean(load_model(model))
+        source = {"dataset": dataset, "column": column} if dataset else {"mixture": {"stdlib": 1.0}}
+        acts = write_store(
+            lean,
+            _hooks(hooks, lean.n_layers),
+            source_batches(lean, batch_size, seed, None, dataset, column),
+            out,
+            n_tokens=n_tokens,
+            dtype=dtype,
+            shard_tokens=shard_tokens,
+            model_name=model,
+            source=source | {"seed": seed, "batch_size": batch_size},
+            overwrite=overwrite,
+        )
+    except (SAEError, ValueError) as e:
+        fail(str(e))
+    shards = len(acts.manifest["shards"])
+    console.print(
+        f"[green]stored[/] {acts.n_tokens} tokens x {len(acts.hooks)} hook(s), {shards} shard(s) "
+        f"-> {out}"
+    )
 
 
 @sae_app.command("eval")
@@ -135,7 +209,8 @@ def eval_cmd(
 ) -> None:
     """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
     from mechscope import load_model
-    from mechscope.sae.activations import as_lean, check_sae_fits
+    from mechscope.models.lean import as_lean
+    from mechscope.sae.activations import check_sae_fits
     from mechscope.sae.evaluate import eval_table, evaluate_sae
     from mechscope.sae.saelens_format import load_saelens
     from mechscope.sae.sweep import eval_batches as batches

@@ -61,6 +61,9 @@ class TrainConfig:
         (lr 2e-3 suits runs of ~1k steps; Braun et al. use 5e-4 over ~25k steps.)
     dead_window: a latent is dead after this many training tokens without firing.
     mixture: source weights of the zoo's token stream (`mechscope.zoo.mixture.TokenStream`).
+    dataset, dataset_column: train instead on one pass over this HF `datasets` source (a data
+        file or glob, a `save_to_disk` folder, a hub name; `mechscope.data.streams`), reading
+        text or token ids from that column; it must hold n_steps batches. "" = the mixture.
     checkpoint_every: steps between checkpoints (0 = only at the end), with a checkpoint dir.
     """
 
@@ -82,6 +85,8 @@ class TrainConfig:
     dead_window: int = 100_000
     seed: int = 0
     mixture: dict[str, float] = field(default_factory=lambda: {"stdlib": 1.0})
+    dataset: str = ""
+    dataset_column: str = "text"
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechscope.metrics import kl_div
+from mechscope.models.lean import as_lean
 from mechscope.sae.activations import (
-    as_lean,
     check_sae_fits,
     keep_mask,
     special_ids,

@@ -11,15 +11,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from mechscope.sae.activations import as_lean, token_batches
+from mechscope.models.lean import as_lean
+from mechscope.sae.activations import token_batches
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.evaluate import SAEEval, evaluate_sae, pareto_figure
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens, save_saelens
-from mechscope.sae.train import train_sae
+from mechscope.sae.train import check_store, train_sae
+
+if TYPE_CHECKING:
+    from mechscope.sae.store import ActivationStore
 
 EVAL_SEED = 12345
 
@@ -52,16 +56,20 @@ def train_and_save(
     eval_tokens: Sequence[Tensor],
     progress: bool = True,
     dtype: str = "float32",
+    store: ActivationStore | None = None,
 ) -> SAEEval:
-    """Train one SAE (resuming from `out/_checkpoints`), save it, evaluate the saved copy."""
+    """Train one SAE (resuming from `out/_checkpoints`; from `store` if given), save it, evaluate
+    the saved copy."""
     out = Path(out)
     name = run_name(cfg)
     folder = out / name
     if (folder / CFG_FILE).exists():
         meta = json.loads((folder / CFG_FILE).read_text())["metadata"]
-        if meta.get("mechscope", {}).get("training") == cfg.to_dict() and "evaluation" in meta:
+        training = meta.get("mechscope", {}).get("training")
+        if training and TrainConfig.from_dict(training) == cfg and "evaluation" in meta:
             return SAEEval(**meta["evaluation"])
-    result = train_sae(cfg, model, checkpoint_dir=out / "_checkpoints" / name, progress=progress)
+    ckpt = out / "_checkpoints" / name
+    result = train_sae(cfg, model, checkpoint_dir=ckpt, progress=progress, store=store)
     save_saelens(result.sae, folder, dtype=dtype)
     saved = load_saelens(folder).to(result.sae.W_dec.device)  # what was written (fp16)
     ev = evaluate_sae(model, saved, eval_tokens, name=name)
@@ -82,23 +90,28 @@ def sweep(
     n_eval_batches: int = 8,
     progress: bool = True,
     dtype: str = "float32",
+    store: ActivationStore | None = None,
 ) -> list[SAEEval]:
-    """Train `base` over every hook x sparsity (L1 coeffs, or k for topk); write results.json."""
+    """Train `base` over every hook x sparsity (L1 coeffs, or k for topk); write results.json.
+
+    store: train every SAE from this activation store (local loss) instead of the live model;
+    the model still evaluates them. Every run is checked against the store before any trains.
+    """
+    if base.architecture == "topk":
+        variants = [replace(base, k=k) for k in ks] if ks else [base]
+    else:
+        variants = [replace(base, sparsity_coeff=c) for c in (coeffs or [base.sparsity_coeff])]
+    configs = [replace(v, hook_name=h) for h in (hooks or [base.hook_name]) for v in variants]
+    if store is not None:
+        for cfg in configs:
+            check_store(cfg, store)
     if model is None:
         from mechscope import load_model
 
         model = load_model(base.model)
     lean = as_lean(model)
     tokens = eval_batches(lean, n_eval_batches, mixture=base.mixture)
-    if base.architecture == "topk":
-        variants = [replace(base, k=k) for k in ks] if ks else [base]
-    else:
-        variants = [replace(base, sparsity_coeff=c) for c in (coeffs or [base.sparsity_coeff])]
-    evals = [
-        train_and_save(replace(v, hook_name=h), lean, out, tokens, progress, dtype)
-        for h in (hooks or [base.hook_name])
-        for v in variants
-    ]
+    evals = [train_and_save(cfg, lean, out, tokens, progress, dtype, store) for cfg in configs]
     write_results(evals, out)
     return evals
 

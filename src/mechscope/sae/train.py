@@ -5,37 +5,44 @@ Each step draws one token batch [batch_size, n_ctx] from a deterministic stream,
 gradient clipping, the decoder-parallel gradient removed and decoder rows renormalised after the
 step). A checkpoint holds the SAE, the optimiser state, the step and the history; resuming skips
 the batches already used, so an interrupted run ends bit-identical to an uninterrupted one.
+
+With an `ActivationStore` (`mechscope.sae.store`) the local loss trains from stored activations
+without running the model: step i reads stored sequences [i * batch_size, (i + 1) * batch_size),
+so a store written from the same token batches gives the same SAE as the live model.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from mechscope.errors import SAEError
-from mechscope.models.lean import Hook, LeanModel
+from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.sae.activations import (
-    as_lean,
     collect,
     downstream_hooks,
     hook_width,
     keep_mask,
+    source_batches,
     special_ids,
     splice_hook,
-    token_batches,
 )
 from mechscope.sae.config import SAEConfig, TrainConfig
 from mechscope.sae.losses import LossParts, e2e_loss, local_loss
 from mechscope.sae.model import SparseAutoencoder, check_finite
+
+if TYPE_CHECKING:
+    from mechscope.sae.store import ActivationStore
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -68,21 +75,27 @@ def _capture(store: dict[str, Tensor], name: str) -> Hook:
 
 
 def _step_loss(
-    lean: LeanModel,
+    lean: LeanModel | None,
     sae: SparseAutoencoder,
     cfg: TrainConfig,
     tokens: Tensor,
     keep: Tensor,
     init_b_dec: bool,
+    acts: Tensor | None,
 ) -> tuple[LossParts, Tensor]:
-    """Loss of one batch and the codes [n_kept, d_sae] it produced."""
+    """Loss of one batch and the codes [n_kept, d_sae] it produced.
+
+    acts: the hook's activations [batch, pos, d_in] of `tokens` for the local loss (None: the
+    e2e losses, which run `lean`).
+    """
     use_l1 = cfg.architecture == "standard"
-    if cfg.loss == "local":
-        x = collect(lean, tokens, cfg.hook_name)[keep]
+    if acts is not None:
+        x = acts[keep]
         if init_b_dec:
             sae.b_dec.data.copy_(x.mean(0))
         x_hat, codes = sae.forward_with_codes(x)
         return local_loss(x, x_hat, codes, cfg.sparsity_coeff, use_l1), codes
+    assert lean is not None, "the e2e losses run the model"
     ds_names = downstream_hooks(lean, cfg.hook_name) if cfg.loss == "e2e_ds" else []
     orig: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -90,7 +103,7 @@ def _step_loss(
         orig_logits = lean.forward(tokens, hooks=hooks)
     check_finite(orig[cfg.hook_name], cfg.hook_name)
     if init_b_dec:
-        sae.b_dec.data.copy_(orig[cfg.hook_name][keep].mean(0))
+        sae.b_dec.data.copy_(orig[cfg.hook_name].to(keep.device)[keep].mean(0))
     new: dict[str, Tensor] = {}
     codes_out: list[Tensor] = []
     hooks = {n: _capture(new, n) for n in ds_names}
@@ -134,7 +147,8 @@ def _save_checkpoint(
     os.replace(tmp, folder / CHECKPOINT)
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
+    """A rich progress bar with a `stats` text field (disabled unless `enabled`)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -145,6 +159,43 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def check_store(cfg: TrainConfig, store: ActivationStore) -> tuple[int, list[int]]:
+    """d_in and special token ids of a run trained from `store`; SAEError unless it can."""
+    if cfg.loss != "local":
+        raise SAEError(
+            f"loss {cfg.loss!r} runs the model on spliced activations; an activation store serves "
+            "only the local loss (train e2e losses from the live model)"
+        )
+    if store.model != cfg.model:
+        raise SAEError(
+            f"the store at {store.path} holds activations of model {store.model!r}, "
+            f"not {cfg.model!r}"
+        )
+    if cfg.hook_name not in store.hooks:
+        raise SAEError(
+            f"hook {cfg.hook_name!r} is not in the store at {store.path}; it holds "
+            f"{sorted(store.hooks)}"
+        )
+    need = cfg.n_steps * cfg.batch_size
+    if len(store) < need:
+        raise SAEError(
+            f"the store at {store.path} holds {len(store)} sequences ({store.n_tokens} tokens); "
+            f"{cfg.n_steps} steps of {cfg.batch_size} sequences need {need} "
+            f"({need * store.n_ctx} tokens): write a larger store or train fewer steps"
+        )
+    return store.hooks[cfg.hook_name], store.special_ids
+
+
+def _live_inputs(
+    lean: LeanModel, cfg: TrainConfig, tokens: Iterable[Tensor], start: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(tokens [batch, n_ctx], activations [batch, n_ctx, d_in] for the local loss, else None)
+    of each step from `start` (the batches before it are skipped)."""
+    for toks in itertools.islice(tokens, start, None):
+        toks = toks.to(lean.W_E.device)
+        yield toks, collect(lean, toks, cfg.hook_name) if cfg.loss == "local" else None
+
+
 def train_sae(
     cfg: TrainConfig,
     model: Any = None,
@@ -152,24 +203,35 @@ def train_sae(
     checkpoint_dir: str | Path | None = None,
     stop_at: int | None = None,
     progress: bool = True,
+    store: ActivationStore | None = None,
 ) -> TrainResult:
     """Train an SAE on `cfg.hook_name` of `model` as `cfg` says.
 
     model: a TransformerBridge or LeanModel (default: `load_model(cfg.model)`); the SAE is
-        trained on its device.
-    tokens: token batches [batch, n_ctx] (default: the corpus stream seeded with cfg.seed). Pass a
-        fresh iterable of the same batches when resuming; the used ones are skipped.
+        trained on its device. With a store, only its device is used (default CPU).
+    tokens: token batches [batch, n_ctx] (default: `source_batches` of cfg: cfg.dataset, else
+        the corpus stream, seeded with cfg.seed). Pass a fresh iterable of the same batches when
+        resuming; the used ones are skipped.
     checkpoint_dir: if it holds a checkpoint of the same config, training resumes from it; a
         checkpoint is written every cfg.checkpoint_every steps and at the end.
     stop_at: stop after this many steps (as if interrupted), leaving a checkpoint.
+    store: train the local loss from this activation store instead of running the model (its
+        first n_steps * batch_size sequences, in order; d_in and special ids from its manifest).
     """
     t0 = time.time()
-    if model is None:
-        from mechscope import load_model
+    lean: LeanModel | None = None
+    if store is not None:
+        if tokens is not None:
+            raise SAEError("pass tokens or store, not both")
+        d_in, specials = check_store(cfg, store)
+        device = as_lean(model).W_E.device if model is not None else torch.device("cpu")
+    else:
+        if model is None:
+            from mechscope import load_model
 
-        model = load_model(cfg.model)
-    lean = as_lean(model)
-    d_in = hook_width(lean, cfg.hook_name)
+            model = load_model(cfg.model)
+        lean = as_lean(model)
+        d_in, specials, device = hook_width(lean, cfg.hook_name), special_ids(lean), lean.W_E.device
     sae_cfg = SAEConfig(
         d_in=d_in,
         d_sae=cfg.expansion * d_in,
@@ -179,7 +241,6 @@ def train_sae(
         model_name=cfg.model,
         extra={"training": cfg.to_dict()},
     )
-    device = lean.W_E.device
     sae = SparseAutoencoder(sae_cfg, seed=cfg.seed).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     history: list[dict[str, float]] = []
@@ -187,7 +248,7 @@ def train_sae(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / CHECKPOINT).exists():
         state = torch.load(folder / CHECKPOINT, map_location=device, weights_only=False)
-        if state["config"] != cfg.to_dict():
+        if TrainConfig.from_dict(state["config"]) != cfg:  # fields added later take defaults
             raise SAEError(
                 f"{folder / CHECKPOINT} was written by a different config; use another "
                 "checkpoint_dir or delete it"
@@ -195,23 +256,34 @@ def train_sae(
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
-    if tokens is None:
-        n_ctx = int(lean.cfg.n_ctx)
-        tokens = token_batches(lean.tokenizer, cfg.batch_size, n_ctx, cfg.seed, cfg.mixture)
-    it: Iterator[Tensor] = iter(tokens)
-    for _ in range(start):
-        next(it)
-    specials = special_ids(lean)
+    inputs: Iterator[tuple[Tensor, Tensor | None]]
+    if store is not None:
+        inputs = store.batches(cfg.hook_name, cfg.batch_size, start=start * cfg.batch_size)
+    else:
+        assert lean is not None
+        if tokens is None:
+            tokens = source_batches(
+                lean, cfg.batch_size, cfg.seed, cfg.mixture, cfg.dataset, cfg.dataset_column
+            )
+        inputs = _live_inputs(lean, cfg, tokens, start)
     end = cfg.n_steps if stop_at is None else min(stop_at, cfg.n_steps)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"SAE {cfg.loss} {cfg.hook_name}", total=cfg.n_steps, stats="")
         bar.update(task, completed=start)
         for step in range(start, end):
-            toks = next(it).to(device)
+            try:
+                toks, acts = next(inputs)
+            except StopIteration:
+                raise SAEError(
+                    f"the token batches ran out after {step} of {cfg.n_steps} steps; give more "
+                    "data (or a stream with more epochs) or train fewer steps"
+                ) from None
+            toks = toks.to(device)
             keep = keep_mask(toks, specials)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            parts, codes = _step_loss(lean, sae, cfg, toks, keep, init_b_dec=step == 0)
+            acts = acts.to(device) if acts is not None else None
+            parts, codes = _step_loss(lean, sae, cfg, toks, keep, step == 0, acts)
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
             sae.remove_parallel_grad_()
