@@ -85,7 +85,7 @@ def attribution_patch(
             est = (delta * grad).sum(dim=(0, -1))  # [pos] / [pos, head] / [head, dest]
             if positions == "all":
                 est = est.sum(0) if layout == "pos_head" else est.sum(-1)
-            per_layer.append(est)
+            per_layer.append(est.to(lean.device))  # a split model's layers: one device
         _, axes, labels = sweep_patches(
             c, lean.n_layers, lean.n_heads, clean_tokens.shape[1], positions
         )

@@ -68,9 +68,9 @@ def train_cmd(
     out: Out = Path("runs/sae"),
 ) -> None:
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
-    from mechscope.sae.store import ActivationStore
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.store import ActivationStore
     from mechscope.sae.sweep import sweep
 
     try:
@@ -117,9 +117,9 @@ def sweep_cmd(
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT."""
     from mechscope import load_model
-    from mechscope.sae.store import ActivationStore
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.store import ActivationStore
     from mechscope.sae.sweep import sweep
 
     try:
@@ -172,9 +172,9 @@ def store_cmd(
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
     from mechscope import load_model
-    from mechscope.sae.store import write_store
     from mechscope.models.lean import as_lean
     from mechscope.sae.activations import source_batches
+    from mechscope.sae.store import write_store
 
     try:
         lean = as_lean(load_model(model))

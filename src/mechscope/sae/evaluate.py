@@ -101,12 +101,13 @@ def evaluate_sae(
         store: dict[str, Tensor] = {}
 
         def grab(x: Tensor, store: dict[str, Tensor] = store) -> None:
-            store["x"] = x
+            store["x"] = x.to(sae.W_dec.device)  # the SAE's device (a split model's x moves)
 
         orig = lean.forward(toks, hooks={hook: grab})
         check_finite(store["x"], hook)
-        x = store["x"][keep].double()
-        codes = sae.encode(store["x"][keep])
+        kept = store["x"][keep.to(store["x"].device)]
+        x = kept.double()
+        codes = sae.encode(kept)
         x_hat = sae.decode(codes).double()
         fires += (codes != 0).sum(0).double().cpu()
         sums["l0"] += float((codes != 0).sum())
