@@ -79,3 +79,22 @@ def test_cli_run_and_page(tmp_path) -> None:
     assert r.exit_code == 0 and (tmp_path / "p2.html").exists()
     r = CliRunner().invoke(evolution_app, ["run", "--model", "code-4l", "--batches", "1"])
     assert r.exit_code == 2 and "--sae" in r.output
+
+
+@pytest.mark.usefixtures("datasets_cache")
+def test_cli_reads_tokens_from_a_dataset(tmp_path) -> None:
+    import json
+
+    from mechscope.data.corpus import stdlib_texts
+
+    data = tmp_path / "code.jsonl"
+    rows = [{"content": t} for t in stdlib_texts("heldout")[:20]]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "res"
+    args = ["run", "--dataset", str(data), "--column", "content", "--batches", "2"]
+    r = CliRunner().invoke(evolution_app, [*args, "--batch-size", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = EvolutionResult.load(out)
+    assert 0 < result.n_tokens <= 2 * 4 * 128
+    r = CliRunner().invoke(evolution_app, ["run", "--dataset", str(data), "--batches", "1"])
+    assert r.exit_code == 2 and "content" in r.output  # the missing column, and those present

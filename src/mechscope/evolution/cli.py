@@ -7,6 +7,7 @@ mechscope evolution page runs/evolution/code-2l --serve                       # 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail
-from mechscope.errors import EvolutionError, ModelLoadError, SAEError
+from mechscope.errors import DataError, EvolutionError, ModelLoadError, SAEError
 
 evolution_app = typer.Typer(
     help="Feature evolution across layers: cross-layer SAE feature statistics, graph, page.",
@@ -83,6 +84,11 @@ def run_cmd(
     coeff: Annotated[float, typer.Option(help="lambda of the bundled SAEs (no --sae)")] = 1.0,
     batches: Annotated[int, typer.Option(help="held-out batches of token sequences")] = 64,
     batch_size: Annotated[int, typer.Option(help="sequences per batch")] = 16,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="token source instead of held-out stdlib: files, a saved or hub dataset"),
+    ] = None,
+    column: Annotated[str, typer.Option(help="the dataset's text or token-id column")] = "text",
     tau: Annotated[float, typer.Option(help="pass-through threshold on Pearson r")] = 0.95,
     rel_threshold: Annotated[float, typer.Option(help="active: act > this x max")] = 0.2,
     measure: Annotated[str, typer.Option(help="the graph's measure")] = "pearson",
@@ -99,6 +105,7 @@ def run_cmd(
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
     from mechscope import load_model
+    from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
     from mechscope.sae.sweep import eval_batches
@@ -109,7 +116,13 @@ def run_cmd(
         )
         bridge = load_model(model)
         saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers))
-        tokens = eval_batches(bridge, batches, batch_size=batch_size)
+        if dataset:
+            stream = hf_token_batches(
+                dataset, bridge.tokenizer, int(bridge.cfg.n_ctx), batch_size, column=column
+            )
+            tokens = list(itertools.islice(stream, batches))
+        else:
+            tokens = eval_batches(bridge, batches, batch_size=batch_size)
         result = compute_evolution(
             bridge,
             saes,
@@ -121,7 +134,7 @@ def run_cmd(
             device=device,
             progress=True,
         )
-    except (EvolutionError, SAEError, ModelLoadError) as e:
+    except (EvolutionError, SAEError, ModelLoadError, DataError) as e:
         fail(str(e))
     result.save(out)
     if graph:
