@@ -60,8 +60,9 @@ def test_metrics_match_their_definitions(lean: LeanModel) -> None:
     ev = evaluate_sae(lean, sae, toks)
     keep = [keep_mask(t, special_ids(lean)) for t in toks]
     x = torch.cat([collect(lean, t, HOOK)[k] for t, k in zip(toks, keep, strict=True)])
-    codes = sae.encode(x)
-    x_hat = sae.decode(codes)
+    with torch.no_grad():
+        codes = sae.encode(x)
+        x_hat = sae.decode(codes)
     mse = (x - x_hat).pow(2).sum(-1).mean()
     total_var = x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum()
     assert ev.mse == pytest.approx(float(mse), rel=1e-4)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, load
 
 
 def acdc_command(
@@ -55,12 +55,11 @@ def acdc_command(
                 corrupt = clean.roll(1, 0)  # another prompt of the task
             name = f"tracr-{tracr}"
         else:
-            from mechscope import load_model
             from mechscope.circuits.graph import Graph
             from mechscope.models.lean import LeanModel
             from mechscope.tasks import make_task
 
-            bridge = load_model(model)
+            bridge = load(model)
             lean = LeanModel(bridge)
             graph = Graph.from_model(lean)
             t = make_task(task, bridge.tokenizer, n=n, seed=seed)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, load
 from mechscope.errors import DataError, EvolutionError, ModelLoadError, SAEError
 
 evolution_app = typer.Typer(
@@ -104,7 +104,6 @@ def run_cmd(
     port: Port = 8765,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
-    from mechscope import load_model
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
@@ -114,7 +113,7 @@ def run_cmd(
         cfg = EvolutionConfig(
             tau=tau, rel_threshold=rel_threshold, graph_measure=measure, graph_threshold=threshold
         )
-        bridge = load_model(model)
+        bridge = load(model)
         saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers))
         if dataset:
             stream = hf_token_batches(

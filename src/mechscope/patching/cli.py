@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, load
 
 
 def patch_command(
@@ -37,7 +37,6 @@ def patch_command(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
-    from mechscope import load_model
     from mechscope.models import ModelLoadError
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
@@ -51,7 +50,7 @@ def patch_command(
     components = component or ["resid_pre", "z"]
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
     try:
-        bridge = load_model(model)
+        bridge = load(model)
         t = make_task(task, bridge.tokenizer, n=n, seed=seed)
         lean = as_lean(bridge)
         estimates = {}

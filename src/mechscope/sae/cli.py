@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, load
 from mechscope.errors import SAEError
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
@@ -116,14 +116,13 @@ def sweep_cmd(
     out: Out = Path("runs/sae-sweep"),
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT."""
-    from mechscope import load_model
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.store import ActivationStore
     from mechscope.sae.sweep import sweep
 
     try:
-        bridge = load_model(model)
+        bridge = load(model)
         k_list = [int(x) for x in ks.split(",") if x.strip()]
         cfg = TrainConfig(
             model=model,
@@ -171,13 +170,12 @@ def store_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
-    from mechscope import load_model
     from mechscope.models.lean import as_lean
     from mechscope.sae.activations import source_batches
     from mechscope.sae.store import write_store
 
     try:
-        lean = as_lean(load_model(model))
+        lean = as_lean(load(model))
         source = {"dataset": dataset, "column": column} if dataset else {"mixture": {"stdlib": 1.0}}
         acts = write_store(
             lean,
@@ -208,7 +206,6 @@ def eval_cmd(
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16")] = 8,
 ) -> None:
     """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
-    from mechscope import load_model
     from mechscope.models.lean import as_lean
     from mechscope.sae.activations import check_sae_fits
     from mechscope.sae.evaluate import eval_table, evaluate_sae
@@ -217,7 +214,7 @@ def eval_cmd(
 
     try:
         sae = load_saelens(path)
-        lean = as_lean(load_model(model))
+        lean = as_lean(load(model))
         check_sae_fits(lean, sae, hook or sae.cfg.hook_name)
         ev = evaluate_sae(lean, sae, batches(lean, eval_batches), hook, name=path.name)
     except (SAEError, ValueError) as e:
