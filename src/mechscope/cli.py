@@ -7,6 +7,8 @@ mechscope run-task --model code-attn4 --task docstring
 mechscope acdc --model code-attn4 --task docstring --tau 0.01   # a circuit, JSON/DOT/HTML
 mechscope regions sweep -m code-2l -m code-4l   # stable regions over checkpoints and sizes
 mechscope demo                          # the whole programme on the bundled models
+mechscope sweep examples/sweeps/acdc.yaml   # a grid of method calls on Ray (resumable)
+mechscope --device-map auto --dtype bfloat16 patch --model facebook/opt-6.7b ...  # big models
 """
 
 from __future__ import annotations
@@ -20,19 +22,39 @@ from rich.table import Table
 
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, load, placement
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.report.cli import demo_command
 from mechscope.sae.cli import sae_app
+from mechscope.sweep.cli import sweep_command
 
 app = typer.Typer(
     help="mechscope: find out what computation a transformer performs, and where.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def main(
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="split models over devices: auto, balanced, cpu or a JSON map "
+            "(module -> device), for the commands that load a model"
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="model dtype, e.g. bfloat16 (metrics stay in float32)")
+    ] = None,
+) -> None:
+    """mechscope: find out what computation a transformer performs, and where."""
+    placement.device_map, placement.dtype = device_map, dtype
+
+
 zoo_app = typer.Typer(help="The bundled model zoo: list, inspect and rebuild models.")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(sae_app, name="sae")
@@ -43,6 +65,7 @@ app.add_typer(directions_app, name="directions")
 app.command("patch")(patch_command)
 app.command("acdc")(acdc_command)
 app.command("demo")(demo_command)
+app.command("sweep")(sweep_command)
 
 
 @zoo_app.command("list")
@@ -115,12 +138,11 @@ def run_task_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
-    from mechscope import load_model
     from mechscope.models import ModelLoadError
     from mechscope.tasks import TaskError, make_task, run_task
 
     try:
-        m = load_model(model, revision=revision)
+        m = load(model, revision=revision)
         t = make_task(task, m.tokenizer, n=n, seed=seed)
         result = run_task(m, t, metric=metric)
     except (ModelLoadError, TaskError) as e:

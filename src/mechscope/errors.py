@@ -41,3 +41,7 @@ class DataError(ValueError):
 
 class StoreError(DataError):
     """An activation store that is missing, incomplete, truncated or does not fit the request."""
+
+
+class SweepError(ValueError):
+    """A sweep config, output folder or backend that cannot be used (with what to do instead)."""

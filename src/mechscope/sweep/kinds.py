@@ -1,0 +1,199 @@
+"""What a sweep can call: each kind's parameters (a dataclass with defaults and checks) and the
+function that runs one trial, writing its artifacts into the trial's folder and returning its
+scalar results. The functions wrap the methods' own APIs; models are loaded once per process.
+
+    acdc     `mechscope.circuits.acdc` on a task (as `mechscope acdc`)      -> circuit.json
+    sae      `mechscope.sae.sweep.train_and_save` (train, save, evaluate)   -> SAELens folder
+    regions  `mechscope.regions.analyse` on one checkpoint                  -> stats.json
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mechscope.circuits.acdc import check_tau
+from mechscope.circuits.metric import METRICS
+from mechscope.circuits.patched import ABLATIONS
+from mechscope.models.lean import LeanModel
+from mechscope.regions.sweep import RegionConfig
+from mechscope.sae.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A method a sweep can call.
+
+    params: dataclass of its parameters (defaults; `__post_init__` raises ValueError on bad
+    values); run(params, folder) -> scalar results; metrics: the headline results, the first
+    one plotted by the summary figure.
+    """
+
+    params: type
+    run: Callable[[Any, Path], dict[str, Any]]
+    metrics: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(name: str, revision: str = "main") -> Any:
+    """`mechscope.load_model(name, revision)`, loaded once per process ("main": the final
+    weights)."""
+    from mechscope import load_model
+
+    return load_model(name, revision=None if revision == "main" else revision)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_lean(name: str, revision: str = "main") -> LeanModel:
+    """The `LeanModel` of `cached_model(name, revision)`, built once per process."""
+    return LeanModel(cached_model(name, revision))
+
+
+def _check_revision(model: str, revision: str) -> None:
+    from mechscope.zoo.paths import revisions, zoo_names
+
+    if model in zoo_names() and revision not in revisions(model):
+        raise ValueError(
+            f"{model} has no revision {revision!r}; available: {', '.join(revisions(model))}"
+        )
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is unknown; choose from {', '.join(choices)}")
+
+
+@dataclass
+class AcdcParams:
+    """One ACDC search, as `mechscope acdc` runs it: n prompts of `task` (from `seed`), threshold
+    tau, metric kl | logit_diff | logprob, ablation resample | zero; batch_size: tentative
+    removals evaluated together. revision: a checkpoint of the model ("main": final weights)."""
+
+    model: str = "code-attn4"
+    revision: str = "main"
+    task: str = "docstring"
+    tau: float = 0.01
+    metric: str = "kl"
+    ablation: str = "resample"
+    n: int = 16
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        from mechscope.tasks import TASKS
+
+        _one_of("task", self.task, sorted(TASKS))
+        _one_of("metric", self.metric, METRICS)
+        _one_of("ablation", self.ablation, ABLATIONS)
+        check_tau(self.tau)
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError(f"n and batch_size must be >= 1, got {self.n}, {self.batch_size}")
+        _check_revision(self.model, self.revision)
+
+
+def run_acdc(p: AcdcParams, folder: Path) -> dict[str, Any]:
+    """ACDC on the task's prompts; writes circuit.json; returns its size and faithfulness."""
+    from mechscope.circuits.acdc import acdc
+    from mechscope.circuits.graph import Graph
+    from mechscope.circuits.metric import kl_metric, task_circuit_metric
+    from mechscope.tasks import make_task
+
+    lean = cached_lean(p.model, p.revision)
+    task = make_task(p.task, cached_model(p.model, p.revision).tokenizer, n=p.n, seed=p.seed)
+    clean = task.clean_tokens
+    corrupt = task.corrupt_tokens if p.ablation == "resample" else None
+    if p.metric == "kl":
+        metric = kl_metric(lean(clean, logit_pos=(-1,)))
+    else:
+        metric = task_circuit_metric(task, p.metric)
+    graph = Graph.from_model(lean)
+    c = acdc(lean, clean, corrupt, p.tau, metric, p.ablation, graph, batch_size=p.batch_size)
+    c.meta.update(model=p.model, revision=p.revision, task=p.task, seed=p.seed)
+    c.save(folder / "circuit.json")
+    return {
+        "n_edges": c.n_edges,
+        "n_heads": len(c.heads),
+        "faithfulness": c.faithfulness,
+        "value": c.value,
+        "full": c.full,
+        "ablated": c.ablated,
+        "edge_tests": c.meta["edge_tests"],
+        "graph_edges": len(graph.edges),
+    }
+
+
+@dataclass
+class SaeParams(TrainConfig):
+    """One SAE: every `TrainConfig` field, the hook as `hook_name` or as `layer` (+ `site`:
+    blocks.{layer}.{site}), and the held-out evaluation (n_eval_batches of eval_batch_size
+    sequences, the same for every trial)."""
+
+    hook_name: str = ""
+    layer: int | None = None
+    site: str = "hook_resid_post"
+    n_eval_batches: int = 4
+    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.hook_name) == (self.layer is not None):
+            raise ValueError("an sae trial needs either hook_name or layer (not both)")
+        if self.n_eval_batches < 1 or self.eval_batch_size < 1:
+            raise ValueError("n_eval_batches and eval_batch_size must be >= 1")
+
+    @property
+    def hook(self) -> str:
+        return self.hook_name or f"blocks.{self.layer}.{self.site}"
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**asdict(self), "hook_name": self.hook})
+
+
+def run_sae(p: SaeParams, folder: Path) -> dict[str, Any]:
+    """Train, save (SAELens format, in the folder) and evaluate one SAE; returns its evaluation
+    (L0, MSE, explained variance, CE recovered, KL score, dead and dense fractions)."""
+    from mechscope.sae.sweep import eval_batches, train_and_save
+
+    lean = cached_lean(p.model)
+    cfg = p.train_config()
+    tokens = eval_batches(lean, p.n_eval_batches, p.eval_batch_size, mixture=cfg.mixture)
+    ev = train_and_save(cfg, lean, folder, tokens, progress=False).to_dict()
+    ev.pop("name")
+    return ev
+
+
+@dataclass
+class RegionsParams(RegionConfig):
+    """One stable-regions analysis (`mechscope regions run`): every `RegionConfig` field, on one
+    checkpoint (`revision`, e.g. step-500; "main": final weights) of `model`."""
+
+    model: str = "code-4l"
+    revision: str = "main"
+
+    def __post_init__(self) -> None:
+        _check_revision(self.model, self.revision)
+
+    def region_config(self) -> RegionConfig:
+        return RegionConfig(**{f.name: getattr(self, f.name) for f in fields(RegionConfig)})
+
+
+def run_regions(p: RegionsParams, folder: Path) -> dict[str, Any]:
+    """Sharpness and boundary statistics of one checkpoint; writes stats.json."""
+    from mechscope.regions.result import SweepResult
+    from mechscope.regions.sweep import analyse
+
+    model = cached_model(p.model, p.revision)
+    stats, _, _ = analyse(model, p.revision, p.region_config(), progress=False, name=p.model)
+    stats.save(folder / "stats.json")
+    row = SweepResult([stats]).table()[0]
+    return {k: v for k, v in row.items() if k not in ("model", "revision")}
+
+
+KINDS: dict[str, Kind] = {
+    "acdc": Kind(AcdcParams, run_acdc, ("n_edges", "faithfulness")),
+    "sae": Kind(SaeParams, run_sae, ("l0", "ce_recovered", "explained_variance")),
+    "regions": Kind(RegionsParams, run_regions, ("s_median", "with_boundary", "output_ratio")),
+}
