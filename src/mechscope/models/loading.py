@@ -111,7 +111,8 @@ def _native_split_error(split: dict[str, Any]) -> None:
     if split["device_map"] is not None or (split["n_devices"] or 1) > 1:
         raise ModelLoadError(
             "device_map / n_devices apply to HF-architecture models; this model is built on "
-            "TransformerLens's native blocks and loads on one device (pass device=...)"
+            "TransformerLens's native blocks and loads on one device (pass device=...). To split "
+            "it, place its blocks with LeanModel(model).dispatch([...]) (docs/scale.md)"
         )
 
 
