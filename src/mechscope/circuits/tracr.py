@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.metric import CircuitMetric, l2_metric
 from mechscope.circuits.patched import CircuitRunner
 from mechscope.errors import CircuitError
-from mechscope.models.lean import Hook, LeanModel
+from mechscope.models.lean import LeanModel
 
 TRACR_DIR = Path(__file__).parent / "tracr_models"
 TASKS = ("reverse", "proportion")
@@ -48,58 +47,9 @@ USED_TOL = 1e-3
 
 
 class TracrModel(LeanModel):
-    """LeanModel with bidirectional attention: scores are recomputed from q and k unmasked."""
+    """LeanModel with bidirectional attention (every position attends to all)."""
 
     causal = False
-
-    def forward(
-        self,
-        tokens: Tensor,
-        hooks: Mapping[str, Hook] | None = None,
-        cache: dict[str, Tensor] | None = None,
-        *,
-        start_layer: int = 0,
-        resid: Tensor | None = None,
-        logit_pos: Sequence[int] | None = None,
-        start_pos: int = 0,
-        prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None = None,
-    ) -> Tensor:
-        """As LeanModel.forward (logits [batch, pos, vocab]), every position attending to all
-        (start_pos > 0, which assumes causal attention, is refused)."""
-        if start_pos:
-            raise CircuitError("a bidirectional tracr model cannot skip earlier positions")
-        user = dict(hooks or {})
-        qk: dict[str, Tensor] = {}
-        merged: dict[str, Hook] = dict(user)
-        for l in range(start_layer, self.n_layers):
-            for x in "qk":
-                name = f"blocks.{l}.attn.hook_{x}"
-                merged[name] = _capture(user.get(name), qk, x)
-            name = f"blocks.{l}.attn.hook_attn_scores"
-            merged[name] = _unmasked(user.get(name), qk, self.scale)
-        return super().forward(
-            tokens, merged, cache, start_layer=start_layer, resid=resid, logit_pos=logit_pos
-        )
-
-    __call__ = forward
-
-
-def _capture(user: Hook | None, store: dict[str, Tensor], key: str) -> Hook:
-    def fn(x: Tensor) -> Tensor:
-        r = user(x) if user is not None else None
-        store[key] = x if r is None else r
-        return store[key]
-
-    return fn
-
-
-def _unmasked(user: Hook | None, store: dict[str, Tensor], scale: float) -> Hook:
-    def fn(_: Tensor) -> Tensor:
-        s = torch.einsum("bqhd,bkhd->bhqk", store["q"], store["k"]) / scale
-        r = user(s) if user is not None else None
-        return s if r is None else r
-
-    return fn
 
 
 # -- compiling and converting ---------------------------------------------------------------------

@@ -375,6 +375,10 @@ class LeanModel:
         pos = tokens.shape[1]
         if start_pos and (resid is None or hooks or cache is not None or prefix_kv is None):
             raise ValueError("start_pos > 0 needs resid and prefix_kv, and no hooks or cache")
+        if start_pos and not self.causal:
+            raise ValueError(
+                "start_pos > 0 assumes causal attention; this model's is bidirectional"
+            )
         if logit_pos is not None:  # absolute positions -> positions within the window
             logit_pos = [(p + pos if p < 0 else p) - start_pos for p in logit_pos]
             if min(logit_pos) < 0:
@@ -394,7 +398,10 @@ class LeanModel:
                 f"resid {got} must be [batch, pos - start_pos, d_model] matching tokens "
                 f"{tuple(tokens.shape)}, and start_layer {start_layer} in [0, {self.n_layers}]"
             )
-        causal = torch.triu(torch.ones(pos - start_pos, pos, dtype=torch.bool), 1 + start_pos)
+        # True = masked out: later keys (causal), or nothing (bidirectional models)
+        causal = torch.ones(pos - start_pos, pos, dtype=torch.bool).triu(1 + start_pos)
+        if not self.causal:
+            causal.zero_()
         masks: dict[torch.device, Tensor] = {}
         # the last layer needs only the queries whose logits are read
         last_q = logit_pos if (logit_pos is not None and not hooks and cache is None) else None
