@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from torch import Tensor
 
 from mechscope.circuits.graph import Graph
 from mechscope.errors import CircuitError
+from mechscope.files import write_json
 
 
 @dataclass
@@ -110,11 +109,7 @@ class Circuit:
         """Write JSON to `path` (".json" added if missing), atomically."""
         path = Path(path)
         path = path if path.suffix == ".json" else path.with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

@@ -21,7 +21,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from mechscope.regions.result import atomic_write
+from mechscope.files import write_json
 
 QUANTILES: dict[str, float] = {
     "kl_q05": 0.05,
@@ -55,7 +55,7 @@ def summarise(values: Tensor) -> dict[str, float]:
 
 def _save(obj: Any, path: str | Path) -> Path:
     p = Path(path)
-    atomic_write(p, lambda tmp: Path(tmp).write_text(json.dumps(obj.to_dict(), indent=2)))
+    write_json(p, obj.to_dict(), indent=2)
     return p
 
 

@@ -7,8 +7,6 @@ Saved as two files side by side: `<stem>.json` (axes, labels, baselines, metadat
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope import metrics
+from mechscope.files import atomic_write
 
 
 @dataclass
@@ -77,9 +76,9 @@ class PatchResult:
             "meta": self.meta,
         }
         js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        _atomic(js, lambda p: Path(p).write_text(json.dumps(head, indent=2)))
+        atomic_write(js, lambda p: Path(p).write_text(json.dumps(head, indent=2)))
         values = self.values.detach().float().cpu().contiguous()
-        _atomic(st, lambda p: save_file({"values": values}, p))
+        atomic_write(st, lambda p: save_file({"values": values}, p))
         return js, st
 
     @classmethod
@@ -98,17 +97,6 @@ class PatchResult:
         from mechscope.patching.plot import plot_result
 
         return plot_result(self, normalise=normalise, title=title)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def position_labels(tokens: Tensor, tokenizer: Any | None) -> list[str]:

@@ -13,38 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from mechscope.files import atomic_write, write_json
 from mechscope.regions.interpolate import PathCurves
 
 Quartiles = tuple[float, float, float]
-
-
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Call write(temporary path) in path's folder, then rename it to path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2)))
 
 
 @dataclass
@@ -103,7 +81,7 @@ class RegionStats:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=2)
         return path
 
     @classmethod
@@ -128,7 +106,7 @@ class SweepResult:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_json(path, {"rows": [r.to_dict() for r in self.rows], "meta": self.meta})
+        write_json(path, {"rows": [r.to_dict() for r in self.rows], "meta": self.meta}, indent=2)
         return path
 
     @classmethod
@@ -185,7 +163,7 @@ class SemanticResult:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_json(path, dataclasses.asdict(self))
+        write_json(path, dataclasses.asdict(self), indent=2)
         return path
 
     @classmethod
@@ -197,7 +175,7 @@ def save_curves(curves: PathCurves, stem: str | Path) -> tuple[Path, Path]:
     """Write `<stem>.json` (gate layers, meta) and `<stem>.safetensors` (the tensors)."""
     stem = Path(stem)
     js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    _write_json(js, {"gate_layers": curves.gate_layers, "meta": curves.meta})
+    write_json(js, {"gate_layers": curves.gate_layers, "meta": curves.meta}, indent=2)
     tensors = {k: v.detach().cpu().contiguous() for k, v in curves.tensors().items()}
     atomic_write(st, lambda p: save_file(tensors, p))
     return js, st

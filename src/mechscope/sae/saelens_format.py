@@ -11,7 +11,6 @@ activation_fn "topk" with activation_fn_kwargs.k). mechscope does not import sae
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.errors import SAEError
+from mechscope.files import atomic_write, write_json
 from mechscope.sae.config import Architecture, SAEConfig
 from mechscope.sae.model import SparseAutoencoder
 
@@ -77,11 +77,8 @@ def save_saelens(
     }
     if c.architecture == "topk":
         cfg |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
-    tmp_w, tmp_c = folder / (WEIGHTS_FILE + ".tmp"), folder / (CFG_FILE + ".tmp")
-    save_file(weights, str(tmp_w))
-    tmp_c.write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp_w, folder / WEIGHTS_FILE)
-    os.replace(tmp_c, folder / CFG_FILE)
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    write_json(folder / CFG_FILE, cfg, indent=2)  # last: a folder with cfg.json is complete
     return folder
 
 

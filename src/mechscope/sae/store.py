@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from mechscope.errors import StoreError
+from mechscope.files import atomic_write, write_json
 from mechscope.models.lean import as_lean
 from mechscope.sae.activations import collect_many, hook_width, special_ids
 from mechscope.sae.train import progress_bar
@@ -90,10 +90,9 @@ class _ShardWriter:
         self.pending = {key: [t[n:].clone()] for key, t in joined.items()}
         self.n_pending -= n
         name = SHARD.format(len(self.shards))
-        tmp = self.folder / (name + ".tmp")
-        save_file({key: t[:n].contiguous() for key, t in joined.items()}, tmp, {"format": FORMAT})
-        os.replace(tmp, self.folder / name)
         file = self.folder / name
+        tensors = {key: t[:n].contiguous() for key, t in joined.items()}
+        atomic_write(file, lambda tmp: save_file(tensors, tmp, {"format": FORMAT}))
         self.shards.append(
             {"file": name, "n_seq": n, "bytes": file.stat().st_size, "sha256": _sha256(file)}
         )
@@ -217,9 +216,7 @@ def write_store(
         "source": source,
         "shards": writer.shards,
     }
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / MANIFEST)
+    write_json(folder / MANIFEST, manifest, indent=2)
     return ActivationStore(folder)
 
 

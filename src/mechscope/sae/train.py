@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from mechscope.errors import SAEError
+from mechscope.files import atomic_write
 from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.sae.activations import (
     collect,
@@ -142,9 +142,7 @@ def _save_checkpoint(
         "optimizer": opt.state_dict(),
         "history": history,
     }
-    tmp = folder / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / CHECKPOINT)
+    atomic_write(folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def progress_bar(enabled: bool) -> Progress:

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from mechscope.regions.result import atomic_write
+from mechscope.files import atomic_write, write_json
 from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 
@@ -29,12 +29,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Scalar = int | float | str | bool | None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """`obj` as indented JSON at `path`, atomically."""
-    text = json.dumps(obj, indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def trial_folder(out: Path, key: str) -> Path:

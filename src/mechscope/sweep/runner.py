@@ -41,7 +41,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mechscope.sweep.config import SweepConfig, SweepError, Trial
+from mechscope.errors import SweepError
+from mechscope.files import write_json
+from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 from mechscope.sweep.results import (
     TrialResult,
@@ -49,7 +51,6 @@ from mechscope.sweep.results import (
     finished,
     last_line,
     trial_folder,
-    write_json,
     write_outputs,
 )
 
