@@ -6,9 +6,11 @@ Test suites are left out (they are large, repetitive and not representative code
 
 from __future__ import annotations
 
+import hashlib
 import sysconfig
 import zlib
 from pathlib import Path
+from typing import Any
 
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -48,3 +50,28 @@ def stdlib_texts(split: str = "train", root: Path | None = None) -> list[str]:
             continue
         out.append(p.read_text(encoding="utf-8", errors="replace"))
     return out
+
+
+_ENCODED: dict[tuple[str, str], list[list[int]]] = {}  # (tokenizer fingerprint, split) -> ids
+
+
+def encoded_stdlib(tokenizer: Any, split: str = "train") -> list[list[int]]:
+    """Token ids (no special tokens) of each non-empty stdlib file in `split`.
+
+    Encoding the corpus takes seconds, so a fast tokenizer's result is kept for the process,
+    keyed by a hash of its serialised vocabulary and rules (equal tokenizers share it; the last
+    four are kept). Callers must not modify the lists.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    key = None
+    if backend is not None:
+        key = (hashlib.sha256(backend.to_str().encode()).hexdigest(), split)
+        if key in _ENCODED:
+            return _ENCODED[key]
+    enc = tokenizer(stdlib_texts(split), add_special_tokens=False)["input_ids"]
+    ids = [x for x in enc if x]
+    if key is not None:
+        if len(_ENCODED) >= 4:
+            del _ENCODED[next(iter(_ENCODED))]
+        _ENCODED[key] = ids
+    return ids

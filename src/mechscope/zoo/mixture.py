@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mechscope.data.corpus import stdlib_texts
+from mechscope.data.corpus import encoded_stdlib
 from mechscope.tasks import docstring, induction, ioi
 from mechscope.tasks.words import (
     DESC_WORDS,
@@ -63,9 +63,7 @@ class TokenStream:
         self.g = torch.Generator().manual_seed(seed)
         self.names = list(mixture)
         self.weights = [mixture[k] for k in self.names]
-        texts = stdlib_texts(split)
-        enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        self.stdlib = [ids for ids in enc if ids]
+        self.stdlib = encoded_stdlib(tokenizer, split)
         self.stdlib_order: list[int] = []
         self.pools = {
             "docstring": (
