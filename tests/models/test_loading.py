@@ -113,7 +113,7 @@ def test_checkpoints_load_and_loss_decreases(name, tokens):
     from mechscope.zoo.mixture import TokenStream
 
     stream = TokenStream(load_tokenizer(TOKENIZER_DIR), {"docstring": 0.5, "ioi": 0.5}, 96, seed=99)
-    batch = torch.tensor([stream.sequence() for _ in range(16)])
+    batch = next(stream.batches(16))
     losses = []
     with torch.no_grad():
         for rev in [revs[0], revs[2], revs[4], revs[-1]]:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
-import torch
 from torch import Tensor
 
+from mechscope.data.packing import pack
 from mechscope.errors import DataError
 
 if TYPE_CHECKING:
@@ -145,25 +145,19 @@ def _documents(
 def _pack(
     docs: Iterable[list[int]], bos: int, n_ctx: int, batch_size: int, what: str
 ) -> Iterator[Tensor]:
-    """Batches [batch_size, n_ctx]: BOS + the next n_ctx - 1 tokens of the BOS-joined documents."""
-    need = n_ctx - 1
-    buf: list[int] = []
-    rows: list[list[int]] = []
-    n_batches = n_tokens = 0
-    for ids in docs:
-        if not ids:
-            continue
-        n_tokens += len(ids)
-        buf += ids
-        buf.append(bos)
-        cut = 0
-        while len(buf) - cut >= need:
-            rows.append([bos, *buf[cut : cut + need]])
-            cut += need
-            if len(rows) == batch_size:
-                yield torch.tensor(rows, dtype=torch.long)
-                rows, n_batches = [], n_batches + 1
-        del buf[:cut]
+    """`pack`, with an error when the documents hold less than one batch."""
+    n_tokens = 0
+
+    def counted() -> Iterator[list[int]]:
+        nonlocal n_tokens
+        for ids in docs:
+            n_tokens += len(ids)
+            yield ids
+
+    n_batches = 0
+    for batch in pack(counted(), bos, n_ctx, batch_size):
+        n_batches += 1
+        yield batch
     if n_batches == 0:
         raise DataError(
             f"{what} holds {n_tokens} tokens, fewer than one batch of {batch_size} x {n_ctx} "

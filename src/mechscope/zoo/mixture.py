@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mechscope.data.corpus import encoded_stdlib
+from mechscope.data.packing import pack
 from mechscope.tasks import docstring, induction, ioi
 from mechscope.tasks.words import (
     DESC_WORDS,
@@ -77,7 +78,6 @@ class TokenStream:
                 single_token_words(tokenizer, OBJECTS),
             ),
         }
-        self.buf: list[int] = []
 
     def _stdlib_doc(self) -> list[int]:
         if not self.stdlib_order:
@@ -106,13 +106,7 @@ class TokenStream:
             raise ValueError(f"unknown mixture source {src!r}")
         return self.tok.encode(text, add_special_tokens=False)
 
-    def sequence(self) -> list[int]:
-        need = self.n_ctx - 1
-        while len(self.buf) < need:
-            self.buf += [*self._doc(), self.bos]
-        seq, self.buf = self.buf[:need], self.buf[need:]
-        return [self.bos, *seq]
-
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        while True:
-            yield torch.tensor([self.sequence() for _ in range(batch_size)])
+        """Endless batches [batch_size, n_ctx] (`mechscope.data.packing.pack` of the documents).
+        Call once per stream: the documents are drawn as the batches need them."""
+        return pack(iter(self._doc, None), self.bos, self.n_ctx, batch_size)

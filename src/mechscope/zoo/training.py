@@ -154,7 +154,7 @@ def build_model(
     model = new_model(spec).to(device)
     stream = TokenStream(tokenizer, spec.mixture, N_CTX, seed=spec.seed)
     held = TokenStream(tokenizer, {"stdlib": 1.0}, N_CTX, seed=12345, split="heldout")
-    heldout = torch.tensor([held.sequence() for _ in range(64)])
+    heldout = next(held.batches(64))
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
