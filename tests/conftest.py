@@ -55,3 +55,18 @@ def datasets_cache(tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory):
+    """family -> folder of a tiny random HF model of that family (saved once per session)."""
+    from mechscope.models.toy import save_toy
+
+    folders: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in folders:
+            folders[family] = save_toy(family, tmp_path_factory.mktemp(family))
+        return folders[family]
+
+    return get

@@ -105,16 +105,6 @@ def test_bf16_model_metrics_accumulate_in_fp32(gpt2_2l, tokenizer):
     )
 
 
-def test_lean_model_refuses_architectures_it_would_compute_wrongly(gpt2_2l):
-    from types import SimpleNamespace
-
-    cfg = SimpleNamespace(**vars(gpt2_2l.cfg))
-    cfg.positional_embedding_type, cfg.gated_mlp = "rotary", True
-    fake = SimpleNamespace(cfg=cfg)
-    with pytest.raises(ModelLoadError, match="rotary positions, a gated MLP"):
-        LeanModel(fake)
-
-
 def test_an_opt_model_runs_on_the_engines(tmp_path):
     """OPT (the architecture of the docs' 7B example, facebook/opt-6.7b) at toy size: the
     bridge and LeanModel give HF's next-token distribution."""

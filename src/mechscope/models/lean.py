@@ -1,24 +1,28 @@
 """A lean forward pass over a bridge's weights, with per-head hooks on every architecture.
 
-TransformerLens's bridge serves per-head q/k/v inputs (`blocks.{l}.hook_q_input`) and per-head
-results (`blocks.{l}.attn.hook_result`) only for some attention classes (HF GPT-2 family), and
-its hooked forward is several times slower than a plain one. `LeanModel` runs the same computation
-from the bridge's processed weights (compatibility mode: LayerNorm folded, weights centred) with the
-HookedTransformer hook names, per-head hooks always available, and optional hooks costing nothing
-when absent. Tests hold it equal to the bridge to 1e-5 on every bundled model; hot loops (patching
-sweeps, ACDC) run on it.
+TransformerLens's bridge serves per-head q/k/v inputs and per-head results only for some attention
+classes, and its hooked forward is several times slower than a plain one. `LeanModel` runs the
+same computation from the bridge's processed weights (compatibility mode: norms folded, LayerNorm
+models' weights centred) with the HookedTransformer hook names, per-head hooks always available,
+and optional hooks costing nothing when absent. It is built from declared components
+(components.py, declare.py): GPT-2, OPT, GPT-NeoX/Pythia, GPT-J, Llama, Mistral, Qwen2/3,
+Gemma 1/2/3, OLMo 1/2 and Phi-2/3, each held equal to HF's logits and the bridge's hooks.
 
-Hook names (shapes):
-    hook_embed, hook_pos_embed                   [batch, pos, d_model]
+Hook names (shapes; H query heads, K key/value heads, K = H without grouped-query attention):
+    hook_embed, hook_pos_embed (learned positions only)   [batch, pos, d_model]
     blocks.{l}.hook_resid_pre                    [batch, pos, d_model]
-    blocks.{l}.hook_{q,k,v}_input                [batch, pos, head, d_model]  (split inputs)
-    blocks.{l}.attn.hook_{q,k,v}, hook_z         [batch, pos, head, d_head]
-    blocks.{l}.attn.hook_attn_scores, hook_pattern  [batch, head, query_pos, key_pos]
-    blocks.{l}.attn.hook_result                  [batch, pos, head, d_model]
-    blocks.{l}.hook_attn_out                     [batch, pos, d_model]
-    blocks.{l}.hook_resid_mid, hook_mlp_in, hook_mlp_out   [batch, pos, d_model]
-    blocks.{l}.mlp.hook_pre, hook_post           [batch, pos, d_mlp]
+    blocks.{l}.hook_q_input                      [batch, pos, H, d_model]  (split inputs)
+    blocks.{l}.hook_{k,v}_input                  [batch, pos, K, d_model]
+    blocks.{l}.attn.hook_q / hook_k, hook_v      [batch, pos, H / K, d_head] (projections)
+    blocks.{l}.attn.hook_rot_q / hook_rot_k      the same after q/k norm and rotation (rotary)
+    blocks.{l}.attn.hook_attn_scores, hook_pattern  [batch, H, query_pos, key_pos]
+    blocks.{l}.attn.hook_z                       [batch, pos, H, d_head]
+    blocks.{l}.attn.hook_result                  [batch, pos, H, d_model]
+    blocks.{l}.hook_attn_out                     [batch, pos, d_model] (after a post-norm)
+    blocks.{l}.hook_resid_mid (sequential blocks), hook_mlp_in, hook_mlp_out  [batch, pos, d_model]
+    blocks.{l}.mlp.hook_pre, hook_post (and hook_pre_linear, gated)  [batch, pos, d_mlp]
     blocks.{l}.hook_resid_post, ln_final.hook_normalized   [batch, pos, d_model]
+`hook_names()` lists exactly the hooks this model fires (it is read off a forward pass).
 
 Split models: each block runs on the device its weights are on (as a bridge loaded with a
 `device_map` places them, or as `dispatch` puts them), the residual stream moves between blocks,
@@ -28,83 +32,57 @@ logits and every piece's output come back on `device`, the embedding's device.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any, Self
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mechscope.errors import ModelLoadError
+from mechscope.models.components import (
+    ACTS,
+    Norm,
+    NormParams,
+    attention_mask,
+    softcap,
+)
+from mechscope.models.declare import Arch, declare, unsupported
 
 Hook = Callable[[Tensor], Tensor | None]
 
-_ACTS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
-
-def unsupported(cfg: Any) -> str | None:
-    """Why `LeanModel` cannot compute this architecture exactly, or None if it can (GPT-2-style
-    blocks: learned or no positions, LayerNorm or none, one ungated MLP after attention, one key
-    and value per head)."""
-    heads = getattr(cfg, "n_heads", None)
-    pos = getattr(cfg, "positional_embedding_type", "standard")
-    checks = [
-        (pos == "standard", f"{pos} positions"),
-        (not getattr(cfg, "parallel_attn_mlp", False), "parallel attention and MLP"),
-        (not getattr(cfg, "gated_mlp", False), "a gated MLP"),
-        (getattr(cfg, "normalization_type", None) in ("LN", "LNPre", None), "normalization"),
-        (str(getattr(cfg, "act_fn", "gelu_new")) in _ACTS, "activation"),
-        (getattr(cfg, "n_key_value_heads", None) in (None, heads), "grouped keys and values"),
-        ("local" not in (getattr(cfg, "attn_types", None) or ()), "local attention"),
-    ]
-    bad = [what for ok, what in checks if not ok]
-    return ", ".join(bad) or None
-
-
-def _positions(bridge: Any) -> Tensor | None:
-    """Learned position embeddings [n_ctx, d_model] (None: no position embedding). HF's OPT
-    stores two rows before position 0 (its module's `offset`), which are skipped."""
-    module = getattr(bridge, "pos_embed", None)
-    if module is None:
-        return None
-    offset = int(getattr(getattr(module, "original_component", None), "offset", 0) or 0)
-    return module.W_pos.detach()[offset:]
-
-
-def lean_supports(cfg: Any) -> bool:
-    """Whether `LeanModel` computes this architecture exactly (see `unsupported`)."""
-    return unsupported(cfg) is None
-
-
-_ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O")
+def lean_supports(model: Any) -> bool:
+    """Whether `LeanModel` computes this bridge's architecture exactly (see `unsupported`)."""
+    return isinstance(model, LeanModel) or unsupported(model) is None
 
 
 @dataclass
 class LayerWeights:
-    """One block's weights in HookedTransformer layout."""
+    """One block's weights in HookedTransformer layout (absent biases are zeros)."""
 
-    ln1: tuple[Tensor, Tensor] | None  # (weight, bias) [d_model] each; None = no norm
-    W_Q: Tensor  # [head, d_model, d_head]
-    W_K: Tensor
+    ln1: NormParams
+    W_Q: Tensor  # [H, d_model, d_head]
+    W_K: Tensor  # [K, d_model, d_head]
     W_V: Tensor
-    b_Q: Tensor  # [head, d_head]
-    b_K: Tensor
+    b_Q: Tensor  # [H, d_head]
+    b_K: Tensor  # [K, d_head]
     b_V: Tensor
-    W_O: Tensor  # [head, d_head, d_model]
+    W_O: Tensor  # [H, d_head, d_model]
     b_O: Tensor  # [d_model]
-    ln2: tuple[Tensor, Tensor] | None = None
+    ln2: NormParams = None
     W_in: Tensor | None = None  # [d_model, d_mlp]; None = attention-only
     b_in: Tensor | None = None
     W_out: Tensor | None = None  # [d_mlp, d_model]
     b_out: Tensor | None = None
+    W_gate: Tensor | None = None  # [d_model, d_mlp] (gated MLPs)
+    b_gate: Tensor | None = None
+    ln1_post: NormParams = None  # Gemma-2/3's norms of the attention and MLP outputs
+    ln2_post: NormParams = None
+    q_norm: NormParams = None  # q/k norm (Qwen3, Gemma-3: per head; OLMo-2: over all heads)
+    k_norm: NormParams = None
 
     @property
     def device(self) -> torch.device:
@@ -113,29 +91,31 @@ class LayerWeights:
 
     def to(self, device: str | torch.device) -> LayerWeights:
         """A copy with every weight on `device`."""
-        return LayerWeights(**{k: _move(v, device) for k, v in vars(self).items()})
+        return LayerWeights(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
 
 def _move(x: Any, device: str | torch.device) -> Any:
     if isinstance(x, tuple):
-        return tuple(t.to(device) for t in x)
+        return tuple(None if t is None else t.to(device) for t in x)
     return None if x is None else x.to(device)
 
 
-def _block_weight(bridge: Any, l: int, part: str, name: str) -> Tensor:
-    """Block l's weight `name` from the block itself (on the device it was placed on), else
-    from the bridge's stacked [layer, ...] tensor."""
-    own = getattr(getattr(bridge.blocks[l], part, None), name, None)
-    return (own if isinstance(own, Tensor) else getattr(bridge, name)[l]).detach()
-
-
-def _ln_params(module: Any) -> tuple[Tensor, Tensor] | None:
-    params = dict(module.named_parameters())
+def _norm_params(module: Any) -> NormParams:
+    """(weight, bias or None) of a norm module; None when it has no parameters."""
+    params = dict(module.named_parameters()) if module is not None else {}
     w = next((v for k, v in params.items() if k.endswith("weight")), None)
     b = next((v for k, v in params.items() if k.endswith("bias")), None)
-    if w is None:
-        return None
-    return w.detach(), (b.detach() if b is not None else torch.zeros_like(w))
+    return None if w is None else (w.detach(), None if b is None else b.detach())
+
+
+def _weight(bridge: Any, module: Any, name: str, l: int) -> Tensor | None:
+    """Block l's weight `name` from its own module (on the device it was placed on); models
+    built from stacked weights (`from_weights`) have none, and give bridge.name[l]."""
+    if module is not None:
+        own = getattr(module, name, None)
+        return own.detach() if isinstance(own, Tensor) else None
+    stacked = getattr(bridge, name, None)
+    return None if stacked is None else stacked[l].detach()
 
 
 class LeanModel:
@@ -144,60 +124,97 @@ class LeanModel:
     causal: bool = True  # each position attends to itself and earlier ones
 
     def __init__(self, bridge: Any) -> None:
-        cfg = bridge.cfg
-        why = unsupported(cfg)
+        why = unsupported(bridge)
         if why is not None:
+            name = getattr(bridge.cfg, "model_name", "?")
             raise ModelLoadError(
-                f"mechscope's engines compute GPT-2-style blocks exactly; this model "
-                f"({getattr(cfg, 'model_name', '?')}) differs in: {why}. Patching, circuits and "
-                "SAE methods cannot run on it yet (loading and hooking it with TransformerLens "
-                "work)."
+                f"mechscope's engines cannot compute this model ({name}) exactly: {why}. "
+                "Patching, circuits and SAE methods cannot run on it (loading and hooking it "
+                "with TransformerLens work). Supported families: "
+                "mechscope.models.declare.FAMILIES (docs/architectures.md)."
             )
-        self.cfg = cfg
-        self.n_layers: int = cfg.n_layers
-        self.n_heads: int = cfg.n_heads
-        self.d_head: int = cfg.d_head
-        self.eps: float = float(cfg.eps)
-        self.attn_only: bool = bool(getattr(cfg, "attn_only", False))
-        self.act = _ACTS.get(str(getattr(cfg, "act_fn", "gelu_new")), F.gelu)
-        self.normalized = getattr(cfg, "normalization_type", None) is not None
-        self.scale = (
-            float(cfg.attn_scale)
-            if getattr(cfg, "attn_scale", -1.0) > 0
-            else float(self.d_head) ** 0.5
-        )
+        self._init(declare(bridge), bridge)
+
+    def _init(self, arch: Arch, bridge: Any) -> None:
+        self.arch = arch
+        self.cfg = bridge.cfg
+        self.n_layers, self.n_heads, self.d_head = arch.n_layers, arch.n_heads, arch.d_head
+        self.n_kv_heads = arch.n_kv_heads
+        self.attn_only = arch.attn_only
+        self.act = ACTS[arch.act]
+        self.norm: Norm = arch.norm
+        self.pre_norm: Norm = arch.norm if arch.pre_norm else Norm(None)  # of the block inputs
         self.tokenizer = getattr(bridge, "tokenizer", None)
-        g = lambda t: t.detach()  # noqa: E731
-        self.W_E = g(bridge.W_E)
-        self.W_pos = _positions(bridge)
-        self.W_U, self.b_U = g(bridge.W_U), g(bridge.b_U)
-        self.ln_final = _ln_params(bridge.ln_final) if self.normalized else None
-        self.layers: list[LayerWeights] = []
-        for l in range(self.n_layers):
-            block = bridge.blocks[l]
-            w = {n: _block_weight(bridge, l, "attn", n) for n in _ATTN_WEIGHTS}
-            lw = LayerWeights(
-                ln1=_ln_params(block.ln1) if self.normalized else None,
-                W_Q=w["W_Q"],
-                W_K=w["W_K"],
-                W_V=w["W_V"],
-                b_Q=w["b_Q"],
-                b_K=w["b_K"],
-                b_V=w["b_V"],
-                W_O=w["W_O"],
-                b_O=w["b_O"],
-            )
-            if not self.attn_only:
-                lw.ln2 = _ln_params(block.ln2) if self.normalized else None
-                lw.W_in, lw.b_in, lw.W_out, lw.b_out = (
-                    _block_weight(bridge, l, "mlp", n) for n in ("W_in", "b_in", "W_out", "b_out")
-                )
-            self.layers.append(lw)
+        self.W_E = bridge.W_E.detach()
+        pos = getattr(bridge, "pos_embed", None)
+        self.W_pos: Tensor | None = None
+        if pos is not None and arch.positions == "learned":
+            # HF's OPT stores two rows before position 0 (its module's `offset`)
+            offset = int(getattr(getattr(pos, "original_component", None), "offset", 0) or 0)
+            self.W_pos = pos.W_pos.detach()[offset:]
+        self.W_U, self.b_U = bridge.W_U.detach(), bridge.b_U.detach()
+        self.ln_final = _norm_params(bridge.ln_final) if self.norm.kind else None
+        self.layers = [self._layer(bridge, l) for l in range(self.n_layers)]
+        self._names: list[str] | None = None
+
+    def _layer(self, bridge: Any, l: int) -> LayerWeights:
+        block = bridge.blocks[l]
+        attn, mlp = block.attn, getattr(block, "mlp", None)
+        W = {
+            n: _weight(bridge, attn, n, l)
+            for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+        }
+        H, K, dh = self.n_heads, self.n_kv_heads, self.d_head
+        W_Q, W_O = W["W_Q"], W["W_O"]
+        assert W_Q is not None and W_O is not None and W["W_K"] is not None
+        zeros = lambda *s: torch.zeros(*s, dtype=W_Q.dtype, device=W_Q.device)  # noqa: E731
+        lw = LayerWeights(
+            ln1=_norm_params(getattr(block, "ln1", None)) if self.norm.kind else None,
+            W_Q=W_Q,
+            W_K=W["W_K"],
+            W_V=W["W_V"] if W["W_V"] is not None else zeros(K, W_Q.shape[1], dh),
+            b_Q=W["b_Q"] if W["b_Q"] is not None else zeros(H, dh),
+            b_K=W["b_K"] if W["b_K"] is not None else zeros(K, dh),
+            b_V=W["b_V"] if W["b_V"] is not None else zeros(K, dh),
+            W_O=W_O,
+            b_O=W["b_O"] if W["b_O"] is not None else zeros(W_O.shape[-1]),
+            q_norm=_norm_params(getattr(attn, "q_norm", None)),
+            k_norm=_norm_params(getattr(attn, "k_norm", None)),
+            ln1_post=_norm_params(getattr(block, "ln1_post", None)),
+            ln2_post=_norm_params(getattr(block, "ln2_post", None)),
+        )
+        if not self.attn_only:
+            ln2 = getattr(block, "ln2", None)
+            lw.ln2 = _norm_params(ln2) if ln2 is not None else lw.ln1  # GPT-J, Phi: one norm
+            for n in ("W_in", "b_in", "W_out", "b_out", "W_gate", "b_gate"):
+                setattr(lw, n, _weight(bridge, mlp, n, l))
+            assert lw.W_in is not None and lw.W_out is not None
+            lw.b_in = lw.b_in if lw.b_in is not None else zeros(lw.W_in.shape[1])
+            lw.b_out = lw.b_out if lw.b_out is not None else zeros(lw.W_out.shape[1])
+            if self.arch.gated and lw.b_gate is None:
+                lw.b_gate = zeros(lw.W_in.shape[1])
+        if not self.arch.pre_norm:  # OLMo-2: the bridge's ln1 / ln2 are the output norms
+            lw.ln1_post, lw.ln2_post, lw.ln1, lw.ln2 = lw.ln1, lw.ln2, None, None
+        return lw
 
     @property
     def device(self) -> torch.device:
         """The embedding's device: tokens go in and logits come out here."""
         return self.W_E.device
+
+    @property
+    def rotary(self) -> bool:
+        return self.arch.positions == "rotary"
+
+    @property
+    def head_decomposition(self) -> str | None:
+        """Why the residual stream is not a sum of per-head outputs with per-head q/k/v (which
+        circuits' edge graph needs), or None when it is."""
+        if any(w.ln1_post is not None or w.ln2_post is not None for w in self.layers):
+            return "post-attention / post-MLP norms rescale the summed head outputs"
+        if any(w.q_norm is not None and w.q_norm[0].numel() != self.d_head for w in self.layers):
+            return "q/k norms over all heads together couple the heads' queries and keys"
+        return None
 
     def dispatch(
         self, layer_devices: Sequence[str | torch.device], unembed: str | torch.device | None = None
@@ -233,8 +250,8 @@ class LeanModel:
         converted models): W_E [vocab, d], W_U [d, vocab], b_U [vocab]; W_Q, W_K, W_V
         [layer, head, d, d_head]; b_Q, b_K, b_V [layer, head, d_head]; W_O [layer, head, d_head,
         d]; b_O [layer, d]; optional W_pos [n_ctx, d] and MLPs W_in [layer, d, d_mlp], b_in,
-        W_out [layer, d_mlp, d], b_out (none: attention-only). normalization "LN": LayerNorms
-        without affine parameters; attn_scale <= 0: sqrt(d_head)."""
+        W_out [layer, d_mlp, d], b_out (none: attention-only). normalization "LN" / "RMS":
+        norms without affine parameters; attn_scale <= 0: sqrt(d_head)."""
         n_layers, n_heads, _, d_head = weights["W_Q"].shape
         cfg = SimpleNamespace(
             n_layers=n_layers,
@@ -254,26 +271,93 @@ class LeanModel:
             cfg=cfg,
             tokenizer=tokenizer,
             ln_final=no_affine,
-            blocks=[SimpleNamespace(ln1=no_affine, ln2=no_affine) for _ in range(n_layers)],
+            blocks=[
+                SimpleNamespace(ln1=no_affine, ln2=no_affine, attn=None, mlp=None)
+                for _ in range(n_layers)
+            ],
             **parts,
         )
-        return cls(bridge)
+        self = cls.__new__(cls)
+        self._init(declare(bridge), bridge)
+        return self
 
-    # -- pieces ---------------------------------------------------------------------------------
-    def _ln(self, x: Tensor, p: tuple[Tensor, Tensor] | None) -> Tensor:
-        if not self.normalized:
-            return x
-        x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return x if p is None else x * p[0] + p[1]
-
-    def head_qkv(self, l: int, x: Tensor, letter: int, heads: Tensor) -> Tensor:
-        """Query, key or value (letter 0, 1, 2) [batch, pos, k, d_head] of `heads` [k] of layer l,
-        each from its own residual input x [batch, pos, k, d_model] (hook_{q,k,v}_input)."""
+    # -- components ------------------------------------------------------------------------------
+    def _project(self, l: int, x: Tensor, letter: int, heads: Tensor | None = None) -> Tensor:
+        """hook_q / hook_k / hook_v [batch, pos, k, d_head] of normalised inputs x: one
+        [batch, pos, d_model] for every head, or per head [batch, pos, k, d_model] for `heads`."""
         w = self.layers[l]
         W, b = ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))[letter]
-        dev, heads = w.device, heads.to(w.device)
-        out = torch.einsum("bpkm,kmd->bpkd", self._ln(x.to(dev), w.ln1), W[heads]) + b[heads]
+        if heads is not None:
+            W, b = W[heads], b[heads]
+        eq = "bpm,hmd->bphd" if x.ndim == 3 else "bphm,hmd->bphd"
+        out = torch.einsum(eq, x, W) + b
+        clip = self.arch.clip_qkv
+        return out if clip is None else out.clamp(-clip, clip)
+
+    def _finish_qk(self, l: int, x: Tensor, letter: int, positions: Tensor) -> Tensor:
+        """Queries or keys [batch, pos, k, d_head] as attention reads them: q/k norm, then
+        rotation at `positions` [pos] (identity without either)."""
+        w = self.layers[l]
+        p = w.q_norm if letter == 0 else w.k_norm
+        if p is not None:
+            if p[0].numel() == x.shape[-1]:
+                x = self.norm(x, p)
+            else:  # OLMo-2: one norm over all heads together
+                x = self.norm(x.flatten(2), p).view_as(x)
+        rot = self.arch.rotary[l]
+        if rot is None:
+            return x
+        cos, sin = rot.tables(positions)
+        return rot(x, cos, sin)
+
+    def _attend(
+        self, l: int, q: Tensor, k: Tensor, v: Tensor, q_positions: Tensor, h: Any = None
+    ) -> Tensor:
+        """z [batch, q_pos, H', d_head] from finished queries [batch, q_pos, H', d_head] at
+        absolute positions q_positions, keys and values [batch, k_pos, K', d_head] of positions
+        0.. (K' = H' / group: each key/value head serves `group` consecutive query heads)."""
+        if k.shape[2] != q.shape[2]:
+            g = q.shape[2] // k.shape[2]
+            k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.arch.attn_scale
+        scores = softcap(scores, self.arch.attn_softcap)
+        mask = attention_mask(
+            q_positions.to(q.device), k.shape[1], self.causal, self.arch.window[l]
+        )
+        scores = scores.masked_fill(mask, float("-inf"))
+        if h is not None:
+            scores = h("attn.hook_attn_scores", scores)
+        pattern = scores.float().softmax(-1).to(v.dtype)
+        if h is not None:
+            pattern = h("attn.hook_pattern", pattern)
+        return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    def _post(self, p: NormParams, x: Tensor) -> Tensor:
+        return x if p is None else self.norm(x, p)
+
+    def _mlp(self, w: LayerWeights, y: Tensor, h: Any = None) -> Tensor:
+        """MLP output [..., d_model] (before a post-norm) of its normalised input y."""
+        assert w.W_in is not None and w.W_out is not None
+        assert w.b_in is not None and w.b_out is not None
+        hook = h or (lambda _, x: x)
+        if w.W_gate is not None:
+            assert w.b_gate is not None
+            pre = hook("mlp.hook_pre", y @ w.W_gate + w.b_gate)
+            lin = hook("mlp.hook_pre_linear", y @ w.W_in + w.b_in)
+            post = hook("mlp.hook_post", self.act(pre) * lin)
+        else:
+            pre = hook("mlp.hook_pre", y @ w.W_in + w.b_in)
+            post = hook("mlp.hook_post", self.act(pre))
+        return post @ w.W_out + w.b_out
+
+    # -- per-head pieces (the circuits delta forward) ------------------------------------------
+    def head_qkv(self, l: int, x: Tensor, letter: int, heads: Tensor) -> Tensor:
+        """Query, key or value (letter 0, 1, 2) [batch, pos, k, d_head] (hook_{q,k,v}) of
+        `heads` [k] of layer l (query heads for q, key/value heads for k and v), each from its own
+        residual input x [batch, pos, k, d_model] (hook_{q,k,v}_input)."""
+        w = self.layers[l]
+        dev = w.device
+        out = self._project(l, self.pre_norm(x.to(dev), w.ln1), letter, heads.to(dev))
         return out.to(x.device)
 
     def head_results(
@@ -285,49 +369,49 @@ class LeanModel:
         heads: Tensor,
         q_pos: Sequence[int] | None = None,
     ) -> Tensor:
-        """Outputs [batch, q_pos, k, d_model] (attn.hook_result) of `heads` [k] of layer l from
-        their queries [batch, q_pos, k, d_head] at positions q_pos (default: all) and keys and
-        values [batch, pos, k, d_head]."""
+        """Outputs [batch, q_pos, k, d_model] (attn.hook_result) of query `heads` [k] of layer l
+        from their queries [batch, q_pos, k, d_head] (hook_q) at positions q_pos (default: all),
+        and the keys and values each of them reads [batch, pos, k, d_head] (hook_k, hook_v of its
+        key/value head)."""
+        why = self.head_decomposition
+        if why is not None and "q/k" in why:
+            raise ModelLoadError(f"per-head attention pieces do not exist for this model: {why}")
         w = self.layers[l]
         dev, back = w.device, q.device
         q, k, v, heads = q.to(dev), k.to(dev), v.to(dev), heads.to(dev)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
-        if self.causal:
-            n = k.shape[1]
-            mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=dev), 1)
-            scores = scores.masked_fill(mask if q_pos is None else mask[list(q_pos)], float("-inf"))
-        z = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+        n = k.shape[1]
+        qp = torch.arange(n, device=dev) if q_pos is None else torch.tensor(list(q_pos), device=dev)
+        q = self._finish_qk(l, q, 0, qp)
+        k = self._finish_qk(l, k, 1, torch.arange(n, device=dev))
+        z = self._attend(l, q, k, v, qp)
         return torch.einsum("bqhd,hdm->bqhm", z, w.W_O[heads]).to(back)
 
     def mlp_out(self, l: int, x: Tensor) -> Tensor:
-        """Output [..., d_model] (hook_mlp_out) of MLP l from its input x [..., d_model]."""
+        """Output [..., d_model] (hook_mlp_out) of MLP l from its input x [..., d_model]
+        (hook_mlp_in)."""
         w = self.layers[l]
-        assert w.W_in is not None and w.W_out is not None
-        assert w.b_in is not None and w.b_out is not None
-        y = self._ln(x.to(w.device), w.ln2)
-        return (self.act(y @ w.W_in + w.b_in) @ w.W_out + w.b_out).to(x.device)
+        y = self.pre_norm(x.to(w.device), w.ln2)
+        return self._post(w.ln2_post, self._mlp(w, y)).to(x.device)
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits [..., vocab] of final residual-stream vectors [..., d_model]."""
-        y = self._ln(resid.to(self.W_U.device), self.ln_final)
-        return (y @ self.W_U + self.b_U).to(resid.device)
+        y = self.norm(resid.to(self.W_U.device), self.ln_final)
+        return softcap(y @ self.W_U + self.b_U, self.arch.final_softcap).to(resid.device)
+
+    def key_hook(self, l: int) -> str:
+        """The hook whose values are layer l's keys as attention reads them (prefix_kv's keys)."""
+        return f"blocks.{l}.attn.hook_rot_k" if self.rotary else f"blocks.{l}.attn.hook_k"
 
     def hook_names(self) -> list[str]:
-        """Every hook name this model fires, in forward order."""
-        names = ["hook_embed", "hook_pos_embed"]
-        for l in range(self.n_layers):
-            b = f"blocks.{l}"
-            names += [f"{b}.hook_resid_pre"]
-            names += [f"{b}.hook_{x}_input" for x in "qkv"]
-            names += [f"{b}.attn.hook_{x}" for x in "qkv"]
-            names += [f"{b}.attn.hook_attn_scores", f"{b}.attn.hook_pattern", f"{b}.attn.hook_z"]
-            names += [f"{b}.attn.hook_result", f"{b}.hook_attn_out"]
-            if not self.attn_only:
-                names += [f"{b}.hook_resid_mid", f"{b}.hook_mlp_in", f"{b}.mlp.hook_pre"]
-                names += [f"{b}.mlp.hook_post", f"{b}.hook_mlp_out"]
-            names += [f"{b}.hook_resid_post"]
-        return [*names, "ln_final.hook_normalized"]
+        """Every hook name this model fires, in forward order (read off a one-token forward)."""
+        if self._names is None:
+            cache: dict[str, Tensor] = {}
+            with torch.no_grad():
+                self.forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), cache=cache)
+            self._names = list(cache)
+        return list(self._names)
 
+    # -- the forward -------------------------------------------------------------------------------
     def forward(
         self,
         tokens: Tensor,
@@ -352,13 +436,19 @@ class LeanModel:
             hooks or cache, the last layer then also runs only these query positions.
         start_pos, prefix_kv: run only positions start_pos.. (causal attention leaves earlier ones
             as they were): `resid` is [batch, pos - start_pos, d_model] and prefix_kv[l] holds
-            layer l's attention keys and values (hook_k, hook_v) of positions < start_pos,
-            [batch, start_pos, head, d_head] each. Needs `resid`; no hooks, no cache.
+            layer l's keys as attention reads them (`key_hook(l)`: hook_rot_k with rotary
+            positions, else hook_k) and values (hook_v) of positions < start_pos,
+            [batch, start_pos, K, d_head] each. Needs `resid`; no hooks, no cache.
         """
         hooks = hooks or {}
-        unknown = set(hooks) - set(self.hook_names())
-        if unknown:
-            raise KeyError(f"Unknown hook names {sorted(unknown)}; see LeanModel.hook_names().")
+        if hooks:
+            unknown = set(hooks) - set(self.hook_names())
+            if unknown:
+                raise KeyError(
+                    f"Unknown hook names {sorted(unknown)}; this model's hooks are like "
+                    f"{self.hook_names()[:4]} ... (see LeanModel.hook_names(), "
+                    f"{len(self.hook_names())} in all)."
+                )
 
         def h(name: str, x: Tensor) -> Tensor:
             f = hooks.get(name)
@@ -385,7 +475,7 @@ class LeanModel:
                 raise ValueError(f"logit_pos must lie at or after start_pos={start_pos}")
         tokens = tokens.to(self.device)
         if resid is None and start_layer == 0:
-            resid = h("hook_embed", self.W_E[tokens])
+            resid = h("hook_embed", self.W_E[tokens] * self.arch.embed_scale)
             if self.W_pos is not None:
                 resid = resid + h("hook_pos_embed", self.W_pos[:pos].expand_as(resid))
         elif (
@@ -398,99 +488,84 @@ class LeanModel:
                 f"resid {got} must be [batch, pos - start_pos, d_model] matching tokens "
                 f"{tuple(tokens.shape)}, and start_layer {start_layer} in [0, {self.n_layers}]"
             )
-        # True = masked out: later keys (causal), or nothing (bidirectional models)
-        causal = torch.ones(pos - start_pos, pos, dtype=torch.bool).triu(1 + start_pos)
-        if not self.causal:
-            causal.zero_()
-        masks: dict[torch.device, Tensor] = {}
         # the last layer needs only the queries whose logits are read
         last_q = logit_pos if (logit_pos is not None and not hooks and cache is None) else None
-        for l, w in enumerate(self.layers):
-            if l < start_layer:
-                continue
-            b = f"blocks.{l}"
-            resid = h(f"{b}.hook_resid_pre", resid.to(w.device))
-            mask = masks.setdefault(w.device, causal.to(w.device))
-            if l == self.n_layers - 1 and last_q is not None:
-                return self._last_layer(resid, w, mask, last_q, start_pos, prefix_kv)
-            if cache is not None or any(f"{b}.hook_{x}_input" in hooks for x in "qkv"):
-                per_head = resid.unsqueeze(2).expand(-1, -1, self.n_heads, -1)
-                q_in = self._ln(h(f"{b}.hook_q_input", per_head), w.ln1)
-                k_in = self._ln(h(f"{b}.hook_k_input", per_head), w.ln1)
-                v_in = self._ln(h(f"{b}.hook_v_input", per_head), w.ln1)
-                eq = "bphm,hmd->bphd"
-            else:  # no per-head inputs wanted: normalise once (8x less work)
-                q_in = k_in = v_in = self._ln(resid, w.ln1)
-                eq = "bpm,hmd->bphd"
-            q = h(f"{b}.attn.hook_q", torch.einsum(eq, q_in, w.W_Q) + w.b_Q)
-            k = h(f"{b}.attn.hook_k", torch.einsum(eq, k_in, w.W_K) + w.b_K)
-            v = h(f"{b}.attn.hook_v", torch.einsum(eq, v_in, w.W_V) + w.b_V)
-            if start_pos:
-                k, v = self._with_prefix(k, v, prefix_kv, l)
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
-            scores = h(f"{b}.attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
-            pattern = h(f"{b}.attn.hook_pattern", scores.softmax(-1))
-            z = h(f"{b}.attn.hook_z", torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-            if cache is not None or f"{b}.attn.hook_result" in hooks:
-                result = h(f"{b}.attn.hook_result", torch.einsum("bqhd,hdm->bqhm", z, w.W_O))
-                attn_out = h(f"{b}.hook_attn_out", result.sum(2) + w.b_O)
-            else:  # no per-head results wanted: one matmul over all heads
-                attn_out = h(f"{b}.hook_attn_out", z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O)
-            if self.attn_only:
-                resid = h(f"{b}.hook_resid_post", resid + attn_out)
-                continue
-            assert (
-                w.W_in is not None
-                and w.W_out is not None
-                and w.b_in is not None
-                and w.b_out is not None
-            )
-            resid = h(f"{b}.hook_resid_mid", resid + attn_out)
-            mlp_in = self._ln(h(f"{b}.hook_mlp_in", resid), w.ln2)
-            pre = h(f"{b}.mlp.hook_pre", mlp_in @ w.W_in + w.b_in)
-            post = h(f"{b}.mlp.hook_post", self.act(pre))
-            mlp_out = h(f"{b}.hook_mlp_out", post @ w.W_out + w.b_out)
-            resid = h(f"{b}.hook_resid_post", resid + mlp_out)
+        for l in range(start_layer, self.n_layers):
+            rows = last_q if l == self.n_layers - 1 else None
+            resid = self._block(l, resid, h, hooks, cache, start_pos, prefix_kv, rows)
+            if rows is not None:
+                return self.unembed(resid).to(self.device)
         if logit_pos is not None:
             resid = resid[:, list(logit_pos)]
-        final = h("ln_final.hook_normalized", self._ln(resid.to(self.W_U.device), self.ln_final))
-        return (final @ self.W_U + self.b_U).to(self.device)
+        final = h("ln_final.hook_normalized", self.norm.normalize(resid.to(self.W_U.device)))
+        final = self.norm.affine(final, self.ln_final)
+        return softcap(final @ self.W_U + self.b_U, self.arch.final_softcap).to(self.device)
 
     __call__ = forward
 
-    @staticmethod
-    def _with_prefix(
-        k: Tensor, v: Tensor, prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None, layer: int
-    ) -> tuple[Tensor, Tensor]:
-        kv = prefix_kv[layer] if prefix_kv is not None else None
-        if kv is None:
-            raise ValueError(f"prefix_kv[{layer}] is missing")
-        return torch.cat([kv[0].to(k.device), k], 1), torch.cat([kv[1].to(v.device), v], 1)
-
-    def _last_layer(
+    def _block(
         self,
+        l: int,
         resid: Tensor,
-        w: LayerWeights,
-        mask: Tensor,
-        q_pos: Sequence[int],
+        h: Callable[[str, Tensor], Tensor],
+        hooks: Mapping[str, Hook],
+        cache: dict[str, Tensor] | None,
         start_pos: int,
         prefix_kv: Sequence[tuple[Tensor, Tensor] | None] | None,
+        rows: Sequence[int] | None,
     ) -> Tensor:
-        """Logits [batch, len(q_pos), vocab] from the last block run for queries q_pos only."""
-        x = self._ln(resid, w.ln1)
-        xq = x[:, list(q_pos)]
-        q = torch.einsum("bpm,hmd->bphd", xq, w.W_Q) + w.b_Q
-        k = torch.einsum("bpm,hmd->bphd", x, w.W_K) + w.b_K
-        v = torch.einsum("bpm,hmd->bphd", x, w.W_V) + w.b_V
+        """Block l on resid [batch, pos - start_pos, d_model] (positions start_pos..); with
+        `rows`, only those query rows go on past attention: [batch, len(rows), d_model]."""
+        w = self.layers[l]
+        b = f"blocks.{l}"
+        hb = lambda name, x: h(f"{b}.{name}", x)  # noqa: E731
+        resid = hb("hook_resid_pre", resid.to(w.device))
+        n = resid.shape[1]
+        positions = torch.arange(start_pos, start_pos + n, device=w.device)
+        H, K = self.n_heads, self.n_kv_heads
+        if cache is not None or any(f"{b}.hook_{x}_input" in hooks for x in "qkv"):
+            ins = [
+                hb(f"hook_{x}_input", resid.unsqueeze(2).expand(-1, -1, k, -1))
+                for x, k in zip("qkv", (H, K, K), strict=True)
+            ]
+            xq, xk, xv = (self.pre_norm(x, w.ln1) for x in ins)
+        else:  # no per-head inputs wanted: normalise once
+            xq = xk = xv = self.pre_norm(resid, w.ln1)
+        if rows is not None:
+            xq = xq[:, list(rows)]
+        q_positions = positions if rows is None else positions[list(rows)]
+        q = hb("attn.hook_q", self._project(l, xq, 0))
+        k = hb("attn.hook_k", self._project(l, xk, 1))
+        v = hb("attn.hook_v", self._project(l, xv, 2))
+        if self.rotary or w.q_norm is not None:
+            q = self._finish_qk(l, q, 0, q_positions)
+            k = self._finish_qk(l, k, 1, positions)
+            if self.rotary:
+                q, k = hb("attn.hook_rot_q", q), hb("attn.hook_rot_k", k)
         if start_pos:
-            k, v = self._with_prefix(k, v, prefix_kv, self.n_layers - 1)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
-        pattern = scores.masked_fill(mask[list(q_pos)], float("-inf")).softmax(-1)
-        z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-        out = resid[:, list(q_pos)] + z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
-        if not self.attn_only:
-            out = out + self.mlp_out(self.n_layers - 1, out)
-        return self.unembed(out).to(self.device)
+            kv = prefix_kv[l] if prefix_kv is not None else None
+            if kv is None:
+                raise ValueError(f"prefix_kv[{l}] is missing")
+            k, v = torch.cat([kv[0].to(k.device), k], 1), torch.cat([kv[1].to(v.device), v], 1)
+        z = hb("attn.hook_z", self._attend(l, q, k, v, q_positions, hb))
+        if cache is not None or f"{b}.attn.hook_result" in hooks:
+            result = hb("attn.hook_result", torch.einsum("bqhd,hdm->bqhm", z, w.W_O))
+            attn = result.sum(2) + w.b_O
+        else:  # no per-head results wanted: one matmul over all heads
+            attn = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
+        attn_out = hb("hook_attn_out", self._post(w.ln1_post, attn))
+        pre = resid if rows is None else resid[:, list(rows)]
+        if self.attn_only:
+            return hb("hook_resid_post", pre + attn_out)
+        if self.arch.parallel:
+            mlp_in = hb("hook_mlp_in", pre)
+        else:
+            pre = hb("hook_resid_mid", pre + attn_out)
+            mlp_in = hb("hook_mlp_in", pre)
+        mlp = self._mlp(w, self.pre_norm(mlp_in, w.ln2), hb)
+        mlp_out = hb("hook_mlp_out", self._post(w.ln2_post, mlp))
+        out = pre + attn_out + mlp_out if self.arch.parallel else pre + mlp_out
+        return hb("hook_resid_post", out)
 
     def run_with_cache(
         self, tokens: Tensor, hooks: Mapping[str, Hook] | None = None
@@ -500,6 +575,15 @@ class LeanModel:
         return self.forward(tokens, hooks, cache), cache
 
 
+_LEAN: weakref.WeakKeyDictionary[Any, LeanModel] = weakref.WeakKeyDictionary()
+
+
 def as_lean(model: Any) -> LeanModel:
-    """The LeanModel of a TransformerBridge (a LeanModel is returned as is)."""
-    return model if isinstance(model, LeanModel) else LeanModel(model)
+    """The LeanModel of a TransformerBridge, built once per bridge (a LeanModel is returned as
+    is). Build a new `LeanModel(bridge)` after changing the bridge's weights in place."""
+    if isinstance(model, LeanModel):
+        return model
+    lean = _LEAN.get(model)
+    if lean is None:
+        lean = _LEAN[model] = LeanModel(model)
+    return lean

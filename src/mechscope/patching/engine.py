@@ -198,8 +198,12 @@ def _skip_to(lean: LeanModel, variant: Variant) -> int | None:
         return None
     hook = next(iter(variant))
     kind = hook.rsplit("hook_", 1)[1]
+    # attention writes straight into resid_post when no MLP reads it (attention-only or
+    # parallel blocks); per-head z / result add up unless a post-norm rescales their sum
+    attn_adds = lean.attn_only or lean.arch.parallel
+    heads_add = attn_adds and lean.head_decomposition is None
     if kind in ("mlp_out", "resid_post") or (
-        lean.attn_only and kind in ("z", "result", "attn_out")
+        (attn_adds and kind == "attn_out") or (heads_add and kind in ("z", "result"))
     ):
         return _layer(hook) + 1
     return None
@@ -241,9 +245,7 @@ def _prefix_kv(
         return None
     c = runs.base_cache
     return [
-        (c[f"blocks.{l}.attn.hook_k"][:, :p], c[f"blocks.{l}.attn.hook_v"][:, :p])
-        if l >= layer
-        else None
+        (c[lean.key_hook(l)][:, :p], c[f"blocks.{l}.attn.hook_v"][:, :p]) if l >= layer else None
         for l in range(lean.n_layers)
     ]
 

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from mechscope.errors import RegionsError
-from mechscope.models.lean import LeanModel, lean_supports
+from mechscope.models.lean import LeanModel, as_lean, lean_supports
 
 PathKind = Literal["linear", "arc", "slerp"]
 Read = Literal["normalized", "logits"]
@@ -145,7 +145,7 @@ class PathRunner:
         if tokens.ndim != 2:
             raise RegionsError(f"tokens must be [n_prompts, pos], got {tuple(tokens.shape)}")
         if backend == "auto":
-            backend = "lean" if isinstance(model, LeanModel) or lean_supports(cfg) else "bridge"
+            backend = "lean" if lean_supports(model) else "bridge"
         if backend == "bridge" and isinstance(model, LeanModel):
             raise RegionsError("backend 'bridge' needs a TransformerBridge, not a LeanModel")
         if backend not in ("lean", "bridge"):
@@ -155,7 +155,7 @@ class PathRunner:
         self.model = model
         self.lean: LeanModel | None = None
         if backend == "lean":
-            self.lean = model if isinstance(model, LeanModel) else LeanModel(model)
+            self.lean = as_lean(model)
         attn_only = bool(getattr(cfg, "attn_only", False))
         self.gate_layers: list[int] = [] if attn_only else list(range(layer + 1, self.n_layers))
         self.site = "blocks.0.hook_resid_pre" if layer < 0 else f"blocks.{layer}.hook_resid_post"
