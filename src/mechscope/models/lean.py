@@ -398,6 +398,12 @@ class LeanModel:
         y = self.norm(resid.to(self.W_U.device), self.ln_final)
         return softcap(y @ self.W_U + self.b_U, self.arch.final_softcap).to(resid.device)
 
+    def heads_at(self, hook: str) -> int:
+        """How many heads a per-head hook has: key/value heads for keys and values and their
+        inputs (hook_k, hook_v, hook_rot_k, hook_k_input, hook_v_input), query heads else."""
+        kv = ("hook_k", "hook_v", "hook_rot_k", "hook_k_input", "hook_v_input")
+        return self.n_kv_heads if hook.endswith(kv) else self.n_heads
+
     def key_hook(self, l: int) -> str:
         """The hook whose values are layer l's keys as attention reads them (prefix_kv's keys)."""
         return f"blocks.{l}.attn.hook_rot_k" if self.rotary else f"blocks.{l}.attn.hook_k"

@@ -143,8 +143,9 @@ def variants_from_patches(lean: LeanModel, runs: Runs, patches: Sequence[Patch])
             raise PatchingError("a patch must name at least one site")
         variant: Variant = {}
         for s in patch:
-            validate_site(s, lean.n_layers, lean.n_heads, seq_len, names)
-            m = site_mask(s, s.layout, lean.n_heads, seq_len)
+            n_heads = lean.heads_at(s.hook)
+            validate_site(s, lean.n_layers, n_heads, seq_len, names)
+            m = site_mask(s, s.layout, n_heads, seq_len)
             if s.hook in variant:
                 variant[s.hook].mask = variant[s.hook].mask | m
                 continue

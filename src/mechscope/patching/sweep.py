@@ -100,8 +100,9 @@ def patch_sweep(
     """
     lean = as_lean(model)
     runs = make_runs(lean, clean_tokens, corrupt_tokens, direction)
+    n_heads = lean.heads_at(check_component(component)[0])  # key/value heads for k and v
     patches, axes, labels = sweep_patches(
-        component, lean.n_layers, lean.n_heads, clean_tokens.shape[1], positions, layers, heads
+        component, lean.n_layers, n_heads, clean_tokens.shape[1], positions, layers, heads
     )
     values = run_variants(lean, runs, variants_from_patches(lean, runs, patches), metric, memory_mb)
     every = position_labels(clean_tokens, tokenizer or getattr(lean, "tokenizer", None))
