@@ -79,7 +79,7 @@ def _compare(bridge, task, fn, component, positions, subset, direction="denoisin
             diff = (theirs - mine).abs().max()
     # a patch that changes nothing would agree trivially: the sweep must move the metric
     assert (ours.values - ours.values.flatten()[0]).abs().max() > 1e-4
-    assert diff < 1e-5, f"{fn.func.keywords['activation_name']} {positions}: {diff}"
+    assert diff < 1e-5, f"{component} {positions}: {diff}"
 
 
 @pytest.mark.parametrize(("fn", "component", "positions", "subset"), CASES)

@@ -51,7 +51,7 @@ class Norm:
         dtype, x = x.dtype, x.float()
         if self.kind == "LN":
             x = x - x.mean(-1, keepdim=True)
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        return (x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()).to(dtype)
 
     def affine(self, x: Tensor, p: NormParams) -> Tensor:
         """x * (weight + offset) + bias (x itself without parameters)."""

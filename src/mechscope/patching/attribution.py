@@ -87,7 +87,7 @@ def attribution_patch(
                 est = est.sum(0) if layout == "pos_head" else est.sum(-1)
             per_layer.append(est.to(lean.device))  # a split model's layers: one device
         _, axes, labels = sweep_patches(
-            c, lean.n_layers, lean.n_heads, clean_tokens.shape[1], positions
+            c, lean.n_layers, lean.heads_at(hs[0]), clean_tokens.shape[1], positions
         )
         if "pos" in labels:
             labels["pos"] = pos_labels

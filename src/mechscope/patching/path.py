@@ -40,10 +40,11 @@ _MLP = re.compile(r"^mlp(\d+)$")
 
 
 def _check(lean: LeanModel, name: str, layer: int, head: int | None, hook: str) -> None:
-    if not 0 <= layer < lean.n_layers or (head is not None and not 0 <= head < lean.n_heads):
+    n_heads = lean.heads_at(hook)  # key/value inputs: the model's key/value heads
+    if not 0 <= layer < lean.n_layers or (head is not None and not 0 <= head < n_heads):
         raise PatchingError(
             f"node {name!r} is out of range: the model has {lean.n_layers} layers of "
-            f"{lean.n_heads} heads"
+            f"{n_heads} heads at {hook.rsplit('.', 1)[1]}"
         )
     if hook not in lean.hook_names():
         raise PatchingError(f"node {name!r}: the model has no hook {hook!r} (attention-only?)")
@@ -55,12 +56,19 @@ def sender_hook(lean: LeanModel, name: str) -> tuple[str, int | None, float]:
         layer, head = int(m[1]), int(m[2])
         hook = f"blocks.{layer}.attn.hook_result"
         _check(lean, name, layer, head, hook)
+        if lean.head_decomposition is not None:
+            raise PatchingError(
+                f"sender {name!r}: a head's output is not a term of the residual stream in this "
+                f"model ({lean.head_decomposition}); patch 'mlpL' senders, or the whole "
+                "attention output with patch_sweep(component='attn_out')"
+            )
         return hook, head, layer + 0.25
     if m := _MLP.match(name):
         layer = int(m[1])
         hook = f"blocks.{layer}.hook_mlp_out"
         _check(lean, name, layer, None, hook)
-        return hook, None, layer + 0.75
+        # parallel blocks: the MLP writes beside the heads, not after them
+        return hook, None, layer + (0.25 if lean.arch.parallel else 0.75)
     raise PatchingError(f"unknown sender {name!r}: use 'L.H' for a head or 'mlpL' for an MLP")
 
 
@@ -77,7 +85,8 @@ def receiver_hook(lean: LeanModel, name: str) -> tuple[str, int | None, float]:
         layer = int(m[1])
         hook = f"blocks.{layer}.hook_mlp_in"
         _check(lean, name, layer, None, hook)
-        return hook, None, layer + 0.5
+        # parallel blocks: the MLP reads the block's input, as the heads do
+        return hook, None, layer + (0.0 if lean.arch.parallel else 0.5)
     raise PatchingError(
         f"unknown receiver {name!r}: use 'L.H.q', 'L.H.k', 'L.H.v', 'mlpL' or 'resid_final'"
     )
@@ -128,7 +137,8 @@ def path_patch(
         delta = _delta(runs, s_hook, s_head)
         for j, (r_hook, r_head, r_order) in enumerate(r_info):
             if s_order < r_order:
-                variants.append(_variant(runs, delta, r_hook, r_head, lean.n_heads, seq_len))
+                n_heads = lean.heads_at(r_hook)
+                variants.append(_variant(runs, delta, r_hook, r_head, n_heads, seq_len))
                 where.append((i, j))
     values = torch.full((len(senders), len(receivers)), float("nan"))
     if variants:
