@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechscope.directions.experiments import DirectionsConfig, prepare
 from mechscope.directions.families import FAMILIES, BatchContext, directions, feature_pool
 from mechscope.directions.perturb import clean_run
-from mechscope.directions.stats import activation_stats, sae_activity
+from mechscope.directions.stats import COV_JITTER, PAPER_JITTER, activation_stats, sae_activity
+from mechscope.errors import DirectionsError
 
 HOOK0 = "blocks.0.hook_resid_post"
 
@@ -23,8 +25,49 @@ def test_cov_sampler_matches_the_data_covariance():
     assert torch.allclose(stats.cov.float(), cov, atol=0.15 * cov.abs().max())
     s = stats.sample((50_000,), torch.Generator().manual_seed(1))
     assert torch.allclose(s.mean(0), mean, atol=0.05)
-    want = stats.cov + 0.01 * torch.eye(5, dtype=torch.float64)  # the paper's jitter
+    want = stats.cov + stats.diag_jitter * torch.eye(5, dtype=torch.float64)
     assert torch.allclose(torch.cov(s.double().T), want, atol=0.05 * float(want.abs().max()))
+
+
+def _data(scale: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 500, 8, generator=g) * torch.linspace(0.1, 2.0, 8) * scale
+    return [x], [torch.ones(1, 500, dtype=torch.bool)]
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_default_jitter_is_a_fixed_fraction_of_the_variance(scale):
+    stats = activation_stats(*_data(scale), "h")
+    assert stats.relative_jitter and stats.jitter == COV_JITTER == 1e-4
+    total = float(stats.cov.trace())  # the total variance
+    added = stats.d * stats.diag_jitter  # what cov + diag_jitter * I adds to it
+    assert added / total == pytest.approx(1e-4, rel=1e-9)  # at every scale of the activations
+    # a larger relative jitter is what the samples carry: cov + rel x mean variance x I
+    big = activation_stats(*_data(scale), "h", jitter=0.5)
+    s = big.sample((100_000,), torch.Generator().manual_seed(1)).double()
+    want = big.cov + 0.5 * total / big.d * torch.eye(big.d, dtype=torch.float64)
+    assert torch.allclose(torch.cov(s.T), want, atol=0.03 * float(want.diagonal().max()))
+
+
+def test_absolute_jitter_reproduces_the_old_sampler():
+    """relative_jitter=False, jitter=0.01: bit for bit the former N(mean, cov + 0.01 I)."""
+    stats = activation_stats(*_data(1.0), "h", jitter=PAPER_JITTER, relative_jitter=False)
+    assert stats.diag_jitter == 0.01
+    got = stats.sample((4, 3), torch.Generator().manual_seed(7))
+    chol = torch.linalg.cholesky(stats.cov + 0.01 * torch.eye(8, dtype=torch.float64))
+    z = torch.randn((4, 3, 8), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(got, (stats.mean + z @ chol.T).float())
+    cfg = DirectionsConfig(cov_jitter=PAPER_JITTER, cov_jitter_relative=False)
+    assert cfg.to_dict()["cov_jitter_relative"] is False
+    with pytest.raises(DirectionsError, match="jitter"):
+        activation_stats(*_data(1.0), "h", jitter=-1.0)
+
+
+def test_config_jitter_reaches_the_statistics(lean2l, toks):
+    absolute = DirectionsConfig(cov_jitter=PAPER_JITTER, cov_jitter_relative=False)
+    assert prepare(lean2l, HOOK0, toks, absolute).stats.diag_jitter == 0.01
+    rel = prepare(lean2l, HOOK0, toks, DirectionsConfig()).stats
+    assert rel.diag_jitter == pytest.approx(1e-4 * float(rel.cov.trace()) / rel.d)
 
 
 def test_statistics_leave_out_special_positions():

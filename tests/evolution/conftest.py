@@ -52,9 +52,10 @@ def synthetic_result(labels: list[str] | None = None) -> EvolutionResult:
     """A two-layer result from the synthetic codes (no model), with examples and labels."""
     x, y = synthetic_codes()
     cfg = EvolutionConfig(measures=("pearson", "jaccard", "sufficiency", "necessity"))
-    pair = finalise_pair(synthetic_stats(), 0, cfg)
+    st = synthetic_stats()
+    pair = finalise_pair(st, 0, cfg)
     layers = []
-    for l, codes in enumerate((x, y)):
+    for l, (codes, active) in enumerate(((x, st.cnt_x), (y, st.cnt_y))):
         freq = (codes > 0).float().mean(0)
         lab = [f"L{l} feature {f}" for f in range(codes.shape[1])]
         ex = [
@@ -62,7 +63,15 @@ def synthetic_result(labels: list[str] | None = None) -> EvolutionResult:
             for f in range(len(lab))
         ]
         layers.append(
-            LayerInfo(f"blocks.{l}.hook_resid_post", f"sae{l}", freq, codes.max(0).values, ex, lab)
+            LayerInfo(
+                f"blocks.{l}.hook_resid_post",
+                f"sae{l}",
+                freq,
+                codes.max(0).values,
+                active.long(),
+                ex,
+                lab,
+            )
         )
     if labels:
         layers[1].labels[: len(labels)] = labels

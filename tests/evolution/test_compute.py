@@ -58,6 +58,54 @@ def test_result_counts_and_files(result, tmp_path) -> None:
     assert again.graph().number_of_edges() == result.graph().number_of_edges()
 
 
+class Interrupted(Exception):
+    """A run cut off mid-way."""
+
+
+class CutBatches(list):
+    """Token batches whose reads by index fail after `reads` of them (iteration still works)."""
+
+    def __init__(self, batches: list, reads: int) -> None:
+        super().__init__(batches)
+        self.left = reads
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if self.left == 0:
+            raise Interrupted
+        self.left -= 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.slow
+def test_checkpoint_resumes_and_refinalises(gpt2_2l, saes, result, tmp_path) -> None:
+    batches = eval_batches(gpt2_2l, 3, batch_size=4)
+    cfg = EvolutionConfig(algorithms=("louvain", "leiden"))
+    run = dict(names=NAMES, model_name="code-2l", checkpoint=tmp_path / "ck", checkpoint_every=1)
+    with pytest.raises(Interrupted):  # 3 reads in pass 1, 2 in pass 2, then cut off
+        compute_evolution(gpt2_2l, saes, CutBatches(batches, 5), cfg, **run)
+    again = compute_evolution(gpt2_2l, saes, batches, cfg, **run)
+    assert again.meta["resumed_from"] == {"stage": "pairs", "batch": 2}
+    assert "resumed_from" not in result.meta
+    # the same sums as the run in one go: every result bit for bit
+    assert again.n_tokens == result.n_tokens and again.counts() == result.counts()
+    for a, b in zip(result.layers, again.layers, strict=True):
+        assert torch.equal(a.active, b.active) and torch.equal(a.freq, b.freq)
+        assert torch.equal(a.max_act, b.max_act) and a.examples == b.examples
+    for m in result.measures:
+        s, t = result.pairs[0].sims[m], again.pairs[0].sims[m]
+        assert torch.equal(s.rows, t.rows) and torch.equal(s.values, t.values)
+    assert again.communities == result.communities
+    # a finished state re-finalises with another floor without streaming
+    floor0 = EvolutionConfig(algorithms=("louvain",), min_support=0)
+    t0 = compute_evolution(gpt2_2l, saes, batches, floor0, **run)
+    assert t0.meta["resumed_from"] == {"stage": "done", "batch": 3}
+    assert t0.pairs[0].classification.min_support == 0
+    assert t0.counts()[1]["or"] >= result.counts()[1]["or"]
+    # other inputs are refused, not mixed in
+    with pytest.raises(EvolutionError, match="other token batches"):
+        compute_evolution(gpt2_2l, saes, batches[:2], cfg, **run)
+
+
 def test_bad_layers(gpt2_2l, saes) -> None:
     batches = eval_batches(gpt2_2l, 1, batch_size=2)
     with pytest.raises(EvolutionError, match="two or more"):

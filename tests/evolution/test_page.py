@@ -61,9 +61,18 @@ def test_page_in_headless_chromium(evil_result, tmp_path, chromium) -> None:
             assert page.locator(".node").count() == 2  # L0 feature 7, L1 feature 7
             page.fill("#search", "1_4")
             assert page.locator("#detail h2").inner_text() == "feature 1_4"
-            assert "AND of 0_4, 0_5" in page.locator("#detail").inner_text()
+            # active-token counts: the feature's, and each gate parent's beside it
+            act = [l.active.tolist() for l in evil_result.layers]
+            detail = page.locator("#detail").inner_text()
+            assert f"AND of 0_4 ({act[0][4]:,}), 0_5 ({act[0][5]:,})" in detail
+            assert f"active on {act[1][4]:,} tokens (act > 0.2 × max)" in detail
+            assert page.locator("#summary").inner_text().endswith("active on >= 50 tokens)")
             # clicking a node shows its neighbours with weights
             page.fill("#search", "")
+            for l, f in ((0, 2), (1, 6), (1, 9)):  # 1_9 is dead: 0, below the floor
+                n = page.locator(f'.node[data-id="{l}_{f}"] .n')
+                assert n.inner_text() == f"{act[l][f]:,}"
+                assert ("low" in n.get_attribute("class").split()) == (act[l][f] < 50)
             page.click('.node[data-id="0_2"]')
             nbrs = page.locator("#detail .nbr")
             assert nbrs.count() >= 1

@@ -40,14 +40,27 @@ Lengths = Annotated[
 Position = Annotated[int | None, typer.Option(help="perturb only this position (default: all)")]
 Seed = Annotated[int, typer.Option(help="seed of every random direction")]
 Out = Annotated[Path, typer.Option(help="output folder")]
+AbsJitter = Annotated[
+    float | None,
+    typer.Option(
+        help="absolute covariance jitter of the cov families (the paper's 0.01) instead of the "
+        "default 1e-4 x the mean variance"
+    ),
+]
 Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
 Errors = (DirectionsError, ModelLoadError, SAEError)
 
 
 def _config(
-    batches: int, batch_size: int, lengths: str | None, position: int | None, seed: int
+    batches: int,
+    batch_size: int,
+    lengths: str | None,
+    position: int | None,
+    seed: int,
+    abs_jitter: float | None,
 ) -> DirectionsConfig:
     from mechscope.directions.experiments import DirectionsConfig
+    from mechscope.directions.stats import COV_JITTER
 
     try:
         lens = None if lengths is None else tuple(float(v) for v in lengths.split(",") if v.strip())
@@ -55,8 +68,16 @@ def _config(
         fail(f"--lengths must be comma-separated numbers, got {lengths!r}")
     if lens is not None and not lens:
         fail("--lengths is empty; give e.g. --lengths 0.5,1,2 or leave it out")
+    if abs_jitter is not None and not abs_jitter >= 0:
+        fail(f"--abs-jitter must be >= 0, got {abs_jitter}")
     return DirectionsConfig(
-        n_batches=batches, batch_size=batch_size, lengths=lens, position=position, seed=seed
+        n_batches=batches,
+        batch_size=batch_size,
+        lengths=lens,
+        position=position,
+        seed=seed,
+        cov_jitter=COV_JITTER if abs_jitter is None else abs_jitter,
+        cov_jitter_relative=abs_jitter is None,
     )
 
 
@@ -109,6 +130,7 @@ def sweep_cmd(
     lengths: Lengths = None,
     position: Position = None,
     seed: Seed = 0,
+    abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
 ) -> None:
@@ -116,7 +138,7 @@ def sweep_cmd(
     from mechscope.directions.experiments import sweep_directions
     from mechscope.directions.plot import curves_figure, write_figure
 
-    cfg = _config(batches, batch_size, lengths, position, seed)
+    cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
     if sae is not None and "sae_error" not in fams:
         fams.append("sae_error")
@@ -141,6 +163,7 @@ def error_cmd(
     batch_size: BatchSize = 16,
     position: Position = None,
     seed: Seed = 0,
+    abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
 ) -> None:
@@ -149,7 +172,7 @@ def error_cmd(
     from mechscope.directions.experiments import error_vs_baselines
     from mechscope.directions.plot import substitution_figure, write_figure
 
-    cfg = _config(batches, batch_size, None, position, seed)
+    cfg = _config(batches, batch_size, None, position, seed, abs_jitter)
     try:
         res = error_vs_baselines(model, load_saes(model, sae), cfg=cfg)
     except Errors as e:
@@ -173,6 +196,7 @@ def features_cmd(
     batch_size: BatchSize = 16,
     lengths: Lengths = None,
     seed: Seed = 0,
+    abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
 ) -> None:
@@ -180,7 +204,7 @@ def features_cmd(
     from mechscope.directions.experiments import compare_features
     from mechscope.directions.plot import curves_figure, write_figure
 
-    cfg = _config(batches, batch_size, lengths, None, seed)
+    cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
         saes = load_saes(model, sae, hook)
         res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)
@@ -202,6 +226,7 @@ def paper_cmd(
     batch_size: BatchSize = 16,
     lengths: Lengths = None,
     seed: Seed = 0,
+    abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
 ) -> None:
@@ -209,7 +234,7 @@ def paper_cmd(
     from mechscope.directions.experiments import paper_comparisons
     from mechscope.directions.plot import paper_figure, write_figure
 
-    cfg = _config(batches, batch_size, lengths, None, seed)
+    cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
         res = paper_comparisons(model, cfg)
     except Errors as e:

@@ -45,6 +45,7 @@ from mechscope.directions.perturb import (
 )
 from mechscope.directions.result import SubstitutionResult, SweepResult, summarise
 from mechscope.directions.stats import (
+    COV_JITTER,
     ActivationStats,
     SAEActivity,
     activation_stats,
@@ -68,7 +69,9 @@ class DirectionsConfig:
     (None: every non-special one) and, with later_positions, count the KL there and after it
     (else only there); include_special: also perturb and count BOS positions; seed: every draw;
     max_rows: sequences per perturbed forward; pool_size: real activations kept for the "real"
-    families; progress: rich progress bars.
+    families; cov_jitter, cov_jitter_relative: the jitter on the covariance of the "cov" families
+    (default 1e-4 x the mean variance; relative False: absolute, the paper's 0.01); progress:
+    rich progress bars.
     """
 
     n_batches: int = 4
@@ -81,6 +84,8 @@ class DirectionsConfig:
     seed: int = 0
     max_rows: int = 32
     pool_size: int = 8192
+    cov_jitter: float = COV_JITTER
+    cov_jitter_relative: bool = True
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,7 +171,13 @@ def prepare(
         raise DirectionsError("no token batches; pass tokens=[tensor [batch, pos], ...]")
     runs = [clean_run(lean, t, hook_name) for t in batches]
     stats = activation_stats(
-        [r.x for r in runs], [r.keep for r in runs], hook_name, cfg.pool_size, cfg.seed
+        [r.x for r in runs],
+        [r.keep for r in runs],
+        hook_name,
+        cfg.pool_size,
+        cfg.seed,
+        jitter=cfg.cov_jitter,
+        relative_jitter=cfg.cov_jitter_relative,
     )
     return Prepared(lean, name, hook_name, runs, stats, cfg)
 

@@ -10,12 +10,13 @@ gets its own draw, fixed across the lengths L of a sweep.
     feature_inactive   ... of a random latent alive in the data but silent in the batch
     feature_dead       ... of a random latent that never fires in the data
     isotropic          u uniform on the sphere (Gurnee's epsilon-random baseline)
-    cov_mixture        v1 - v2, v1, v2 ~ N(mean, cov + 0.01 I) of real activations (the paper's
-                       improved baseline, "cov-random mixture")
+    cov_mixture        v1 - v2, v1, v2 ~ N(mean, cov + j I) of real activations (the paper's
+                       improved baseline, "cov-random mixture"; j: the statistics' jitter,
+                       1e-4 x the mean variance by default, the paper's 0.01 as an option)
     real_mixture       a_i - a_j, two real activations from the pool (the "real mixture")
     toward_random      target - x, target = randn * median norm per coordinate (Heimersheim's
                        "naive random"; these three partly ablate x, which inflates their KL)
-    toward_cov         target - x, target ~ N(mean, cov + 0.01 I)
+    toward_cov         target - x, target ~ N(mean, cov + j I)
     toward_real        target - x, target a real activation from the pool
 """
 
@@ -168,10 +169,10 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("feature_dead", "SAE latent that never fires", _feature("dead"), True),
         Family("isotropic", "uniform on the sphere (Gurnee)", _isotropic),
-        Family("cov_mixture", "v1 - v2 ~ N(mu, cov + 0.01 I)", _cov_mixture, needs_stats=True),
+        Family("cov_mixture", "v1 - v2 ~ N(mu, cov + j I)", _cov_mixture, needs_stats=True),
         Family("real_mixture", "a_i - a_j, real activations", _real_mixture, needs_stats=True),
         Family("toward_random", "randn * median norm - x", _toward_random, needs_stats=True),
-        Family("toward_cov", "N(mu, cov + 0.01 I) - x", _toward_cov, needs_stats=True),
+        Family("toward_cov", "N(mu, cov + j I) - x", _toward_cov, needs_stats=True),
         Family("toward_real", "a_j - x, a real activation", _toward_real, needs_stats=True),
     ]
 }

@@ -7,7 +7,12 @@
   P(prev active | next active) >= 0.999: whenever it fires, both fire.
 - **OR**: exactly two layer l features of sufficiency P(next active | prev active) >= 0.999:
   whenever either fires, it fires.
-The gates use the relative activity threshold (active = act > 0.2 x the feature's max).
+The gates use the relative activity threshold (active = act > 0.2 x the feature's max), and only
+features active on >= `min_support` tokens (default 50) take part, as children or as parents: a
+conditional probability of 1 from a handful of firings is no evidence (a frequent feature contains
+the 3 firings of a rare one by chance), so a low-support feature is left out of the gate analysis,
+neither a parent nor a child. The Pearson pass-through rule has no floor: r >= tau needs the two
+features' whole activation profiles to agree, which a rare and a frequent feature cannot.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from mechscope.errors import EvolutionError
 
 TAU = 0.95
 GATE_THRESHOLD = 0.999
+MIN_SUPPORT = 50  # active tokens a feature needs to take part in an AND / OR gate
 
 
 @dataclass
@@ -31,12 +37,14 @@ class PairClassification:
 
     best_next / best_next_idx [F_prev]: each prev feature's largest Pearson r with a next feature;
     best_prev / best_prev_idx [F_next]: the same from the next layer back;
-    and_gates / or_gates [n, 3] (next feature, parent 1, parent 2), parents ascending.
+    and_gates / or_gates [n, 3] (next feature, parent 1, parent 2), parents ascending;
+    min_support: active tokens each gate feature (parents and child) needed.
     """
 
     layer: int
     tau: float
     gate_threshold: float
+    min_support: int
     best_next: Tensor
     best_next_idx: Tensor
     best_prev: Tensor
@@ -79,16 +87,40 @@ class PairClassification:
             "layer": self.layer,
             "tau": self.tau,
             "gate_threshold": self.gate_threshold,
+            "min_support": self.min_support,
             "counts": self.counts(),
             "and_gates": self.and_gates.tolist(),
             "or_gates": self.or_gates.tolist(),
         }
 
 
-def gates(mat: Tensor, threshold: float = GATE_THRESHOLD, n_parents: int = 2) -> Tensor:
+def gates(
+    mat: Tensor,
+    threshold: float = GATE_THRESHOLD,
+    n_parents: int = 2,
+    *,
+    active_prev: Tensor | None = None,
+    active_next: Tensor | None = None,
+    min_support: int = 0,
+) -> Tensor:
     """[n, 1 + n_parents] (next feature, parents...) for every column of `mat` [F_prev, F_next]
-    with exactly `n_parents` entries >= threshold."""
+    with exactly `n_parents` entries >= threshold, counting only features with active counts
+    (active_prev [F_prev], active_next [F_next]) >= min_support."""
     high = mat >= threshold
+    if min_support > 0:
+        if active_prev is None or active_next is None:
+            raise EvolutionError(
+                f"min_support={min_support} needs the features' active counts (active_prev, "
+                "active_next); pass them or min_support=0"
+            )
+        if active_prev.shape != (mat.shape[0],) or active_next.shape != (mat.shape[1],):
+            raise EvolutionError(
+                f"active counts of shapes {tuple(active_prev.shape)}, "
+                f"{tuple(active_next.shape)} do not fit a {tuple(mat.shape)} measure"
+            )
+        dev = high.device
+        high &= (active_prev.to(dev) >= min_support)[:, None]
+        high &= (active_next.to(dev) >= min_support)[None, :]
     cols = (high.sum(0) == n_parents).nonzero().flatten()
     if cols.numel() == 0:
         return torch.zeros(0, 1 + n_parents, dtype=torch.long)
@@ -104,8 +136,15 @@ def classify_pair(
     layer: int = 0,
     tau: float = TAU,
     gate_threshold: float = GATE_THRESHOLD,
+    *,
+    active_prev: Tensor | None = None,
+    active_next: Tensor | None = None,
+    min_support: int = MIN_SUPPORT,
 ) -> PairClassification:
-    """Classify from the full (not sparsified) [F_prev, F_next] measures of one layer pair."""
+    """Classify from the full (not sparsified) [F_prev, F_next] measures of one layer pair.
+
+    active_prev [F_prev], active_next [F_next]: tokens each feature is active on (the gates'
+    activity threshold; `PairStats.cnt_x` / `cnt_y`), needed when min_support > 0."""
     if not (pearson.shape == necessity.shape == sufficiency.shape) or pearson.ndim != 2:
         raise EvolutionError(
             "pearson, necessity and sufficiency must be [F_prev, F_next] of one shape, got "
@@ -115,18 +154,31 @@ def classify_pair(
         raise EvolutionError(
             f"tau and gate_threshold must be in (0, 1], got {tau}, {gate_threshold}"
         )
+    if min_support < 0:
+        raise EvolutionError(f"min_support must be >= 0 active tokens, got {min_support}")
+
+    def gates_of(mat: Tensor) -> Tensor:
+        return gates(
+            mat,
+            gate_threshold,
+            active_prev=active_prev,
+            active_next=active_next,
+            min_support=min_support,
+        )
+
     bn, bni = pearson.max(1)
     bp, bpi = pearson.max(0)
     return PairClassification(
         layer=layer,
         tau=tau,
         gate_threshold=gate_threshold,
+        min_support=min_support,
         best_next=bn.float().cpu(),
         best_next_idx=bni.cpu(),
         best_prev=bp.float().cpu(),
         best_prev_idx=bpi.cpu(),
-        and_gates=gates(necessity, gate_threshold),
-        or_gates=gates(sufficiency, gate_threshold),
+        and_gates=gates_of(necessity),
+        or_gates=gates_of(sufficiency),
     )
 
 

@@ -29,7 +29,9 @@ Port = Annotated[int, typer.Option(help="port for --serve (bound to 127.0.0.1 on
 
 def counts_table(result: object) -> Table:
     """Per-layer counts (pass-through / disappearing / kept / appearing / AND / OR / new)."""
-    table = Table("layer", "features", "dead", "pass-through", "disappearing", "kept")
+    floor = result.config["min_support"]  # type: ignore[attr-defined]
+    title = f"AND / OR features need >= {floor} active tokens" if floor else "no AND / OR floor"
+    table = Table("layer", "features", "dead", "pass-through", "disappearing", "kept", title=title)
     for c in ("appearing", "AND", "OR", "new (other)"):
         table.add_column(c)
     for r in result.counts():  # type: ignore[attr-defined]
@@ -91,12 +93,23 @@ def run_cmd(
     column: Annotated[str, typer.Option(help="the dataset's text or token-id column")] = "text",
     tau: Annotated[float, typer.Option(help="pass-through threshold on Pearson r")] = 0.95,
     rel_threshold: Annotated[float, typer.Option(help="active: act > this x max")] = 0.2,
+    min_support: Annotated[
+        int, typer.Option(help="active tokens each AND / OR parent and child needs (0: no floor)")
+    ] = 50,
     measure: Annotated[str, typer.Option(help="the graph's measure")] = "pearson",
     threshold: Annotated[float, typer.Option(help="the graph's edge threshold")] = 0.1,
     neuronpedia: Annotated[
         str | None, typer.Option(help="SAELens release or Neuronpedia source with {layer}")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if any)")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for the resumable state: rerun the same command to go on; a finished "
+            "state re-finalises (e.g. another --min-support) without streaming"
+        ),
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="batches between checkpoints")] = 50,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/evolution/result"),
     graph: Annotated[bool, typer.Option(help="also write graph.json and graph.graphml")] = True,
     html: Html = None,
@@ -111,7 +124,11 @@ def run_cmd(
 
     try:
         cfg = EvolutionConfig(
-            tau=tau, rel_threshold=rel_threshold, graph_measure=measure, graph_threshold=threshold
+            tau=tau,
+            rel_threshold=rel_threshold,
+            min_support=min_support,
+            graph_measure=measure,
+            graph_threshold=threshold,
         )
         bridge = load(model)
         saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers))
@@ -131,6 +148,8 @@ def run_cmd(
             model_name=model,
             neuronpedia=neuronpedia,
             device=device,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
             progress=True,
         )
     except (EvolutionError, SAEError, ModelLoadError, DataError) as e:

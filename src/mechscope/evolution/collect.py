@@ -80,14 +80,17 @@ def stream_codes(
     hooks: Sequence[str],
     saes: Sequence[SparseAutoencoder],
     batches: Sequence[Tensor],
+    start: int = 0,
 ) -> Iterator[tuple[int, Tensor, list[Tensor]]]:
-    """(batch index, flat ids [n] of the kept positions, codes [n, d_sae] per layer) per batch.
+    """(batch index, flat ids [n] of the kept positions, codes [n, d_sae] per layer) per batch,
+    from batch `start` on.
 
     A position's flat id is batch_index * batch_size * n_ctx + row * n_ctx + pos (the batches must
     share one shape); `context` turns it back into text.
     """
     specials = special_ids(lean)
-    for b, tokens in enumerate(batches):
+    for b in range(start, len(batches)):
+        tokens = batches[b]
         keep = keep_mask(tokens, specials).flatten()
         ids = torch.arange(tokens.numel())[keep] + b * tokens.numel()
         codes = layer_codes(lean, hooks, saes, tokens)

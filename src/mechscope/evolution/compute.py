@@ -4,7 +4,9 @@ measures, classify features, build the graph and find communities.
     result = compute_evolution(model, [sae_0, sae_1], eval_batches(model, 64))
 
 With `rel_threshold` > 0 (the default 0.2) the batches are read twice: first each feature's
-maximum (the relative activity thresholds), then the cross-layer sums.
+maximum (the relative activity thresholds), then the cross-layer sums. With a `checkpoint` folder
+the run is resumable (`checkpoint.py`): its state is written every `checkpoint_every` batches and
+at the end of each pass, and a rerun with the same inputs goes on from there.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mechscope.errors import EvolutionError
-from mechscope.evolution.classify import GATE_THRESHOLD, TAU, classify_pair
+from mechscope.evolution.checkpoint import StreamState, fingerprint, load_state, save_state
+from mechscope.evolution.classify import GATE_THRESHOLD, MIN_SUPPORT, TAU, classify_pair
 from mechscope.evolution.collect import TopActivations, check_layers, context, stream_codes
 from mechscope.evolution.graph import ALGORITHMS, communities
 from mechscope.evolution.result import (
@@ -47,7 +51,8 @@ class EvolutionConfig:
 
     measures: stored (sparsified) measures; any of stats.MEASURES and "decoder_cosine".
     rel_threshold: active = act > rel_threshold x the feature's max (0: act > 0).
-    tau: pass-through threshold on the best next-layer Pearson r; gate_threshold: AND / OR.
+    tau: pass-through threshold on the best next-layer Pearson r; gate_threshold: AND / OR;
+    min_support: active tokens each AND / OR feature (parents and child) needs (0: no floor).
     min_abs, top_k: sparsification of the stored measures (|s| >= min_abs, top-k per feature);
         min_abs_mi: the floor for mutual information instead (nats: far below 1).
     graph_measure, graph_threshold, graph_top_k: the feature graph's edges.
@@ -59,6 +64,7 @@ class EvolutionConfig:
     rel_threshold: float = 0.2
     tau: float = TAU
     gate_threshold: float = GATE_THRESHOLD
+    min_support: int = MIN_SUPPORT
     min_abs: float = 0.1
     min_abs_mi: float = 0.001
     top_k: int | None = 10
@@ -83,6 +89,8 @@ class EvolutionConfig:
         if bad:
             raise EvolutionError(f"unknown community algorithms {bad}; choose from {ALGORITHMS}")
         relative_thresholds(torch.zeros(1), self.rel_threshold)  # range check
+        if self.min_support < 0:
+            raise EvolutionError(f"min_support must be >= 0 active tokens, got {self.min_support}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,6 +123,9 @@ def finalise_pair(
         layer=layer,
         tau=config.tau,
         gate_threshold=config.gate_threshold,
+        active_prev=stats.cnt_x,
+        active_next=stats.cnt_y,
+        min_support=config.min_support,
     )
     return PairResult(sims, cls)
 
@@ -154,13 +165,16 @@ def compute_evolution(
     model_name: str = "",
     neuronpedia: str | None = None,
     device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
     progress: bool = False,
 ) -> EvolutionResult:
     """Feature evolution of `saes` (one per layer, in forward order) over token `batches`.
 
     hooks: where each SAE reads (default: its own cfg.hook_name); names: SAE names for the page;
     neuronpedia: a known SAELens release (`result.NEURONPEDIA`) or a source template with
-    {layer}, for feature links; device: where the sums live (default: CUDA if available).
+    {layer}, for feature links; device: where the sums live (default: CUDA if available);
+    checkpoint: a folder for the resumable state, written every `checkpoint_every` batches.
     """
     config = config or EvolutionConfig()
     lean = as_lean(model)
@@ -170,22 +184,54 @@ def compute_evolution(
         raise EvolutionError("no token batches given")
     if len({tuple(b.shape) for b in batches}) != 1:
         raise EvolutionError("all token batches must have one shape [batch, n_ctx]")
+    if checkpoint_every < 1:
+        raise EvolutionError(f"checkpoint_every must be >= 1 batch, got {checkpoint_every}")
     names = list(names or [s.cfg.hook_name or f"sae{i}" for i, s in enumerate(saes)])
     sizes = [s.d_sae for s in saes]
+    n_layers, n_batches = len(saes), len(batches)
     t0 = time.time()
+    fp = ""
+    state = None
+    if checkpoint is not None:
+        fp = fingerprint(batches, saes, hooks, config.rel_threshold, config.n_examples)
+        state = load_state(checkpoint, fp)
     # pass 1: per-feature maxima, firing counts, top activations
     fires = [torch.zeros(f, dtype=torch.float64) for f in sizes]
     tops = [TopActivations(f, config.n_examples) for f in sizes]
-    n_tokens = 0
-    for _, ids, codes in _progress(
-        stream_codes(lean, hooks, saes, batches), progress, "features", len(batches)
+    n_tokens, start = 0, 0
+    if state is not None:
+        n_tokens = state.n_tokens
+        for l in range(n_layers):
+            fires[l] = state.tensors[f"layer{l}.fires"]
+            tops[l].values = state.tensors[f"layer{l}.top_values"]
+            tops[l].ids = state.tensors[f"layer{l}.top_ids"]
+        start = state.batch if state.stage == "features" else n_batches
+
+    def save(stage: str, batch: int, stats: Sequence[PairStats] = ()) -> None:
+        if checkpoint is None:
+            return
+        t = {}
+        for l in range(n_layers):
+            t[f"layer{l}.fires"] = fires[l]
+            t[f"layer{l}.top_values"] = tops[l].values
+            t[f"layer{l}.top_ids"] = tops[l].ids
+        for l, st in enumerate(stats):
+            t.update({f"pair{l}.{k}": v for k, v in st.state_dict().items()})
+        save_state(checkpoint, fp, StreamState(stage, batch, n_tokens, t))
+
+    for b, ids, codes in _progress(
+        stream_codes(lean, hooks, saes, batches, start), progress, "features", n_batches - start
     ):
         n_tokens += int(ids.numel())
         for l, c in enumerate(codes):
             fires[l] += (c > 0).sum(0, dtype=torch.float64).cpu()
             tops[l].update(c, ids)
+        if (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
+            save("features", b + 1)
     if n_tokens == 0:
         raise EvolutionError("the batches hold no non-special tokens")
+    if state is None or state.stage == "features":
+        save("pairs", 0)
     max_acts = [t.values[:, 0].clamp_min(0.0) for t in tops]
     thr = [relative_thresholds(m, config.rel_threshold) for m in max_acts]
     # pass 2: cross-layer sums
@@ -198,16 +244,30 @@ def compute_evolution(
             method=config.method,
             device=device,
         )
-        for l in range(len(saes) - 1)
+        for l in range(n_layers - 1)
     ]
-    for _, _, codes in _progress(
-        stream_codes(lean, hooks, saes, batches), progress, "pairs", len(batches)
+    start = 0
+    if state is not None and state.stage != "features" and "pair0.n" in state.tensors:
+        for l, st in enumerate(stats):
+            pre = f"pair{l}."
+            saved = {k[len(pre) :]: v for k, v in state.tensors.items() if k.startswith(pre)}
+            st.load_state_dict(saved)
+        start = state.batch if state.stage == "pairs" else n_batches
+    for b, _, codes in _progress(
+        stream_codes(lean, hooks, saes, batches, start), progress, "pairs", n_batches - start
     ):
         for l, st in enumerate(stats):
             st.update(codes[l], codes[l + 1])
+        if (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
+            save("pairs", b + 1, stats)
+    if state is None or state.stage != "done":
+        save("done", n_batches, stats)
     t_stream = time.time() - t0
+    # tokens each feature is active on (the gates' relative threshold); equal in both pairs of a
+    # middle layer
+    active = [stats[0].cnt_x, *(st.cnt_y for st in stats)]
     layers = []
-    for l in range(len(saes)):
+    for l in range(n_layers):
         ex = [
             [
                 (round(float(v), 4), *context(lean.tokenizer, batches, int(i)))
@@ -222,6 +282,7 @@ def compute_evolution(
                 sae=names[l],
                 freq=(fires[l] / n_tokens).float(),
                 max_act=max_acts[l],
+                active=active[l].round().long().cpu(),
                 examples=ex,
                 labels=[_label(e) for e in ex],
                 neuronpedia=neuronpedia_source(neuronpedia, hooks[l]),
@@ -234,6 +295,15 @@ def compute_evolution(
     del stats
     t1 = time.time()
     parts = find_communities(layers, pairs, config)
+    meta: dict[str, Any] = {
+        "stream_seconds": round(t_stream, 2),
+        "graph_seconds": round(time.time() - t1, 2),
+        "seconds": round(time.time() - t0, 2),
+        "batches": n_batches,
+        "batch_shape": list(batches[0].shape),
+    }
+    if state is not None:
+        meta["resumed_from"] = {"stage": state.stage, "batch": state.batch}
     return EvolutionResult(
         model=model_name or str(getattr(lean.cfg, "model_name", "")),
         layers=layers,
@@ -241,13 +311,7 @@ def compute_evolution(
         communities=parts,
         config=config.to_dict(),
         n_tokens=n_tokens,
-        meta={
-            "stream_seconds": round(t_stream, 2),
-            "graph_seconds": round(time.time() - t1, 2),
-            "seconds": round(time.time() - t0, 2),
-            "batches": len(batches),
-            "batch_shape": list(batches[0].shape),
-        },
+        meta=meta,
     )
 
 

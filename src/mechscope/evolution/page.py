@@ -4,7 +4,9 @@ from memory on 127.0.0.1.
 One column per layer (search, layer toggles); clicking a feature shows its neighbours in the
 previous and next layers ranked by the chosen measure above the chosen threshold (and draws them),
 its classification, community, top activating tokens in context and, for a known SAELens release,
-its Neuronpedia page. Every label reaches the page as JSON and is shown as text.
+its Neuronpedia page. Each feature and each AND / OR parent shows its active-token count (the
+support the gates' `min_support` floor reads). Every label reaches the page as JSON and is shown
+as text.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ def page_data(
         + ", ".join(f"L{r['layer']}->L{r['layer'] + 1} {r['pass_through']}" for r in counts[:-1])
         + "; AND / OR: "
         + ", ".join(f"L{r['layer']} {r['and']} / {r['or']}" for r in counts[1:])
+        + f" (features active on >= {cfg['min_support']} tokens)"
     )
     return {
         "model": result.model,
         "summary": summary,
         "tau": cfg["tau"],
+        "rel_threshold": cfg["rel_threshold"],
+        "min_support": cfg["min_support"],
         "measures": result.measures,
         "algorithms": list(result.communities),
         "defaults": {
@@ -54,8 +59,10 @@ def page_data(
                 "hook": l.hook,
                 "sae": l.sae,
                 "neuronpedia": l.neuronpedia,
-                "freq": [_r(v) if v > 0 else 0 for v in l.freq.tolist()],
+                # 4 significant digits: a feature firing once in 1M tokens is not 0 (dead)
+                "freq": [float(f"{v:.4g}") for v in l.freq.tolist()],
                 "max": [_r(v) for v in l.max_act.tolist()],
+                "active": l.active.tolist(),
                 "labels": l.labels,
                 "examples": [[[_r(e[0]), e[1], e[2], e[3]] for e in ex] for ex in l.examples],
             }

@@ -2,7 +2,8 @@
 
 A result folder holds `evolution.json` (config, layers' hooks, SAE names, labels, top examples,
 classification, communities) and `tensors.safetensors` (per-feature frequencies and maxima, the
-sparsified similarity matrices as (row, col, value) triplets, the best-partner arrays).
+sparsified similarity matrices as (row, col, value) triplets, the best-partner arrays, the
+per-feature active-token counts the AND / OR support floor reads).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from mechscope.errors import EvolutionError
 from mechscope.evolution.classify import PairClassification, counts_table
 from mechscope.evolution.graph import build_graph, community_stats
 from mechscope.evolution.stats import SparseSimilarity
+from mechscope.files import atomic_write
 
 RESULT_FILE = "evolution.json"
 TENSORS_FILE = "tensors.safetensors"
-FORMAT = 1
+FORMAT = 2  # 2: per-feature active counts, the gates' min_support
 
 # SAELens releases whose features Neuronpedia hosts: release -> source template ({layer} is the
 # model layer of the SAE's hook). Feature pages: https://www.neuronpedia.org/<source>/<index>.
@@ -57,6 +59,9 @@ def neuronpedia_source(release_or_template: str | None, hook: str) -> str | None
 class LayerInfo:
     """One layer's SAE: hook, name, per-feature firing fraction and max activation, examples.
 
+    freq [F]: fraction of the tokens read where act > 0; max_act [F]; active [F] (int64): tokens
+    where the feature is active by the relative threshold (act > rel_threshold x max: the notion
+    of the AND / OR gates, whose `min_support` floor reads these counts);
     examples[f]: the feature's top activations as (act, text before, token, text after);
     labels[f]: a short label (default: its most frequent top token); neuronpedia: source or None.
     """
@@ -65,6 +70,7 @@ class LayerInfo:
     sae: str
     freq: Tensor
     max_act: Tensor
+    active: Tensor
     examples: list[list[tuple[float, str, str, str]]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     neuronpedia: str | None = None
@@ -138,6 +144,7 @@ class EvolutionResult:
         for i, l in enumerate(self.layers):
             tensors[f"layer{i}.freq"] = l.freq.float()
             tensors[f"layer{i}.max_act"] = l.max_act.float()
+            tensors[f"layer{i}.active"] = l.active.long()
         for i, p in enumerate(self.pairs):
             for m, s in p.sims.items():
                 tensors[f"pair{i}.{m}.rows"] = s.rows.int()
@@ -148,7 +155,8 @@ class EvolutionResult:
                 tensors[f"pair{i}.{k}"] = getattr(c, k)
             tensors[f"pair{i}.and_gates"] = c.and_gates.long()
             tensors[f"pair{i}.or_gates"] = c.or_gates.long()
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, folder / TENSORS_FILE)
+        tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(tensors, tmp))
         doc = {
             "format": FORMAT,
             "model": self.model,
@@ -170,6 +178,7 @@ class EvolutionResult:
                     "measures": list(p.sims),
                     "tau": p.classification.tau,
                     "gate_threshold": p.classification.gate_threshold,
+                    "min_support": p.classification.min_support,
                 }
                 for p in self.pairs
             ],
@@ -177,7 +186,8 @@ class EvolutionResult:
             "counts": self.counts(),
             "community_stats": self.community_stats(),
         }
-        (folder / RESULT_FILE).write_text(json.dumps(doc))
+        text = json.dumps(doc)
+        atomic_write(folder / RESULT_FILE, lambda tmp: Path(tmp).write_text(text))
         return folder
 
     @classmethod
@@ -190,7 +200,8 @@ class EvolutionResult:
         doc = json.loads((folder / RESULT_FILE).read_text())
         if doc.get("format") != FORMAT:
             raise EvolutionError(
-                f"{folder}: result format {doc.get('format')!r}, expected {FORMAT}"
+                f"{folder}: result format {doc.get('format')!r}, expected {FORMAT}; rerun "
+                "`mechscope evolution run` to write it anew"
             )
         t = load_file(folder / TENSORS_FILE)
         layers = [
@@ -199,6 +210,7 @@ class EvolutionResult:
                 sae=d["sae"],
                 freq=t[f"layer{i}.freq"],
                 max_act=t[f"layer{i}.max_act"],
+                active=t[f"layer{i}.active"],
                 examples=[[(e[0], e[1], e[2], e[3]) for e in ex] for ex in d["examples"]],
                 labels=list(d["labels"]),
                 neuronpedia=d.get("neuronpedia"),
@@ -221,6 +233,7 @@ class EvolutionResult:
                 layer=i,
                 tau=d["tau"],
                 gate_threshold=d["gate_threshold"],
+                min_support=int(d["min_support"]),
                 best_next=t[f"pair{i}.best_next"],
                 best_next_idx=t[f"pair{i}.best_next_idx"],
                 best_prev=t[f"pair{i}.best_prev"],

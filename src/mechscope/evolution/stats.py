@@ -206,11 +206,25 @@ class PairStats:
         return out
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The sums (to merge runs or check them); `n` as a 0-d tensor."""
-        keys = ("sum_x", "sum_y", "sq_x", "sq_y", "cnt_x", "cnt_y", "xy", "co")
-        d = {k: getattr(self, k) for k in keys}
+        """The sums (to resume, merge runs or check them); `n` as a 0-d tensor."""
+        d = {k: getattr(self, k) for k in _SUMS}
         d["n"] = torch.tensor(self.n)
         return d
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Continue from the sums of `state_dict()` (same feature counts)."""
+        for k in _SUMS:
+            cur, new = getattr(self, k), state[k]
+            if new.shape != cur.shape:
+                raise EvolutionError(
+                    f"saved sum {k} has shape {tuple(new.shape)}, expected {tuple(cur.shape)} "
+                    f"({self.n_prev} x {self.n_next} features)"
+                )
+            setattr(self, k, new.to(self.device, torch.float64).clone())
+        self.n = int(state["n"])
+
+
+_SUMS = ("sum_x", "sum_y", "sq_x", "sq_y", "cnt_x", "cnt_y", "xy", "co")
 
 
 def _thr(thr: Tensor | None, n: int, dev: torch.device) -> Tensor:

@@ -24,14 +24,18 @@ main { display: flex; height: calc(100vh - 92px); }
 .column h2 { font-size: 13px; margin: 0; padding: 6px; border-bottom: 1px solid #eee; }
 .column .hook { color: #777; font-weight: normal; font-size: 11px; display: block; }
 .list { overflow-y: auto; flex: 1; }
-.node { padding: 2px 6px; cursor: pointer; white-space: nowrap; overflow: hidden;
-  text-overflow: ellipsis; border-left: 4px solid transparent; }
+.node { display: flex; gap: 4px; padding: 2px 6px; cursor: pointer; white-space: nowrap;
+  border-left: 4px solid transparent; }
+.node .lab { flex: 1; min-width: 0; overflow: hidden; text-overflow: ellipsis; }
+.node .n, .support { color: #888; font-size: 11px; font-variant-numeric: tabular-nums; }
+.node .n.low, .support.low { color: #c0392b; }
+.node.sel .n { color: #dde; }
 .node:hover { background: #eef4fb; }
 .node.dead { color: #aaa; }
 .node.sel { background: #1f77b4; color: #fff; }
 .node.nbr { background: #fff3c4; border-left-color: #f0a500; }
 .node.comm { border-left-color: #2ca02c; }
-.node .idx { color: #888; margin-right: 4px; font-variant-numeric: tabular-nums; }
+.node .idx { color: #888; font-variant-numeric: tabular-nums; }
 .node.sel .idx { color: #dde; }
 .more { color: #888; padding: 4px 6px; font-style: italic; }
 #detail { width: 420px; overflow-y: auto; background: #fff; border-left: 1px solid #ddd;
@@ -68,6 +72,12 @@ function el(tag, cls, text) {
 }
 const nid = (l, f) => l + "_" + f;
 const fmt = (w) => (Math.abs(w) >= 0.01 || w === 0 ? w.toFixed(3) : w.toExponential(1));
+const fmtInt = (n) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+// active-token count of a feature (the gates' support), red below the floor
+function support(l, f, cls) {
+  const n = D.layers[l].active[f];
+  return el("span", cls + (n < D.min_support ? " low" : ""), fmtInt(n));
+}
 
 // -- indexes --------------------------------------------------------------------------------
 const edgeIndex = {};  // "pair|measure" -> {fwd: Map(i -> [[j, w]]), back: Map(j -> [[i, w]])}
@@ -197,7 +207,8 @@ function renderColumns() {
       if (selComm !== null && community(S.algo, id) === selComm) n.classList.add("comm");
       n.appendChild(el("span", "idx", "#" + f));
       n.appendChild(el("span", "lab", L.labels[f]));
-      n.title = L.labels[f];
+      n.appendChild(support(l, f, "n"));
+      n.title = L.labels[f] + " · active on " + fmtInt(L.active[f]) + " tokens";
       n.addEventListener("click", () => select(l, f));
       list.appendChild(n);
     }
@@ -272,8 +283,14 @@ function renderDetail() {
   d.appendChild(el("h2", null, "feature " + nid(l, f)));
   d.appendChild(el("span", "label", L.labels[f]));
   d.appendChild(el("p", "muted", L.hook + " · " + L.sae));
-  d.appendChild(el("p", null, "fires on " + (100 * L.freq[f]).toFixed(3) + "% of tokens, max "
-    + L.max[f].toFixed(3)));
+  const act = el("p", "active", "active on " + fmtInt(L.active[f]) + " tokens (act > "
+    + D.rel_threshold + " × max)");
+  if (L.active[f] < D.min_support)
+    act.appendChild(el("span", "support low", " below the AND / OR floor of "
+      + fmtInt(D.min_support)));
+  d.appendChild(act);
+  d.appendChild(el("p", null, "fires (act > 0) on " + (100 * L.freq[f]).toFixed(3)
+    + "% of tokens, max " + L.max[f].toFixed(3)));
   const badges = el("p");
   if (l < D.pairs.length) {
     const bn = D.pairs[l].best_next[f];
@@ -287,9 +304,16 @@ function renderDetail() {
       bp >= D.tau ? "kept (r " + fmt(bp) + ")" : "appears (best r " + fmt(bp) + ")"));
     for (const [kind, rows] of [["AND", P.and], ["OR", P.or]])
       for (const g of rows)
-        if (g[0] === f)
-          badges.appendChild(el("span", "badge gate",
-            kind + " of " + nid(l - 1, g[1]) + ", " + nid(l - 1, g[2])));
+        if (g[0] === f) {
+          const b = el("span", "badge gate", kind + " of ");
+          g.slice(1).forEach((p, k) => {
+            if (k) b.appendChild(document.createTextNode(", "));
+            b.appendChild(document.createTextNode(nid(l - 1, p) + " ("));
+            b.appendChild(support(l - 1, p, "support"));
+            b.appendChild(document.createTextNode(")"));
+          });
+          badges.appendChild(b);
+        }
   }
   d.appendChild(badges);
   const c = community(S.algo, nid(l, f));
