@@ -70,3 +70,18 @@ def toy_dir(tmp_path_factory):
         return folders[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def toy_model(toy_dir):
+    """family -> the TransformerBridge of that family's toy model (loaded once per session)."""
+    import mechscope
+
+    models: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in models:
+            models[family] = mechscope.load_model(toy_dir(family))
+        return models[family]
+
+    return get

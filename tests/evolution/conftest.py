@@ -80,6 +80,41 @@ def synthetic_result(labels: list[str] | None = None) -> EvolutionResult:
     return EvolutionResult("synthetic", layers, [pair], parts, cfg.to_dict(), x.shape[0])
 
 
+def dense_measures(x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> dict:
+    """All measures from the whole data at once, float64, by the textbook formulas."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    out = {}
+    sd = xc.norm(dim=0)[:, None] * yc.norm(dim=0)[None]
+    out["pearson"] = torch.where(sd > 1e-9, xc.T @ yc / sd, torch.zeros_like(sd))
+    nn_ = x.norm(dim=0)[:, None] * y.norm(dim=0)[None]
+    out["cosine"] = torch.where(nn_ > 0, x.T @ y / nn_, torch.zeros_like(nn_))
+    ax, ay = (x > tx).double(), (y > ty).double()
+    co = ax.T @ ay
+    cx, cy = ax.sum(0)[:, None], ay.sum(0)[None]
+    union = cx + cy - co
+    out["jaccard"] = torch.where(union > 0, co / union, torch.zeros_like(co))
+    out["sufficiency"] = torch.where(cx > 0, co / cx, torch.zeros_like(co))
+    out["necessity"] = torch.where(cy > 0, co / cy, torch.zeros_like(co))
+    mi = torch.zeros_like(co)
+    for a in (0, 1):
+        for b in (0, 1):
+            pa = (ax if a else 1 - ax).mean(0)[:, None]
+            pb = (ay if b else 1 - ay).mean(0)[None]
+            pab = (ax if a else 1 - ax).T @ (ay if b else 1 - ay) / n
+            term = pab * torch.log(pab / (pa * pb))
+            mi += torch.where(pab > 0, term, torch.zeros_like(term))
+    out["mutual_info"] = mi
+    return out
+
+
+@pytest.fixture(scope="session")
+def dense_reference():
+    """`dense_measures`: every measure from whole code matrices by the textbook formulas."""
+    return dense_measures
+
+
 @pytest.fixture(scope="session")
 def evil_result() -> EvolutionResult:
     return synthetic_result([EVIL])
