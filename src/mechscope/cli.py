@@ -133,11 +133,12 @@ def run_task_cmd(
     task: Annotated[str, typer.Option(help="docstring, induction or ioi")] = "docstring",
     n: Annotated[int, typer.Option(help="number of prompts")] = 100,
     seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
-    metric: Annotated[str | None, typer.Option(help="logit_diff, logprob or prob")] = None,
+    metric: Annotated[str | None, typer.Option(help="logit_diff, logprob, prob or kl")] = None,
     revision: Annotated[str | None, typer.Option(help="checkpoint, e.g. step-500")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
+    from mechscope.errors import MetricError
     from mechscope.models import ModelLoadError
     from mechscope.tasks import TaskError, make_task, run_task
 
@@ -145,7 +146,7 @@ def run_task_cmd(
         m = load(model, revision=revision)
         t = make_task(task, m.tokenizer, n=n, seed=seed)
         result = run_task(m, t, metric=metric)
-    except (ModelLoadError, TaskError) as e:
+    except (ModelLoadError, TaskError, MetricError) as e:
         fail(str(e))
     table = Table("model", "task", "metric", "clean", "corrupted", "top-1 acc", "prompts")
     table.add_row(

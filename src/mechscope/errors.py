@@ -9,6 +9,11 @@ class PatchingError(ValueError):
     """A patch, metric or input that the patching engine cannot run (with what to do instead)."""
 
 
+class MetricError(ValueError):
+    """A metric name that the one registry (`mechscope.metrics.for_task`) does not know, or a
+    metric missing what it needs (KL without the clean run's logits)."""
+
+
 class SAEError(ValueError):
     """An SAE, hook, activation or file that does not fit what was asked of it."""
 

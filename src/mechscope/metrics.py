@@ -4,12 +4,24 @@ Shapes: `logits` is [batch, pos, vocab]; metrics read the position `pos` (defaul
 return one value per prompt, [batch]. Take `.mean()` for a scalar. KL divergences are computed from
 log-softmax (never softmax-then-log) so small probabilities stay accurate. Logits of bf16/fp16
 models are upcast first: every metric is computed and returned in float32 (or float64 if given).
+
+`for_task(task, name)` is the one registry of task metrics by name (`NAMES`): `Task.score`, the
+patching engine's `PatchMetric` and the circuits' `CircuitMetric` are adapters over it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from mechscope.errors import MetricError
+
+if TYPE_CHECKING:
+    from mechscope.tasks.base import Task
 
 
 def _at(logits: Tensor, pos: int | Tensor) -> Tensor:
@@ -85,3 +97,57 @@ def normalise(value: Tensor, clean: Tensor | float, corrupt: Tensor | float) -> 
             "would divide by ~0. Check that the corruption changes the model's answer."
         )
     return (value - corrupt_t) / denom
+
+
+# -- the task metrics, by name: the one registry -------------------------------------------------
+NAMES = ("logit_diff", "logprob", "prob", "kl")
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """A task's metric per prompt row: fn(logits [n, pos, vocab], prompt [n]) -> [n].
+
+    Row i of `logits` belongs to prompt `prompt[i]` of the task (rows may repeat prompts: patch
+    variants or circuits stacked along the batch); the metric reads the last position.
+    higher_is_better: True for logit_diff / logprob / prob, False for KL(clean || run).
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    higher_is_better: bool = True
+
+    def __call__(self, logits: Tensor, prompt: Tensor | None = None) -> Tensor:
+        """[n] values; `prompt` [n] defaults to rows 0..n-1 being the task's prompts in order."""
+        return self.fn(logits, torch.arange(logits.shape[0]) if prompt is None else prompt)
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a task metric; MetricError listing the valid names otherwise."""
+    if name not in NAMES:
+        raise MetricError(f"Unknown metric {name!r}; choose one of {', '.join(NAMES)}.")
+    return name
+
+
+def for_task(task: Task, name: str | None = None, clean_logits: Tensor | None = None) -> TaskMetric:
+    """The metric `name` (default: the task's own) on `task`'s answers, at the last position.
+
+    logit_diff: logit[answer] - max wrong logit; logprob / prob: of the answer; kl: KL(clean ||
+    run), which needs `clean_logits` [batch, vocab] or [batch, pos, vocab] of the clean prompts.
+    """
+    name = check_name(name or task.metric)
+    answers, wrong = task.answers, task.wrong_answers
+    if name == "logit_diff":
+        return TaskMetric(name, lambda lg, i: logit_diff(lg, answers[i], wrong[i]))
+    if name == "logprob":
+        return TaskMetric(name, lambda lg, i: logprob(lg, answers[i]))
+    if name == "prob":
+        return TaskMetric(name, lambda lg, i: prob(lg, answers[i]))
+    if clean_logits is None:
+        raise MetricError(
+            "the 'kl' metric needs the clean run's logits (clean_logits [batch, vocab]); pass "
+            "model(task.clean_tokens) or choose logit_diff, logprob or prob"
+        )
+    ref = clean_logits[:, -1] if clean_logits.ndim == 3 else clean_logits
+    return TaskMetric(
+        name, lambda lg, i: kl_div(ref[i].unsqueeze(1), lg[:, -1:], pos=-1), higher_is_better=False
+    )

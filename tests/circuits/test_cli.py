@@ -30,3 +30,18 @@ def test_acdc_command_errors(tmp_path):
     assert res.exit_code == 2 and "tau must be" in res.output
     res = CliRunner().invoke(app, ["--tracr", "sort", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "Unknown tracr task" in res.output
+
+
+def test_acdc_command_on_a_task_reports_held_out_prompts(tmp_path):
+    out = tmp_path / "ioi"
+    args = ["--model", "code-attn4", "--task", "ioi", "--n", "4", "--tau", "0.03"]
+    res = CliRunner().invoke(app, [*args, "--n-test", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "held-out kl" in res.output and "on the search prompts" in res.output
+    d = json.loads(out.with_suffix(".json").read_text())
+    assert d["meta"]["seed"] == 0 and d["meta"]["test_seed"] == 1
+    assert d["meta"]["n_prompts"] == 4 and d["meta"]["n_test_prompts"] == 3
+    assert d["faithfulness"] == d["test_metrics"]["kl"]["faithfulness"]
+    assert d["search"]["faithfulness"] != d["faithfulness"]
+    res = CliRunner().invoke(app, [*args, "--metric", "acc", "--out", str(out)])
+    assert res.exit_code == 2 and "choose one of logit_diff, logprob, prob, kl" in res.output

@@ -28,6 +28,10 @@ def test_acdc_trial_saves_its_circuit(tmp_path):
     c = Circuit.load(tmp_path / "trials" / t.key / "circuit.json")
     assert r.results["n_edges"] == c.n_edges > 0 and r.results["faithfulness"] > 0.5
     assert c.meta["task"] == "ioi" and c.tau == 0.03
+    # found on seed 0's prompts, measured on seed 1's: both kept
+    assert c.meta["seed"] == 0 and c.meta["test_seed"] == 1 and c.search is not None
+    assert r.results["faithfulness"] == pytest.approx(c.faithfulness)
+    assert r.results["search_faithfulness"] == pytest.approx(c.search.faithfulness)
 
 
 def test_regions_over_checkpoints(tmp_path):

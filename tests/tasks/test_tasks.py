@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mechscope.tasks import TASKS, Task, TaskError, make_task
+from mechscope.errors import MetricError
+from mechscope.tasks import TASKS, Task, TaskError, make_split, make_task
 from mechscope.tasks.docstring import N_WRONG
 
 
@@ -87,7 +88,7 @@ def test_unknown_task_and_metric(tokenizer):
     with pytest.raises(TaskError, match="Available tasks: docstring, induction, ioi"):
         make_task("greaterthan", tokenizer)
     t = make_task("ioi", tokenizer, n=2)
-    with pytest.raises(TaskError, match="Unknown metric"):
+    with pytest.raises(MetricError, match="Unknown metric 'accuracy'; choose one of logit_diff"):
         t.score(torch.zeros(2, t.seq_len, len(tokenizer)), "accuracy")
     with pytest.raises(TaskError, match="positive"):
         make_task("ioi", tokenizer, n=0)
@@ -98,3 +99,35 @@ def test_slicing_keeps_alignment(tokenizer):
     s = t[2:5]
     assert len(s) == 3 and s.clean_prompts == t.clean_prompts[2:5]
     assert torch.equal(s.answers, t.answers[2:5])
+
+
+def _rows(t: Task) -> set[tuple[int, ...]]:
+    return {tuple(r) for r in t.clean_tokens.tolist()}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_split_is_disjoint_and_draws_from_two_seeds(tokenizer, name):
+    search, test = make_split(name, tokenizer, n=6, seed=4, n_test=5)
+    assert torch.equal(search.clean_tokens, make_task(name, tokenizer, 6, 4).clean_tokens)
+    assert torch.equal(test.clean_tokens, make_task(name, tokenizer, 5, 5).clean_tokens)
+    assert len(test) == 5 and not _rows(search) & _rows(test)
+    # a draw of more prompts starts with the smaller draw (so skipping a repeat keeps the rest)
+    assert torch.equal(make_task(name, tokenizer, 9, 5)[:5].clean_tokens, test.clean_tokens)
+
+
+def test_split_skips_test_prompts_that_repeat_search_prompts(tokenizer):
+    # the same seed: the first 4 test draws are the search prompts, the next 3 are taken instead
+    search, test = make_split("docstring", tokenizer, n=4, seed=2, n_test=3, test_seed=2)
+    assert not _rows(search) & _rows(test)
+    ref = make_task("docstring", tokenizer, 7, 2)
+    assert torch.equal(test.clean_tokens, ref.clean_tokens[4:])
+    assert test.clean_prompts == ref.clean_prompts[4:]
+    assert torch.equal(test.answers, ref.answers[4:])
+
+
+def test_select_keeps_alignment(tokenizer):
+    t = make_task("ioi", tokenizer, n=6)
+    s = t.select([4, 1])
+    assert s.clean_prompts == [t.clean_prompts[4], t.clean_prompts[1]]
+    assert torch.equal(s.corrupt_tokens, t.corrupt_tokens[[4, 1]])
+    assert torch.equal(s.wrong_answers, t.wrong_answers[[4, 1]])

@@ -2,16 +2,22 @@
 
 mechscope acdc --model code-attn4 --task docstring --tau 0.01 --n 16 --out out/acdc
 mechscope acdc --tracr reverse --ablation zero --tau 1e-4       # a bundled tracr model
+
+The circuit is found on `n` prompts of seed `seed` and measured on `n_test` held-out prompts of
+seed `test_seed` (default seed + 1); the JSON keeps both (`search`, `test_metrics`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mechscope.cli_common import console, fail, load
+
+if TYPE_CHECKING:
+    from mechscope.circuits.result import Circuit
 
 
 def acdc_command(
@@ -23,88 +29,116 @@ def acdc_command(
         str | None, typer.Option(help="run on a bundled tracr model: reverse or proportion")
     ] = None,
     tau: Annotated[float, typer.Option(help="ACDC threshold")] = 0.01,
-    metric: Annotated[str, typer.Option(help="kl, logit_diff or logprob")] = "kl",
+    metric: Annotated[str, typer.Option(help="kl, logit_diff, logprob or prob")] = "kl",
     ablation: Annotated[str, typer.Option(help="resample (corrupted prompts) or zero")] = (
         "resample"
     ),
     method: Annotated[str, typer.Option(help="acdc, acdc-reference, eap or eap-ig")] = "acdc",
     k: Annotated[int, typer.Option(help="edges to keep (eap, eap-ig)")] = 100,
-    n: Annotated[int, typer.Option(help="number of prompts")] = 16,
-    seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
+    n: Annotated[int, typer.Option(help="number of search prompts")] = 16,
+    seed: Annotated[int, typer.Option(help="seed of the search prompts")] = 0,
+    n_test: Annotated[
+        int | None, typer.Option(help="number of held-out test prompts [default: n]")
+    ] = None,
+    test_seed: Annotated[
+        int | None, typer.Option(help="seed of the test prompts [default: seed + 1]")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="tentative removals evaluated together")] = 8,
     out: Annotated[Path, typer.Option(help="output stem: writes .json .dot .html")] = Path(
         "out/acdc"
     ),
 ) -> None:
-    """Find a circuit with ACDC (edges visited / kept shown live) or EAP; save and render it."""
-    from mechscope.circuits.acdc import acdc, acdc_reference
-    from mechscope.circuits.eap import eap
-    from mechscope.circuits.metric import kl_metric, task_circuit_metric
+    """Find a circuit with ACDC (edges visited / kept shown live) or EAP on the search prompts,
+    measure it on held-out test prompts (tracr: on all inputs); save and render it."""
     from mechscope.circuits.render import write
-    from mechscope.errors import CircuitError, ModelLoadError
+    from mechscope.errors import CircuitError, MetricError, ModelLoadError
     from mechscope.tasks import TaskError
 
     try:
-        if tracr is not None:
-            from mechscope.circuits.tracr import load_tracr
-
-            tt = load_tracr(tracr)
-            lean, graph, clean, corrupt = tt.model, tt.graph, tt.tokens, None
-            m = tt.metric
-            if ablation == "resample":
-                corrupt = clean.roll(1, 0)  # another prompt of the task
-            name = f"tracr-{tracr}"
-        else:
-            from mechscope.circuits.graph import Graph
-            from mechscope.models.lean import LeanModel
-            from mechscope.tasks import make_task
-
-            bridge = load(model)
-            lean = LeanModel(bridge)
-            graph = Graph.from_model(lean)
-            t = make_task(task, bridge.tokenizer, n=n, seed=seed)
-            clean, corrupt = t.clean_tokens, t.corrupt_tokens
-            if metric == "kl":
-                m = kl_metric(lean(clean, logit_pos=(-1,)))
-            else:
-                m = task_circuit_metric(t, metric)
-            name = model
-        console.print(f"{name}: {graph.summary()}")
-        abl_corrupt = corrupt if ablation == "resample" else None
-        if method in ("eap", "eap-ig"):
-            c = eap(
-                lean,
-                clean,
-                abl_corrupt,
-                m,
-                k,
-                ablation,
-                graph,
-                ig_steps=5 if method == "eap-ig" else 1,
-            )
-        elif method in ("acdc", "acdc-reference"):
-            if method == "acdc":
-                c = acdc(
-                    lean,
-                    clean,
-                    abl_corrupt,
-                    tau,
-                    m,
-                    ablation,
-                    graph,
-                    batch_size=batch_size,
-                    progress=True,
-                )
-            else:
-                c = acdc_reference(lean, clean, abl_corrupt, tau, m, ablation, graph, progress=True)
-        else:
+        if method not in ("acdc", "acdc-reference", "eap", "eap-ig"):
             raise CircuitError(
                 f"Unknown method {method!r}; choose acdc, acdc-reference, eap, eap-ig"
             )
-        c.meta.update(model=name, task=tracr or task, seed=seed)
-    except (CircuitError, ModelLoadError, TaskError) as e:
+        if tracr is not None:
+            c = _on_tracr(tracr, tau, ablation, method, k, batch_size)
+            c.meta.update(model=f"tracr-{tracr}", task=tracr, seed=seed)
+        else:
+            c = _on_task(
+                model,
+                task,
+                tau,
+                metric,
+                ablation,
+                method,
+                k,
+                n,
+                seed,
+                n_test,
+                test_seed,
+                batch_size,
+            )
+    except (CircuitError, ModelLoadError, TaskError, MetricError) as e:
         fail(e)
     console.print(c.summary())
     console.print(f"heads: {', '.join(c.heads) or 'none'}")
     paths = write(c, out)
     console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _on_tracr(
+    name: str, tau: float, ablation: str, method: str, k: int, batch_size: int
+) -> Circuit:
+    """`method` on a bundled tracr model, on all its inputs (no held-out set: the truth, not
+    faithfulness, is what a tracr circuit is judged by)."""
+    from mechscope.circuits.acdc import acdc, acdc_reference
+    from mechscope.circuits.eap import eap
+    from mechscope.circuits.tracr import load_tracr
+
+    tt = load_tracr(name)
+    console.print(f"tracr-{name}: {tt.graph.summary()}")
+    corrupt = tt.tokens.roll(1, 0) if ablation == "resample" else None  # another input
+    if method in ("eap", "eap-ig"):
+        ig_steps = 5 if method == "eap-ig" else 1
+        return eap(tt.model, tt.tokens, corrupt, tt.metric, k, ablation, tt.graph, ig_steps)
+    args = (tt.model, tt.tokens, corrupt, tau, tt.metric, ablation, tt.graph)
+    if method == "acdc":
+        return acdc(*args, batch_size=batch_size, progress=True)
+    return acdc_reference(*args, progress=True)
+
+
+def _on_task(
+    model: str,
+    task: str,
+    tau: float,
+    metric: str,
+    ablation: str,
+    method: str,
+    k: int,
+    n: int,
+    seed: int,
+    n_test: int | None,
+    test_seed: int | None,
+    batch_size: int,
+) -> Circuit:
+    """The circuit of `method` on `n` prompts of `task`, measured on the held-out ones."""
+    from mechscope.circuits.graph import Graph
+    from mechscope.circuits.heldout import acdc_task, eap_task
+    from mechscope.models.lean import LeanModel
+    from mechscope.tasks import make_split
+
+    bridge = load(model)
+    lean = LeanModel(bridge)
+    graph = Graph.from_model(lean)
+    console.print(f"{model}: {graph.summary()}")
+    search, test = make_split(task, bridge.tokenizer, n, seed, n_test, test_seed)
+    if method in ("eap", "eap-ig"):
+        ig_steps = 5 if method == "eap-ig" else 1
+        c = eap_task(lean, search, test, k, metric, ablation, graph, ig_steps)
+    else:
+        reference = method == "acdc-reference"
+        c = acdc_task(
+            lean, search, test, tau, metric, ablation, graph, reference, batch_size, progress=True
+        )
+    test_seed = seed + 1 if test_seed is None else test_seed
+    c.meta.update(model=model, seed=seed, test_seed=test_seed)
+    return c

@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from mechscope import metrics
 from mechscope.errors import CircuitError
 from mechscope.tasks.base import Task
-
-METRICS = ("kl", "logit_diff", "logprob")
 
 
 @dataclass(frozen=True)
@@ -53,28 +52,23 @@ def kl_metric(clean_logits: Tensor, positions: tuple[int, ...] | None = (-1,)) -
     return CircuitMetric("kl", fn, positions)
 
 
-def task_circuit_metric(task: Task, name: str) -> CircuitMetric:
-    """A task metric, negated so that lower is better: "logit_diff" (ACDC's docstring metric:
-    -(logit[answer] - max wrong logit)), "logprob" (-log P(answer)); last position."""
-    answers, wrong = task.answers, task.wrong_answers
-    if name == "logit_diff":
+def task_circuit_metric(
+    task: Task, name: str | None = None, clean_logits: Tensor | None = None
+) -> CircuitMetric:
+    """A task metric (see `metrics.for_task`; default the task's) at the last position, mean over
+    prompts, negated where higher is better so that lower is better: "logit_diff" is ACDC's
+    docstring metric -(logit[answer] - max wrong logit), "logprob" -log P(answer), "kl"
+    KL(model || circuit), which needs `clean_logits` [batch, vocab] of the full model."""
+    m = metrics.for_task(task, name, clean_logits)
+    sign = -1.0 if m.higher_is_better else 1.0
+    batch = len(task)
 
-        def fn(lg: Tensor) -> Tensor:
-            n = lg.shape[0]
-            flat = lg.flatten(0, 1)
-            ld = metrics.logit_diff(flat, answers.repeat(n), wrong.repeat(n, 1))
-            return -ld.view(n, -1).mean(1)
+    def fn(lg: Tensor) -> Tensor:
+        n = lg.shape[0]
+        prompt = torch.arange(batch).repeat(n)
+        return sign * m(lg.flatten(0, 1), prompt).view(n, batch).mean(1)
 
-        return CircuitMetric("logit_diff", fn)
-    if name == "logprob":
-
-        def fn_lp(lg: Tensor) -> Tensor:
-            n = lg.shape[0]
-            lp = metrics.logprob(lg.flatten(0, 1), answers.repeat(n))
-            return -lp.view(n, -1).mean(1)
-
-        return CircuitMetric("logprob", fn_lp)
-    raise CircuitError(f"Unknown metric {name!r}; choose one of {METRICS}.")
+    return CircuitMetric(m.name, fn)
 
 
 def l2_metric(model_logits: Tensor, positions: tuple[int, ...] | None = None) -> CircuitMetric:

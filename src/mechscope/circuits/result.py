@@ -1,4 +1,5 @@
-"""`Circuit`: a set of edges of a `Graph`, how it was found, and how faithful it is."""
+"""`Circuit`: a set of edges of a `Graph`, how it was found, and how faithful it is (on held-out
+test prompts when it was found with `acdc_task` / `eap_task`)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,47 @@ from mechscope.files import write_json
 
 
 @dataclass
+class MetricValues:
+    """One metric (lower is better) of the full model, of a circuit and of the fully ablated
+    model, on one prompt set."""
+
+    full: float
+    value: float
+    ablated: float
+
+    @property
+    def faithfulness(self) -> float:
+        """(ablated - circuit) / (ablated - full): 1 = as good as the full model, 0 = as bad as
+        the fully ablated one (NaN where the full and ablated model agree)."""
+        denom = self.ablated - self.full
+        return float("nan") if abs(denom) < 1e-12 else (self.ablated - self.value) / denom
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "full": self.full,
+            "value": self.value,
+            "ablated": self.ablated,
+            "faithfulness": self.faithfulness,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetricValues:
+        return cls(d["full"], d["value"], d["ablated"])
+
+
+@dataclass
 class Circuit:
     """A circuit: `present` [n_edges] (True = kept) over `graph`'s edges.
 
     method: "acdc", "acdc-reference", "eap", "eap-ig" or "topk"; tau: ACDC's threshold;
     scores: [n_edges] edge scores of a scoring method (None for ACDC);
-    metric / ablation: what the circuit was measured with;
+    metric / ablation: what the circuit was found and measured with;
     full, value, ablated: the metric of the full model, of the circuit and of the fully ablated
-    model (lower is better; filled by `faithfulness`); meta: model, task, timings, forwards.
+    model (lower is better), on the held-out test prompts where `search` is set (`acdc_task`,
+    `eap_task`), else on the prompts the circuit was found on;
+    search: those values on the search prompts (the in-sample numbers), None without a test set;
+    test_metrics: every task metric (`metrics.NAMES`) on the test prompts, by name;
+    meta: model, task, seeds, prompt counts, timings, forwards.
     """
 
     graph: Graph
@@ -37,6 +71,8 @@ class Circuit:
     full: float | None = None
     value: float | None = None
     ablated: float | None = None
+    search: MetricValues | None = None
+    test_metrics: dict[str, MetricValues] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,8 +95,7 @@ class Circuit:
         fully ablated one (None before `faithfulness` was measured)."""
         if self.full is None or self.value is None or self.ablated is None:
             return None
-        denom = self.ablated - self.full
-        return float("nan") if abs(denom) < 1e-12 else (self.ablated - self.value) / denom
+        return MetricValues(self.full, self.value, self.ablated).faithfulness
 
     def summary(self) -> str:
         f = self.faithfulness
@@ -71,10 +106,13 @@ class Circuit:
         if self.tau is not None:
             parts.append(f"tau={self.tau:g}")
         if f is not None:
+            where = "held-out " if self.search is not None else ""
             parts.append(
-                f"{self.metric}: circuit {self.value:.4g}, full model {self.full:.4g}, "
+                f"{where}{self.metric}: circuit {self.value:.4g}, full model {self.full:.4g}, "
                 f"ablated {self.ablated:.4g} (faithfulness {f:.3f})"
             )
+        if self.search is not None:
+            parts.append(f"on the search prompts: faithfulness {self.search.faithfulness:.3f}")
         return ", ".join(parts)
 
     # -- files ------------------------------------------------------------------------------
@@ -102,6 +140,8 @@ class Circuit:
             "value": self.value,
             "ablated": self.ablated,
             "faithfulness": self.faithfulness,
+            "search": None if self.search is None else self.search.to_dict(),
+            "test_metrics": {k: v.to_dict() for k, v in self.test_metrics.items()},
             "meta": self.meta,
         }
 
@@ -122,7 +162,8 @@ class Circuit:
             )
         except (OSError, KeyError, json.JSONDecodeError) as e:
             raise CircuitError(f"{path} is not a mechscope circuit file ({e})") from e
-        scores = d.get("scores")
+        scores, search = d.get("scores"), d.get("search")
+        tests = d.get("test_metrics", {})
         return cls(
             graph=graph,
             present=graph.mask(d["edges"]),
@@ -134,6 +175,8 @@ class Circuit:
             full=d.get("full"),
             value=d.get("value"),
             ablated=d.get("ablated"),
+            search=None if search is None else MetricValues.from_dict(search),
+            test_metrics={k: MetricValues.from_dict(v) for k, v in tests.items()},
             meta=d.get("meta", {}),
         )
 

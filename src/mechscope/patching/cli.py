@@ -37,6 +37,7 @@ def patch_command(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
+    from mechscope.errors import MetricError
     from mechscope.models import ModelLoadError
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
@@ -85,7 +86,7 @@ def patch_command(
                 write_html(est.plot(), out / f"{c}_{direction}_attribution.html")
                 r_val = pearson(est.values, r.values)
                 console.print(f"{c}: attribution vs exact Pearson r = {r_val:.3f}")
-    except (ModelLoadError, TaskError, PatchingError) as e:
+    except (ModelLoadError, TaskError, PatchingError, MetricError) as e:
         fail(e)
     console.print(table)
     console.print(f"results and figures: {out}/<component>_{direction}.{{json,safetensors,html}}")

@@ -18,8 +18,6 @@ from mechscope import metrics
 from mechscope.patching.specs import PatchingError
 from mechscope.tasks.base import Task
 
-METRIC_NAMES = ("logit_diff", "logprob", "prob", "kl")
-
 
 @dataclass(frozen=True)
 class PatchMetric:
@@ -48,29 +46,11 @@ class PatchMetric:
 def task_metric(
     task: Task, name: str | None = None, clean_logits: Tensor | None = None
 ) -> PatchMetric:
-    """The metric `name` (default: the task's) on `task`'s answers, read at the last position.
-
-    "kl" is KL(clean || patched) at the last position and needs `clean_logits` [batch, vocab]
-    (or [batch, pos, vocab]) of the clean run.
-    """
-    name = name or task.metric
-    answers, wrong = task.answers, task.wrong_answers
-    if name == "logit_diff":
-        return PatchMetric(name, lambda lg, i: metrics.logit_diff(lg, answers[i], wrong[i]))
-    if name == "logprob":
-        return PatchMetric(name, lambda lg, i: metrics.logprob(lg, answers[i]))
-    if name == "prob":
-        return PatchMetric(name, lambda lg, i: metrics.prob(lg, answers[i]))
-    if name == "kl":
-        if clean_logits is None:
-            raise PatchingError("the 'kl' metric needs the clean run's logits (clean_logits)")
-        ref = clean_logits[:, -1] if clean_logits.ndim == 3 else clean_logits
-        return PatchMetric(
-            name,
-            lambda lg, i: metrics.kl_div(ref[i].unsqueeze(1), lg[:, -1:], pos=-1),
-            higher_is_better=False,
-        )
-    raise PatchingError(f"Unknown metric {name!r}; choose one of {', '.join(METRIC_NAMES)}.")
+    """The task metric `name` (default: the task's; see `metrics.for_task`) as the engine calls
+    it, read at the last position. "kl" is KL(clean || patched) and needs `clean_logits`
+    [batch, vocab] (or [batch, pos, vocab]) of the clean run."""
+    m = metrics.for_task(task, name, clean_logits)
+    return PatchMetric(m.name, m.fn, (-1,), m.higher_is_better)
 
 
 def batch_metric(

@@ -136,7 +136,8 @@ def patch_task(
     """`patch_sweep` on a task's prompt pairs with its metric (or `metric`: logit_diff, logprob,
     prob, kl)."""
     lean = as_lean(model)
-    clean_logits = lean(task.clean_tokens, logit_pos=(-1,)) if metric == "kl" else None
+    kl = (metric or task.metric) == "kl"
+    clean_logits = lean(task.clean_tokens, logit_pos=(-1,)) if kl else None
     m = task_metric(task, metric, clean_logits)
     result = patch_sweep(
         lean,

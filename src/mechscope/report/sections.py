@@ -186,8 +186,8 @@ CIRCUITS = (
     "circuits",
     "ACDC circuit and tracr ground truth",
     "Which edges of code-attn4's computational graph does the docstring task need (ACDC, KL "
-    "to the full model, resample ablation), how faithful is that circuit, and does ACDC recover "
-    "the known circuits of the tracr-compiled models?",
+    "to the full model, resample ablation), how faithful is that circuit on held-out prompts, and "
+    "does ACDC recover the known circuits of the tracr-compiled models?",
 )
 
 
@@ -200,7 +200,7 @@ def _tracr_taus(cfg: DemoConfig) -> tuple[float, ...]:
 def circuits_commands(cfg: DemoConfig) -> list[str]:
     cmds = [
         f"mechscope acdc --model {cfg.patch_model} --task docstring --tau {cfg.acdc_tau:g} "
-        f"--n {cfg.acdc_n} --seed {cfg.seed} --out out/acdc-docstring"
+        f"--n {cfg.acdc_n} --seed {cfg.seed} --test-seed {cfg.seed + 1} --out out/acdc-docstring"
     ]
     taus = _tracr_taus(cfg)
     for name in cfg.tracr_tasks:
@@ -216,22 +216,23 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
     from plotly.subplots import make_subplots
 
     from mechscope import load_model
-    from mechscope.circuits import Graph, acdc, kl_metric, roc
+    from mechscope.circuits import Graph, acdc, acdc_task, roc
     from mechscope.circuits.render import write
     from mechscope.circuits.tracr import load_tracr
     from mechscope.models.lean import LeanModel
-    from mechscope.tasks import make_task
+    from mechscope.tasks import make_split
 
     key, title, question = CIRCUITS
     sec = Section(key, title, question, circuits_commands(cfg))
     bridge = load_model(cfg.patch_model)
     lean = LeanModel(bridge)
     graph = Graph.from_model(lean)
-    task = make_task("docstring", bridge.tokenizer, n=cfg.acdc_n, seed=cfg.seed)
-    clean, corrupt = task.clean_tokens, task.corrupt_tokens
-    metric = kl_metric(lean(clean, logit_pos=(-1,)))
-    c = acdc(lean, clean, corrupt, cfg.acdc_tau, metric, "resample", graph)
-    c.meta.update(model=cfg.patch_model, task="docstring", seed=cfg.seed)
+    search, test = make_split(
+        "docstring", bridge.tokenizer, cfg.acdc_n, cfg.seed, test_seed=cfg.seed + 1
+    )
+    c = acdc_task(lean, search, test, cfg.acdc_tau, "kl", "resample", graph)
+    c.meta.update(model=cfg.patch_model, seed=cfg.seed, test_seed=cfg.seed + 1)
+    assert c.search is not None
     paths = write(c, files / "acdc-docstring")
     html = next(p for p in paths if p.suffix == ".html")
     sec.links.append(("the ACDC circuit drawing (SVG, edge list)", f"{files.name}/{html.name}"))
@@ -244,15 +245,18 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
         "value": c.value,
         "ablated": c.ablated,
         "faithfulness": _finite(c.faithfulness) if c.faithfulness is not None else None,
+        "search_faithfulness": _finite(c.search.faithfulness),
+        "logit_diff_faithfulness": _finite(c.test_metrics["logit_diff"].faithfulness),
         "tau": cfg.acdc_tau,
         "n_prompts": cfg.acdc_n,
+        "n_test_prompts": len(test),
     }
 
     taus = _tracr_taus(cfg)
     fig = make_subplots(
         rows=1,
         cols=len(cfg.tracr_tasks) + 1,
-        subplot_titles=["docstring: KL to the full model (lower is better)"]
+        subplot_titles=["docstring, held-out prompts: KL to the full model (lower is better)"]
         + [f"tracr {n}: edge ROC over tau" for n in cfg.tracr_tasks],
     )
     fig.add_trace(
@@ -303,12 +307,16 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
         )
     fig.update_layout(title="ACDC on code-attn4 (docstring) and on the tracr models")
     sec.figures.append(fig)
-    faith = sec.numbers["acdc"]["faithfulness"]
-    faith_s = "undefined" if faith is None else f"{faith:.2f}"
+    nums = sec.numbers["acdc"]
+    faith_s, search_s, ld_s = (
+        "undefined" if nums[k] is None else f"{nums[k]:.2f}"
+        for k in ("faithfulness", "search_faithfulness", "logit_diff_faithfulness")
+    )
     sec.finding = (
         f"At tau {cfg.acdc_tau:g} on {cfg.acdc_n} docstring prompts ACDC keeps {c.n_edges} of "
-        f"{len(graph.edges)} edges touching {len(c.heads)} heads, with KL {c.value:.3f} against "
-        f"{c.ablated:.3f} fully ablated (faithfulness {faith_s})."
+        f"{len(graph.edges)} edges touching {len(c.heads)} heads. On {len(test)} held-out "
+        f"prompts its KL is {c.value:.3f} against {c.ablated:.3f} fully ablated (faithfulness "
+        f"{faith_s}; {search_s} on the prompts it was found on; {ld_s} on logit difference)."
         f" On the tracr models (zero ablation, {len(taus)} taus): " + "; ".join(tracr_parts) + "."
     )
     return sec

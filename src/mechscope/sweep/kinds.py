@@ -2,7 +2,7 @@
 function that runs one trial, writing its artifacts into the trial's folder and returning its
 scalar results. The functions wrap the methods' own APIs; models are loaded once per process.
 
-    acdc     `mechscope.circuits.acdc` on a task (as `mechscope acdc`)      -> circuit.json
+    acdc     `mechscope.circuits.acdc_task` (as `mechscope acdc`)           -> circuit.json
     sae      `mechscope.sae.sweep.train_and_save` (train, save, evaluate)   -> SAELens folder
     regions  `mechscope.regions.analyse` on one checkpoint                  -> stats.json
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.circuits.acdc import check_tau
-from mechscope.circuits.metric import METRICS
 from mechscope.circuits.patched import ABLATIONS
+from mechscope.metrics import check_name
 from mechscope.models.lean import LeanModel
 from mechscope.regions.sweep import RegionConfig
 from mechscope.sae.config import TrainConfig
@@ -68,8 +68,9 @@ def _one_of(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None
 
 @dataclass
 class AcdcParams:
-    """One ACDC search, as `mechscope acdc` runs it: n prompts of `task` (from `seed`), threshold
-    tau, metric kl | logit_diff | logprob, ablation resample | zero; batch_size: tentative
+    """One ACDC search, as `mechscope acdc` runs it: on n prompts of `task` (from `seed`),
+    measured on n_test held-out prompts (default n, from test_seed, default seed + 1); threshold
+    tau, metric kl | logit_diff | logprob | prob, ablation resample | zero; batch_size: tentative
     removals evaluated together. revision: a checkpoint of the model ("main": final weights)."""
 
     model: str = "code-attn4"
@@ -80,43 +81,46 @@ class AcdcParams:
     ablation: str = "resample"
     n: int = 16
     seed: int = 0
+    n_test: int | None = None
+    test_seed: int | None = None
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         from mechscope.tasks import TASKS
 
         _one_of("task", self.task, sorted(TASKS))
-        _one_of("metric", self.metric, METRICS)
+        check_name(self.metric)
         _one_of("ablation", self.ablation, ABLATIONS)
         check_tau(self.tau)
-        if self.n < 1 or self.batch_size < 1:
-            raise ValueError(f"n and batch_size must be >= 1, got {self.n}, {self.batch_size}")
+        if self.n < 1 or self.batch_size < 1 or (self.n_test is not None and self.n_test < 1):
+            raise ValueError(
+                f"n, n_test and batch_size must be >= 1, got {self.n}, {self.n_test}, "
+                f"{self.batch_size}"
+            )
         _check_revision(self.model, self.revision)
 
 
 def run_acdc(p: AcdcParams, folder: Path) -> dict[str, Any]:
-    """ACDC on the task's prompts; writes circuit.json; returns its size and faithfulness."""
-    from mechscope.circuits.acdc import acdc
+    """ACDC on the search prompts, measured on the test prompts; writes circuit.json; returns
+    its size and faithfulness (held out, and on the search prompts)."""
     from mechscope.circuits.graph import Graph
-    from mechscope.circuits.metric import kl_metric, task_circuit_metric
-    from mechscope.tasks import make_task
+    from mechscope.circuits.heldout import acdc_task
+    from mechscope.tasks import make_split
 
     lean = cached_lean(p.model, p.revision)
-    task = make_task(p.task, cached_model(p.model, p.revision).tokenizer, n=p.n, seed=p.seed)
-    clean = task.clean_tokens
-    corrupt = task.corrupt_tokens if p.ablation == "resample" else None
-    if p.metric == "kl":
-        metric = kl_metric(lean(clean, logit_pos=(-1,)))
-    else:
-        metric = task_circuit_metric(task, p.metric)
+    tokenizer = cached_model(p.model, p.revision).tokenizer
+    search, test = make_split(p.task, tokenizer, p.n, p.seed, p.n_test, p.test_seed)
     graph = Graph.from_model(lean)
-    c = acdc(lean, clean, corrupt, p.tau, metric, p.ablation, graph, batch_size=p.batch_size)
-    c.meta.update(model=p.model, revision=p.revision, task=p.task, seed=p.seed)
+    c = acdc_task(lean, search, test, p.tau, p.metric, p.ablation, graph, batch_size=p.batch_size)
+    test_seed = p.seed + 1 if p.test_seed is None else p.test_seed
+    c.meta.update(model=p.model, revision=p.revision, task=p.task, seed=p.seed, test_seed=test_seed)
     c.save(folder / "circuit.json")
+    assert c.search is not None
     return {
         "n_edges": c.n_edges,
         "n_heads": len(c.heads),
         "faithfulness": c.faithfulness,
+        "search_faithfulness": c.search.faithfulness,
         "value": c.value,
         "full": c.full,
         "ablated": c.ablated,

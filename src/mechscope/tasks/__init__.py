@@ -2,6 +2,7 @@
 
 >>> task = make_task("docstring", tokenizer, n=50, seed=0)
 >>> task.clean_tokens.shape  # [batch, pos]
+>>> search, test = make_split("docstring", tokenizer, n=16, seed=0)  # disjoint, seeds 0 and 1
 """
 
 from __future__ import annotations
@@ -34,6 +35,34 @@ def make_task(name: str, tokenizer: PreTrainedTokenizerBase, n: int = 50, seed: 
     return TASKS[name](tokenizer, n=n, seed=seed)
 
 
+def make_split(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int = 50,
+    seed: int = 0,
+    n_test: int | None = None,
+    test_seed: int | None = None,
+) -> tuple[Task, Task]:
+    """Search prompts (`n` from `seed`) and held-out test prompts (`n_test`, default `n`, from
+    `test_seed`, default seed + 1) with no clean prompt in both: a test prompt that repeats a
+    search prompt is skipped and the next one of the test seed's draw taken instead."""
+    search = make_task(name, tokenizer, n, seed)
+    n_test = n if n_test is None else n_test
+    test_seed = seed + 1 if test_seed is None else test_seed
+    seen = {tuple(row) for row in search.clean_tokens.tolist()}
+    draw = n_test
+    while draw <= 4 * (n + n_test):  # a task's draws extend: the first m of m + j are the same
+        test = make_task(name, tokenizer, draw, test_seed)
+        keep = [i for i, row in enumerate(test.clean_tokens.tolist()) if tuple(row) not in seen]
+        if len(keep) >= n_test:
+            return search, test.select(keep[:n_test])
+        draw += n_test - len(keep)
+    raise TaskError(
+        f"could not draw {n_test} {name} test prompts that differ from the {n} search prompts; "
+        "the task has too few distinct prompts for this split (use smaller n or n_test)"
+    )
+
+
 __all__ = [
     "TASKS",
     "Task",
@@ -42,6 +71,7 @@ __all__ = [
     "make_docstring",
     "make_induction",
     "make_ioi",
+    "make_split",
     "make_task",
     "run_task",
 ]

@@ -14,8 +14,6 @@ from mechscope import metrics
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-METRICS = ("logit_diff", "logprob", "prob")
-
 
 class TaskError(ValueError):
     """A task's prompts or answers do not fit the tokenizer (lengths, multi-token answers)."""
@@ -31,7 +29,8 @@ class Task:
         corrupt_tokens: [batch, pos] token ids of the corrupted prompts, same shape.
         answers: [batch] id of the correct next token after each clean prompt.
         wrong_answers: [batch, n_wrong] ids of incorrect answers (logit difference uses the max).
-        metric: name of the default metric ("logit_diff", "logprob" or "prob").
+        metric: name of the default metric (one of `metrics.NAMES`: "logit_diff", "logprob",
+            "prob", or "kl", which needs the clean logits when scoring).
         clean_prompts / corrupt_prompts: the prompt texts (without BOS).
     """
 
@@ -45,8 +44,7 @@ class Task:
     corrupt_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise TaskError(f"Unknown metric {self.metric!r}; choose one of {METRICS}.")
+        metrics.check_name(self.metric)
         if self.clean_tokens.shape != self.corrupt_tokens.shape:
             raise TaskError(
                 f"clean tokens {tuple(self.clean_tokens.shape)} and corrupted tokens "
@@ -79,16 +77,26 @@ class Task:
             corrupt_prompts=self.corrupt_prompts[idx],
         )
 
-    def score(self, logits: Tensor, metric: str | None = None) -> Tensor:
-        """Per-prompt [batch] of `metric` (default: the task's); logits [batch, pos, vocab]."""
-        name = metric or self.metric
-        if name == "logit_diff":
-            return metrics.logit_diff(logits, self.answers, self.wrong_answers)
-        if name == "logprob":
-            return metrics.logprob(logits, self.answers)
-        if name == "prob":
-            return metrics.prob(logits, self.answers)
-        raise TaskError(f"Unknown metric {name!r}; choose one of {METRICS}.")
+    def score(
+        self, logits: Tensor, metric: str | None = None, clean_logits: Tensor | None = None
+    ) -> Tensor:
+        """Per-prompt [batch] of `metric` (default: the task's; see `metrics.for_task`) on
+        logits [batch, pos, vocab]; "kl" needs `clean_logits` of the clean prompts."""
+        return metrics.for_task(self, metric, clean_logits)(logits)
+
+    def select(self, rows: Sequence[int]) -> Task:
+        """A sub-task of the prompts `rows` (indices, in that order)."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        return Task(
+            name=self.name,
+            clean_tokens=self.clean_tokens[idx],
+            corrupt_tokens=self.corrupt_tokens[idx],
+            answers=self.answers[idx],
+            wrong_answers=self.wrong_answers[idx],
+            metric=self.metric,
+            clean_prompts=[self.clean_prompts[i] for i in rows] if self.clean_prompts else [],
+            corrupt_prompts=[self.corrupt_prompts[i] for i in rows] if self.corrupt_prompts else [],
+        )
 
     def accuracy(self, logits: Tensor) -> float:
         """Fraction of prompts whose top-1 next token (over the whole vocabulary) is the answer."""

@@ -27,13 +27,14 @@ class TaskEval:
 
 @torch.no_grad()
 def run_task(model: Any, task: Task, metric: str | None = None, batch_size: int = 64) -> TaskEval:
-    """Evaluate `task` on `model` (anything mapping tokens [batch, pos] to logits)."""
+    """Evaluate `task` on `model` (anything mapping tokens [batch, pos] to logits); `metric`: a
+    name of `metrics.NAMES` (default the task's; "kl" is KL(clean || run), 0 on the clean run)."""
     scores_clean, scores_corrupt, hits = [], [], 0
     for i in range(0, len(task), batch_size):
         sub = task[i : i + batch_size]
         clean_logits = model(sub.clean_tokens)
-        scores_clean.append(sub.score(clean_logits, metric))
-        scores_corrupt.append(sub.score(model(sub.corrupt_tokens), metric))
+        scores_clean.append(sub.score(clean_logits, metric, clean_logits))
+        scores_corrupt.append(sub.score(model(sub.corrupt_tokens), metric, clean_logits))
         hits += int((clean_logits[:, -1].argmax(-1) == sub.answers).sum())
     return TaskEval(
         task=task.name,
