@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.patched import CircuitRunner
+from mechscope.errors import CircuitError
 
 
 def _runner(model, prompts, ablation="resample", **kw):
@@ -23,6 +25,20 @@ def test_full_circuit_is_the_model_and_empty_is_the_corrupted_run(tiny, prompts)
     assert torch.allclose(out[0], tiny(prompts[0]), atol=1e-5)
     assert torch.allclose(out[1], tiny(prompts[1]), atol=1e-5)
     assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+def test_ablation_hooks_change_the_corrupted_run_only(tiny, prompts):
+    clean, corrupt = prompts
+    flip = {"hook_pos_embed": lambda z: z.flip(1)}
+    g = Graph.from_model(tiny, split_input=True)
+    r = CircuitRunner(tiny, g, clean, corrupt, "resample", None, ablation_hooks=flip)
+    n = len(g.edges)
+    out = r.logits(torch.stack([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]))
+    assert torch.allclose(out[0], tiny(clean), atol=1e-5)
+    assert torch.allclose(out[1], tiny(corrupt, flip), atol=1e-5)
+    assert not torch.allclose(out[1], tiny(corrupt), atol=1e-3)
+    with pytest.raises(CircuitError, match="resample ablation only"):
+        CircuitRunner(tiny, g, clean, None, "zero", None, ablation_hooks=flip)
 
 
 def test_zero_ablation_empty_circuit_zeroes_every_sender(tiny, prompts):

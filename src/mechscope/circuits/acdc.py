@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from mechscope.circuits.metric import CircuitMetric, kl_metric
 from mechscope.circuits.patched import CircuitRunner, check_prompts
 from mechscope.circuits.result import Circuit
 from mechscope.errors import CircuitError
-from mechscope.models.lean import LeanModel, as_lean
+from mechscope.models.lean import Hook, LeanModel, as_lean
 
 # auto-circuit's acdc_prune_scores grid: {1,3,5,7,9} x 10^{-5..-2}
 TAU_GRID: tuple[float, ...] = tuple(
@@ -83,12 +83,15 @@ def _setup(
     graph: Graph | None,
     split_input: bool,
     dc_edges: bool,
+    ablation_hooks: Mapping[str, Hook] | None = None,
 ) -> tuple[LeanModel, Graph, CircuitRunner, CircuitMetric]:
     check_prompts(clean_tokens, corrupt_tokens, ablation)
     lean = as_lean(model)
     graph = graph or Graph.from_model(lean, split_input=split_input, dc_edges=dc_edges)
     positions = (-1,) if metric is None else metric.positions
-    runner = CircuitRunner(lean, graph, clean_tokens, corrupt_tokens, ablation, positions)
+    runner = CircuitRunner(
+        lean, graph, clean_tokens, corrupt_tokens, ablation, positions, ablation_hooks
+    )
     metric = metric or kl_metric(runner.clean_logits, positions)
     return lean, graph, runner, metric
 
@@ -150,6 +153,7 @@ def acdc_reference(
     order: Sequence[str] | None = None,
     skip_disconnected: bool = True,
     progress: bool = False,
+    ablation_hooks: Mapping[str, Hook] | None = None,
 ) -> Circuit:
     """ACDC exactly as published: one full forward of the circuit per tested edge.
 
@@ -157,11 +161,20 @@ def acdc_reference(
     metric: lower is better (default KL(model || circuit) at the last position).
     order: an explicit edge order (default ACDC's); skip_disconnected: remove the incoming edges
     of a node with no kept outgoing edge without testing them (ACDC does; auto-circuit doesn't).
+    ablation_hooks: hooks of the corrupted run (CircuitRunner), e.g. ACDC's tracr position shuffle.
     """
     tau = check_tau(tau)
     t0 = time.perf_counter()
     _, graph, runner, metric = _setup(
-        model, clean_tokens, corrupt_tokens, metric, ablation, graph, split_input, dc_edges
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        metric,
+        ablation,
+        graph,
+        split_input,
+        dc_edges,
+        ablation_hooks,
     )
     steps = steps_of(graph, order)
     mask = torch.ones(len(graph.edges), dtype=torch.bool)
@@ -229,6 +242,7 @@ def acdc(
     batch_size: int = 8,
     tie_tol: float = 1e-5,
     progress: bool = False,
+    ablation_hooks: Mapping[str, Hook] | None = None,
 ) -> Circuit:
     """ACDC: the circuit `acdc_reference` finds with the same arguments, faster.
 
@@ -249,7 +263,15 @@ def acdc(
         raise CircuitError(f"batch_size must be at least 1, got {batch_size}")
     t0 = time.perf_counter()
     _, graph, runner, metric = _setup(
-        model, clean_tokens, corrupt_tokens, metric, ablation, graph, split_input, dc_edges
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        metric,
+        ablation,
+        graph,
+        split_input,
+        dc_edges,
+        ablation_hooks,
     )
     steps = steps_of(graph, order)
     state = DeltaCircuit(runner)

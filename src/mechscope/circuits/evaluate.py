@@ -3,7 +3,8 @@
 ROC points are (false positive rate, true positive rate). From scores, every threshold on |score|
 gives a point (ties enter together); from circuits (ACDC over a tau sweep, as the ACDC paper
 reports it) each circuit is a point. Two areas: `auc` (trapezoid, auto-circuit's) and
-`pessimistic_auc` (ACDC's: Pareto front, staircase without interpolation).
+`pessimistic_auc` (ACDC's: Pareto front, staircase without interpolation). Edges are the graph's
+(ACDC's count, q/k/v computation edges included); nodes are ACDC's (`acdc_nodes`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from mechscope.circuits.acdc import circuit_values
 from mechscope.circuits.eap import top_k_circuit
-from mechscope.circuits.graph import Graph
+from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.metric import CircuitMetric
 from mechscope.circuits.patched import CircuitRunner
 from mechscope.errors import CircuitError
@@ -78,10 +79,35 @@ def pessimistic_auc(points: Sequence[Point]) -> float:
     return float(area)
 
 
+def acdc_nodes(graph: Graph) -> list[str]:
+    """ACDC's nodes for node-level ROC (`acdc_utils.get_node_stats`): the inputs, per head its
+    output "L.H", its q/k/v inputs "L.H.q" (hook_q_input) and, with q/k/v computation edges, its
+    q/k/v vectors "L.H.hook_q" (ACDC renames hook_q_input to "blocks.L.hook_q", which is not
+    the name of the hook_q node "blocks.L.attn.hook_q", so both count), the MLPs (hook_mlp_out:
+    ACDC drops the hook_mlp_in nodes) and "logits"."""
+    heads = [f"{l}.{h}" for l in range(graph.n_layers) for h in range(graph.n_heads)]
+    letters = [*LETTERS, *(f"hook_{x}" for x in LETTERS)] if graph.dc_edges else list(LETTERS)
+    mlps = [f"mlp{l}" for l in range(graph.n_layers)] if graph.has_mlp else []
+    return [*graph.inputs, *heads, *(f"{h}.{x}" for h in heads for x in letters), *mlps, "logits"]
+
+
 def node_mask(graph: Graph, edges: Tensor) -> Tensor:
-    """Node-level view [n_nodes]: a node is present iff a present edge touches it."""
-    present = graph.nodes_of(edges)
-    return torch.tensor([n in present for n in graph.nodes])
+    """ACDC's node-level view [len(acdc_nodes(graph))] of a circuit `edges` [n_edges]: a node is
+    present iff a present edge touches it, where an edge touches ACDC's endpoints: u -> v touches
+    u's output (an input, "L.H", "mlpL") and v's input ("L.H.q", "logits"; an MLP's input is no
+    node), the computation edge "L.H.q" -> "L.H" touches "L.H.q" and "L.H.hook_q" (not the head's
+    output: ACDC's hook_q -> hook_result edge is an uncounted placeholder)."""
+    present: set[str] = set()
+    for i in edges.nonzero().flatten().tolist():
+        e = graph.edges[i]
+        if e.kind == "dc":
+            head, x = e.sender.rsplit(".", 1)
+            present.update((e.sender, f"{head}.hook_{x}"))
+        else:
+            present.add(e.sender)
+            if not e.receiver.startswith("mlp"):
+                present.add(e.receiver)
+    return torch.tensor([n in present for n in acdc_nodes(graph)])
 
 
 @dataclass

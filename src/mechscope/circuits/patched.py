@@ -20,7 +20,7 @@ tested without recomputing the earlier layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,7 +54,9 @@ class CircuitRunner:
     """Logits of many circuits of one graph on one batch of prompts.
 
     lean: the model's LeanModel; clean_tokens [batch, pos]; corrupt_tokens [batch, pos] (resample)
-    or None (zero); logit_pos: the positions whose logits are returned (None = all).
+    or None (zero); logit_pos: the positions whose logits are returned (None = all);
+    ablation_hooks: hooks applied in the resample ablation run only (e.g. ACDC's tracr corruption
+    permutes hook_pos_embed, `tracr.shuffle_positions`).
     """
 
     def __init__(
@@ -65,8 +67,11 @@ class CircuitRunner:
         corrupt_tokens: Tensor | None,
         ablation: str = "resample",
         logit_pos: Sequence[int] | None = (-1,),
+        ablation_hooks: Mapping[str, Hook] | None = None,
     ) -> None:
         check_prompts(clean_tokens, corrupt_tokens, ablation)
+        if ablation_hooks and ablation != "resample":
+            raise CircuitError("ablation_hooks change the corrupted run: resample ablation only")
         if (graph.n_layers, graph.n_heads) != (lean.n_layers, lean.n_heads) or graph.has_mlp == (
             lean.attn_only
         ):
@@ -80,7 +85,7 @@ class CircuitRunner:
             clean = {k: v.to(lean.device) for k, v in clean.items()}
             if ablation == "resample":
                 assert corrupt_tokens is not None
-                _, abl = lean.run_with_cache(corrupt_tokens)
+                _, abl = lean.run_with_cache(corrupt_tokens, ablation_hooks)
             else:
                 _, abl = lean.run_with_cache(clean_tokens, self._zero_hooks())
             abl = {k: v.to(lean.device) for k, v in abl.items()}

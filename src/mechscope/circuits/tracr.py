@@ -1,33 +1,45 @@
 """Ground truth from tracr: RASP programs compiled to transformers whose circuits are known.
 
-The two tracr tasks of the ACDC paper (Conmy et al. 2023, after Lindner et al. 2023):
-    reverse      Aggregate(Select(indices, length - indices - 1, EQ), tokens), vocab {1, 2, 3},
-                 data: the 6 permutations of 1 2 3 after BOS;
-    proportion   make_frac_prevs(tokens == "x") (the fraction of x's so far), vocab {w, x, y, z},
-                 data: all 256 sequences of 4 tokens after BOS.
-Compiled with max_seq_len 5 (`tracr-pypi`, the optional extra `mechscope[tracr]`) and converted to
-a TransformerLens-native model without LayerNorm (`NativeModel` state-dict layout, ReLU MLPs,
-bidirectional attention), bundled under tracr_models/ with the truth.
+Any RASP program: `tracr_task(program, vocab, inputs)` compiles it (tracr-pypi, the optional extra
+`mechscope[tracr]`), converts it to a TransformerLens-native model without LayerNorm
+(`NativeModel` state-dict layout, ReLU MLPs, bidirectional attention) and derives its truth under
+each ablation on the given inputs. The two tracr tasks of the ACDC paper (Conmy et al. 2023, after
+Lindner et al. 2023) are presets, bundled under tracr_models/ with their truths (`load_tracr`):
+    reverse      Aggregate(Select(indices, length - indices - 1, EQ), tokens), vocab {1, 2, 3};
+                 inputs: the 6 permutations of 1 2 3 after BOS (ACDC's data);
+    proportion   make_frac_prevs(tokens == "x"), vocab {w, x, y, z}; inputs: ACDC's data, all
+                 256 sequences of 4 token ids 0..3 (ACDC encodes w x y z as ord(c) - ord("w"),
+                 which in tracr's encoding are BOS, pad, w, x; no BOS first).
+Both compiled with max_seq_len 5.
 
-The true edges are derived from the compiled program: an edge u -> v is in the program's dataflow
-when the residual directions u writes (tracr labels each direction with its RASP variable) overlap
-those v reads (nonzero rows of W_Q, W_K, W_V or W_in; the unembedding reads the output variable);
-of those, the truth keeps the edges the program uses on the task's inputs: removing the edge alone
-(zero ablation) changes an output (positions after BOS) by more than 1e-3 on some input. That
-drops tracr's bookkeeping reads that never matter on these inputs: the query and key of the
-always-true selector of `length`, and the "attend to BOS when nothing matches" terms (`one` into
-the query, `tokens:BOS` into the key) of selectors that always match. A head's q/k/v
-computation edge is true when its input has a true edge.
+The truth is derived from the compiled program. An edge u -> v is in the program's dataflow
+("structural") when the residual directions u writes (tracr labels each direction with its RASP
+variable) overlap those v reads (nonzero rows of W_Q, W_K, W_V or W_in; the unembedding reads the
+output variable). Of those, the truth under an ablation keeps the edges whose removal alone
+changes an output (every position after the first) by more than 1e-3 on some input:
+    zero               u's term in v's input set to zero (ACDC's tracr truth, its convention);
+    resample           u's term replaced by u's output on another input x' of the task, for some
+                       ordered pair (x, x') of inputs, x' = x included (auto-circuit's convention,
+                       Miller et al. 2024: the edges a resample ablation can find);
+    resample_shuffled  the same, where the run on x' also has its positional embeddings permuted
+                       by ACDC's fixed permutation (`shuffle_positions`): the corrupted inputs of
+                       ACDC's tracr runs under resample ablation.
+A head's q/k/v computation edge is true when its input has a true edge. Zero ablation drops
+tracr's bookkeeping reads that never matter on the inputs (the query and key of `length`'s
+always-true selector); resample ablation also drops what is the same on every input (positions,
+a constant `length`), unless the positions are shuffled.
 
-`build_tracr()` recompiles both (needs tracr); `load_tracr(name)` loads a bundled model as a
-`TracrModel` (a LeanModel with bidirectional attention) with its prompts and truth.
+`build_tracr()` recompiles the presets (needs tracr); `load_tracr(name)` loads a bundled preset, or
+a folder written by `save_tracr`, as a `TracrTask` (model: a LeanModel with bidirectional
+attention).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +50,19 @@ from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.metric import CircuitMetric, l2_metric
 from mechscope.circuits.patched import CircuitRunner
 from mechscope.errors import CircuitError
-from mechscope.models.lean import LeanModel
+from mechscope.files import atomic_write, write_json
+from mechscope.models.lean import Hook, LeanModel
 
 TRACR_DIR = Path(__file__).parent / "tracr_models"
 TASKS = ("reverse", "proportion")
+TRUTHS = ("zero", "resample", "resample_shuffled")
 MAX_SEQ_LEN = 5
 USED_TOL = 1e-3
+ACDC_SHUFFLE_SEED = 49  # TLACDCExperiment.setup_corrupted_cache: shuffle_tensor(z[0], seed=49)
+PAIR_BATCH = 4096  # (x, x') pairs per runner when deriving a resample truth
+# ACDC's search prompts for a program (tracr_eval.acdc_prompts): 50 inputs, corrupted by a
+# permutation of them without fixed points
+DEFAULT_SEARCH: dict[str, Any] = {"n": 50, "derangement": True}
 
 
 class TracrModel(LeanModel):
@@ -53,14 +72,21 @@ class TracrModel(LeanModel):
 
 
 # -- compiling and converting ---------------------------------------------------------------------
-def _program(name: str) -> tuple[Any, set[Any]]:
+def _rasp() -> Any:
     try:
-        from tracr.compiler.lib import make_frac_prevs, make_length
         from tracr.rasp import rasp
     except ImportError as e:  # pragma: no cover - depends on the extra
         raise CircuitError(
             "tracr is not installed: pip install 'mechscope[tracr]' (tracr-pypi)"
         ) from e
+    return rasp
+
+
+def preset_program(name: str) -> tuple[Any, set[Any]]:
+    """(RASP program, vocab) of a preset task (ACDC's tracr tasks)."""
+    rasp = _rasp()
+    from tracr.compiler.lib import make_frac_prevs, make_length
+
     if name == "reverse":
         length = make_length()
         opp = length - rasp.indices - 1
@@ -71,13 +97,38 @@ def _program(name: str) -> tuple[Any, set[Any]]:
     raise CircuitError(f"Unknown tracr task {name!r}; choose one of {TASKS}.")
 
 
-def compile_tracr(name: str) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
-    """Compile task `name` with tracr: (config, NativeModel state dict, encoding info)."""
+@dataclass
+class CompiledProgram:
+    """A RASP program compiled by tracr: model config, NativeModel-layout state dict, and info
+    (input_encoding value -> id, residual_labels, output_labels, reference input/output)."""
+
+    name: str
+    config: dict[str, Any]
+    state: dict[str, Tensor]
+    info: dict[str, Any]
+
+    def model(self) -> LeanModel:
+        return lean_from_state(self.config, self.state)
+
+    def encode(self, inputs: Sequence[Sequence[Any]]) -> Tensor:
+        """Token ids [n, 1 + len] of input value sequences, BOS first (tracr's encoding)."""
+        return encode(inputs, self.info["input_encoding"])
+
+
+def compile_tracr(
+    program: Any,
+    vocab: set[Any],
+    *,
+    max_seq_len: int = MAX_SEQ_LEN,
+    compiler_bos: str = "BOS",
+    name: str = "program",
+) -> CompiledProgram:
+    """Compile any RASP `program` over `vocab` with tracr and convert it (no LayerNorm)."""
+    _rasp()
     from tracr.compiler import compiling
 
-    program, vocab = _program(name)
     m = compiling.compile_rasp_to_model(
-        program, vocab=vocab, max_seq_len=MAX_SEQ_LEN, compiler_bos="BOS"
+        program, vocab=vocab, max_seq_len=max_seq_len, compiler_bos=compiler_bos
     )
     mc, p, labels = m.model_config, m.params, list(m.residual_labels)
     out_name = program.label
@@ -116,7 +167,7 @@ def compile_tracr(name: str) -> tuple[dict[str, Any], dict[str, Tensor], dict[st
         "d_head": dh,
         "n_heads": H,
         "n_layers": mc.num_layers,
-        "n_ctx": MAX_SEQ_LEN + 1,
+        "n_ctx": max_seq_len + 1,
         "d_vocab": int(state["tok_embed.weight"].shape[0]),
         "d_vocab_out": len(out_labels),
         "d_mlp": mc.mlp_hidden_size,
@@ -127,25 +178,19 @@ def compile_tracr(name: str) -> tuple[dict[str, Any], dict[str, Tensor], dict[st
         "positional_embedding_type": "standard",
         "model_name": f"tracr-{name}",
     }
+    reference = sorted(vocab, key=str)[:max_seq_len]
     info = {
         "input_encoding": {str(k): v for k, v in m.input_encoder.encoding_map.items()},
         "residual_labels": labels,
         "output_labels": out_labels,
-        "reference_inputs": [_inputs(name)[0]],
-        "reference_outputs": [_decoded(m.apply(["BOS", *_inputs(name)[0]]).decoded)],
+        "reference_inputs": [reference],
+        "reference_outputs": [_decoded(m.apply([compiler_bos, *reference]).decoded)],
     }
-    return config, state, info
+    return CompiledProgram(name, config, state, info)
 
 
 def _decoded(xs: list[Any]) -> list[Any]:
     return [x if isinstance(x, str) else float(x) for x in xs]
-
-
-def _inputs(name: str) -> list[list[Any]]:
-    """The task's inputs (without BOS): ACDC's data."""
-    if name == "reverse":
-        return [list(p) for p in itertools.permutations([1, 2, 3])]
-    return [list(p) for p in itertools.product("wxyz", repeat=4)]
 
 
 def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> LeanModel:
@@ -182,11 +227,32 @@ def lean_from_state(config: dict[str, Any], state: dict[str, Tensor]) -> LeanMod
     return cls.from_weights(weights, act_fn="relu", attn_scale=float(dh) ** 0.5)
 
 
-def encode(name: str, encoding: dict[str, int]) -> Tensor:
-    """Token ids [n_inputs, 1 + len] of the task's inputs with BOS first."""
-    return torch.tensor(
-        [[encoding["BOS"], *[encoding[str(x)] for x in xs]] for xs in _inputs(name)]
-    )
+# -- inputs ----------------------------------------------------------------------------------------
+def encode(inputs: Sequence[Sequence[Any]], encoding: dict[str, int]) -> Tensor:
+    """Token ids [n, 1 + len] of input value sequences (all of one length), BOS first."""
+    if not inputs or len({len(xs) for xs in inputs}) != 1:
+        raise CircuitError("give one or more input sequences, all of the same length")
+    bad = sorted({str(x) for xs in inputs for x in xs} - set(encoding))
+    if bad:
+        raise CircuitError(f"input values {bad} are not in the program's vocab {list(encoding)}")
+    return torch.tensor([[encoding["BOS"], *[encoding[str(x)] for x in xs]] for xs in inputs])
+
+
+def preset_tokens(name: str, encoding: dict[str, int]) -> Tensor:
+    """The preset's inputs as ACDC builds them (`acdc/tracr_task/utils.py`), every one of them:
+    reverse [6, 4] (BOS, then a permutation of 1 2 3); proportion [256, 4] (ids 0..3, no BOS)."""
+    if name == "reverse":
+        return encode(list(itertools.permutations([1, 2, 3])), encoding)
+    if name == "proportion":
+        return torch.tensor(list(itertools.product(range(4), repeat=4)))
+    raise CircuitError(f"Unknown tracr task {name!r}; choose one of {TASKS}.")
+
+
+def shuffle_positions(n_pos: int) -> dict[str, Hook]:
+    """ACDC's tracr corruption: hooks permuting the positional embeddings of the corrupted run
+    (every row the same permutation, torch.randperm(n_pos) after seeding 49)."""
+    perm = torch.randperm(n_pos, generator=torch.Generator().manual_seed(ACDC_SHUFFLE_SEED))
+    return {"hook_pos_embed": lambda z: z[:, perm.to(z.device)]}
 
 
 def tracr_metric(model: LeanModel, tokens: Tensor) -> CircuitMetric:
@@ -197,6 +263,7 @@ def tracr_metric(model: LeanModel, tokens: Tensor) -> CircuitMetric:
     return l2_metric(ref, positions)
 
 
+# -- the truth -------------------------------------------------------------------------------------
 def structural_edges(graph: Graph, state: dict[str, Tensor], tol: float = 1e-9) -> Tensor:
     """Mask [n_edges] of edges whose sender writes residual directions the receiver reads."""
     L, H = graph.n_layers, graph.n_heads
@@ -237,93 +304,212 @@ def _with_dc(graph: Graph, mask: Tensor) -> Tensor:
     return mask
 
 
-def used_edges(runner: CircuitRunner, structural: Tensor, tol: float = USED_TOL) -> Tensor:
-    """Structural edges whose removal alone changes some output by more than tol (logits at
-    the runner's positions)."""
-    g = runner.graph
-    adds = [i for i in structural.nonzero().flatten().tolist() if g.edges[i].kind == "add"]
-    masks = torch.ones(len(adds) + 1, len(g.edges), dtype=torch.bool)
+def _max_change(runner: CircuitRunner, adds: list[int]) -> Tensor:
+    """[len(adds)]: the largest output change, over prompts and positions, of removing each
+    edge alone."""
+    masks = torch.ones(len(adds) + 1, len(runner.graph.edges), dtype=torch.bool)
     for row, i in enumerate(adds):
         masks[row + 1, i] = False
     out = runner.logits(masks)  # [n, B, pos, out]
-    change = (out[1:] - out[:1]).abs().flatten(1).amax(1)
+    return (out[1:] - out[:1]).abs().flatten(1).amax(1)
+
+
+def _adds(graph: Graph, structural: Tensor) -> list[int]:
+    return [i for i in structural.nonzero().flatten().tolist() if graph.edges[i].kind == "add"]
+
+
+def used_edges(runner: CircuitRunner, structural: Tensor, tol: float = USED_TOL) -> Tensor:
+    """Structural edges whose removal alone changes some output by more than tol (logits at
+    the runner's positions), with their q/k/v computation edges."""
+    g = runner.graph
+    adds = _adds(g, structural)
+    change = _max_change(runner, adds)
     mask = torch.zeros(len(g.edges), dtype=torch.bool)
-    for row, i in enumerate(adds):
-        mask[i] = bool(change[row] > tol)
+    mask[adds] = change > tol
     return _with_dc(g, mask)
 
 
+def derive_truth(
+    model: LeanModel,
+    graph: Graph,
+    tokens: Tensor,
+    structural: Tensor,
+    truth: str,
+    tol: float = USED_TOL,
+) -> Tensor:
+    """The truth [n_edges] under `truth` (one of TRUTHS, see the module docstring) on the inputs
+    `tokens` [n, pos]: every ordered pair of inputs for the resample truths (n^2 pairs)."""
+    if truth not in TRUTHS:
+        raise CircuitError(f"Unknown truth {truth!r}; choose one of {TRUTHS}.")
+    positions = tuple(range(1, tokens.shape[1]))  # the first position outputs nothing
+    if truth == "zero":
+        runner = CircuitRunner(model, graph, tokens, None, "zero", positions)
+        return used_edges(runner, structural, tol)
+    hooks = shuffle_positions(tokens.shape[1]) if truth == "resample_shuffled" else None
+    n = tokens.shape[0]
+    adds = _adds(graph, structural)
+    change = torch.zeros(len(adds))
+    per = max(1, PAIR_BATCH // n)  # shifts per runner: corrupted row i - k for clean row i
+    for k0 in range(0, n, per):
+        shifts = range(k0, min(n, k0 + per))
+        clean = tokens.repeat(len(shifts), 1)
+        corrupt = torch.cat([tokens.roll(k, 0) for k in shifts])
+        runner = CircuitRunner(model, graph, clean, corrupt, "resample", positions, hooks)
+        change = torch.maximum(change, _max_change(runner, adds))
+    mask = torch.zeros(len(graph.edges), dtype=torch.bool)
+    mask[adds] = change > tol
+    return _with_dc(graph, mask)
+
+
+# -- tasks -----------------------------------------------------------------------------------------
 @dataclass
 class TracrTask:
-    """A bundled tracr model with its prompts, metric and truth (masks over `graph`'s edges)."""
+    """A compiled program with its inputs, L2 metric and truths (masks over `graph`'s edges).
+
+    tokens: [n, pos] every input the truths range over; truths: TRUTHS -> mask [n_edges];
+    structural: the program's dataflow edges; search: how ACDC's runs draw prompts from tokens
+    (`{"n": prompts or None for all, "derangement": corrupted rows never their own}`).
+    """
 
     name: str
     model: LeanModel
     graph: Graph
     tokens: Tensor
-    metric: CircuitMetric
-    truth: Tensor
     structural: Tensor
+    truths: dict[str, Tensor]
     info: dict[str, Any]
+    search: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SEARCH))
+
+    @property
+    def truth(self) -> Tensor:
+        """The zero-ablation truth (ACDC's convention)."""
+        return self.truths["zero"]
+
+    @property
+    def metric(self) -> CircuitMetric:
+        """L2 to the model's outputs on every input (positions 1..)."""
+        return tracr_metric(self.model, self.tokens)
+
+    def edge_names(self, mask: Tensor) -> list[str]:
+        return [e.name for e, t in zip(self.graph.edges, mask.tolist(), strict=True) if t]
 
 
-def _graph(config: dict[str, Any]) -> Graph:
+def graph_of(config: dict[str, Any]) -> Graph:
+    """ACDC's tracr graph of a compiled model: token and positional embeddings separate."""
     return Graph(config["n_layers"], config["n_heads"], True, split_input=True)
 
 
-def build_tracr(out: Path = TRACR_DIR) -> dict[str, Path]:
-    """Compile both tasks and write <out>/<name>/{config.json, model.safetensors, truth.json}."""
+def task_from(
+    compiled: CompiledProgram,
+    tokens: Tensor,
+    search: dict[str, Any] | None = None,
+    tol: float = USED_TOL,
+) -> TracrTask:
+    """A TracrTask of a compiled program on the inputs `tokens` [n, pos], its truths derived."""
+    if tokens.ndim != 2 or tokens.shape[1] < 2 or tokens.shape[1] > compiled.config["n_ctx"]:
+        raise CircuitError(
+            f"tokens must be [n, pos] with 2 <= pos <= {compiled.config['n_ctx']} (BOS and the "
+            f"program's max_seq_len), got {tuple(tokens.shape)}"
+        )
+    model = compiled.model()
+    graph = graph_of(compiled.config)
+    structural = structural_edges(graph, compiled.state)
+    truths = {t: derive_truth(model, graph, tokens, structural, t, tol) for t in TRUTHS}
+    info = {**compiled.info, "used_tolerance": tol}
+    return TracrTask(
+        compiled.name,
+        model,
+        graph,
+        tokens,
+        structural,
+        truths,
+        info,
+        search or dict(DEFAULT_SEARCH),
+    )
+
+
+def tracr_task(
+    program: Any,
+    vocab: set[Any],
+    inputs: Sequence[Sequence[Any]],
+    *,
+    max_seq_len: int = MAX_SEQ_LEN,
+    compiler_bos: str = "BOS",
+    name: str = "program",
+    search: dict[str, Any] | None = None,
+) -> TracrTask:
+    """Compile any RASP `program` over `vocab` and derive its truths on `inputs` (value
+    sequences of one length <= max_seq_len, without BOS). Needs tracr (jax: seconds to import).
+
+    >>> from tracr.rasp import rasp
+    >>> prog = rasp.categorical(rasp.Aggregate(
+    ...     rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.EQ), rasp.tokens))
+    >>> task = tracr_task(prog, {"a", "b"}, itertools.product("ab", repeat=3), max_seq_len=3)
+    >>> task.edge_names(task.truths["resample"])
+    """
+    compiled = compile_tracr(
+        program, vocab, max_seq_len=max_seq_len, compiler_bos=compiler_bos, name=name
+    )
+    return task_from(compiled, compiled.encode([list(xs) for xs in inputs]), search)
+
+
+# -- the bundle ------------------------------------------------------------------------------------
+PRESET_SEARCH: dict[str, dict[str, Any]] = {
+    # ACDC's prompts: reverse all 6, corrupted by a permutation without fixed points (get_perm);
+    # proportion 50 validation rows, corrupted by a permutation of them (torch.randperm)
+    "reverse": {"n": None, "derangement": True},
+    "proportion": {"n": 50, "derangement": False},
+}
+
+
+def save_tracr(task: TracrTask, compiled: CompiledProgram, folder: Path) -> Path:
+    """Write <folder>/{config.json, model.safetensors, truth.json} (load with `load_tracr`)."""
     from safetensors.torch import save_file
 
+    write_json(folder / "config.json", compiled.config)
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(compiled.state, tmp))
+    info = {
+        **task.info,
+        "task": task.name,
+        "tokens": task.tokens.tolist(),
+        "search": task.search,
+        "structural_edges": task.edge_names(task.structural),
+        "true_edges": {t: task.edge_names(m) for t, m in task.truths.items()},
+    }
+    write_json(folder / "truth.json", info)
+    return folder
+
+
+def build_tracr(out: Path = TRACR_DIR) -> dict[str, Path]:
+    """Compile both presets and write <out>/<name>/ (see save_tracr)."""
     written = {}
     for name in TASKS:
-        config, state, info = compile_tracr(name)
-        lean = lean_from_state(config, state)
-        graph = _graph(config)
-        tokens = encode(name, info["input_encoding"])
-        outputs = tuple(range(1, tokens.shape[1]))  # the BOS position outputs nothing
-        runner = CircuitRunner(lean, graph, tokens, None, "zero", logit_pos=outputs)
-        structural = structural_edges(graph, state)
-        truth = used_edges(runner, structural)
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(config, indent=1))
-        save_file(state, str(folder / "model.safetensors"))
-        names = [e.name for e in graph.edges]
-        info.update(
-            task=name,
-            ablation="zero",
-            used_tolerance=USED_TOL,
-            true_edges=[n for n, t in zip(names, truth.tolist(), strict=True) if t],
-            structural_edges=[n for n, t in zip(names, structural.tolist(), strict=True) if t],
-        )
-        (folder / "truth.json").write_text(json.dumps(info, indent=1))
-        written[name] = folder
+        program, vocab = preset_program(name)
+        compiled = compile_tracr(program, vocab, name=name)
+        tokens = preset_tokens(name, compiled.info["input_encoding"])
+        task = task_from(compiled, tokens, PRESET_SEARCH[name])
+        written[name] = save_tracr(task, compiled, out / name)
     return written
 
 
-def load_tracr(name: str, folder: Path = TRACR_DIR) -> TracrTask:
-    """A bundled tracr task: model, graph (split embeddings), prompts [n, 5], L2 metric, truth."""
+def load_tracr(name: str | Path, folder: Path = TRACR_DIR) -> TracrTask:
+    """A bundled preset ("reverse", "proportion") or a folder written by save_tracr: model,
+    graph (split embeddings), inputs, truths. Needs no tracr."""
     from safetensors.torch import load_file
 
-    if name not in TASKS:
-        raise CircuitError(f"Unknown tracr task {name!r}; choose one of {TASKS}.")
-    path = folder / name
+    path = Path(name) if Path(name).is_dir() else folder / str(name)
+    if not path.is_dir() and str(name) not in TASKS:
+        raise CircuitError(
+            f"Unknown tracr task {name!r}; choose one of {TASKS} or a folder written by save_tracr."
+        )
     if not (path / "model.safetensors").exists():
-        raise CircuitError(f"no tracr model at {path}; build it with build_tracr() (needs tracr)")
+        raise CircuitError(f"no tracr model at {path}; rebuild with build_tracr() (needs tracr)")
     config = json.loads((path / "config.json").read_text())
     info = json.loads((path / "truth.json").read_text())
     state = load_file(str(path / "model.safetensors"))
-    lean = lean_from_state(config, state)
-    graph = _graph(config)
-    tokens = encode(name, info["input_encoding"])
-    return TracrTask(
-        name,
-        lean,
-        graph,
-        tokens,
-        tracr_metric(lean, tokens),
-        graph.mask(info["true_edges"]),
-        graph.mask(info["structural_edges"]),
-        info,
-    )
+    graph = graph_of(config)
+    truths = {t: graph.mask(names) for t, names in info.pop("true_edges").items()}
+    task, tokens, search = info.pop("task"), info.pop("tokens"), info.pop("search")
+    structural = graph.mask(info.pop("structural_edges"))
+    model = lean_from_state(config, state)
+    return TracrTask(task, model, graph, torch.tensor(tokens), structural, truths, info, search)
