@@ -33,6 +33,13 @@ def gpt2_2l():
 
 
 @pytest.fixture(scope="session")
+def llama_2l():
+    import mechscope
+
+    return mechscope.load_model("code-llama-2l")
+
+
+@pytest.fixture(scope="session")
 def chromium():
     """(path of Debian's chromium, playwright's sync_playwright) for the browser tests; fails,
     never skips, when either is missing (CI installs both)."""

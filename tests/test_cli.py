@@ -20,6 +20,10 @@ def test_zoo_list_and_info():
     assert r.exit_code == 0 and "code-attn4" in r.output
     r = runner.invoke(app, ["zoo", "info", "code-2l"])
     assert r.exit_code == 0 and "mechscope zoo build code-2l" in r.output
+    r = runner.invoke(app, ["zoo", "list"], terminal_width=200)
+    assert r.exit_code == 0 and "code-llama-2l" in r.output
+    r = runner.invoke(app, ["zoo", "info", "code-llama-2l"])
+    assert r.exit_code == 0 and "mechscope zoo build code-llama-2l" in r.output
 
 
 def test_run_task_writes_json(tmp_path):

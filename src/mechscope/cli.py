@@ -102,7 +102,7 @@ def zoo_info(name: Annotated[str, typer.Argument(help="model name, or 'tokenizer
 
 @zoo_app.command("build")
 def zoo_build(
-    name: Annotated[str, typer.Argument(help="'tokenizer', 'code-attn4', 'code-2l' or 'code-4l'")],
+    name: Annotated[str, typer.Argument(help="'tokenizer' or a zoo model (`mechscope zoo list`)")],
     out: Annotated[Path | None, typer.Option(help="output folder (default: the package)")] = None,
     steps: Annotated[int | None, typer.Option(help="override the number of steps")] = None,
     device: Annotated[str, typer.Option(help="train on cpu or cuda")] = "cpu",

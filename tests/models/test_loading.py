@@ -72,6 +72,46 @@ def test_gpt2_matches_hf_forward(gpt2_2l, tokens):
     assert (ref - out).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("revision", [None, "step-300"])
+def test_llama_matches_hf_forward(revision, tokens, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    folder = model_dir("code-llama-2l")
+    weights = folder / "model.safetensors"
+    if revision is not None:
+        weights = folder / "checkpoints" / f"{revision}.safetensors"
+    (tmp_path / "config.json").symlink_to(folder / "config.json")
+    (tmp_path / "model.safetensors").symlink_to(weights)
+    hf = LlamaForCausalLM.from_pretrained(  # HF's own loader, not mechscope's
+        str(tmp_path), attn_implementation="eager", dtype=torch.float32
+    )
+    model = mechscope.load_model("code-llama-2l", revision=revision)
+    assert type(model).__name__ == "TransformerBridge"
+    window = torch.randint(1, 4096, (2, 96), generator=torch.Generator().manual_seed(0))
+    window[:, 0] = 0  # BOS, then a full context: every rotary position
+    for batch in (tokens, window):
+        with torch.no_grad():
+            ref, out = hf(batch).logits, model(batch)
+        # compatibility mode centres the unembedding: logits agree up to a shift per position
+        ref, out = ref - ref.mean(-1, keepdim=True), out - out.mean(-1, keepdim=True)
+        assert (ref - out).abs().max() < 1e-5 * ref.abs().max(), (ref - out).abs().max()
+
+
+def test_llama_has_grouped_query_hooks(llama_2l, tokens):
+    cfg = llama_2l.cfg
+    assert (cfg.n_heads, cfg.n_key_value_heads, cfg.d_head) == (4, 2, 32)
+    assert cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary"
+    _, cache = llama_2l.run_with_cache(tokens)
+    assert cache["blocks.0.attn.hook_q"].shape == (*tokens.shape, 4, 32)
+    assert cache["blocks.0.attn.hook_k"].shape == (*tokens.shape, 2, 32)
+    assert cache["blocks.0.attn.hook_pattern"].shape[1] == 4
+    assert cache["blocks.1.mlp.hook_post"].shape == (*tokens.shape, 400)
+    # per-head results add up to the attention output (Llama has no b_O)
+    result = cache["blocks.1.attn.hook_result"]
+    assert torch.allclose(result.sum(2), cache["blocks.1.hook_attn_out"], atol=1e-5)
+    assert llama_2l.fine_grained_hooks and "blocks.0.hook_mlp_in" in cache
+
+
 def test_bundled_models_have_tl_hook_names(attn4, gpt2_2l, tokens):
     _, cache = gpt2_2l.run_with_cache(tokens)
     h = gpt2_2l.cfg.n_heads
@@ -105,7 +145,7 @@ def _lm_loss(model, tokens):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["code-2l", "code-4l"])
+@pytest.mark.parametrize("name", ["code-2l", "code-4l", "code-llama-2l"])
 def test_checkpoints_load_and_loss_decreases(name, tokens):
     revs = revisions(name)
     assert len(revs) >= 7 and revs[-1] == "main"

@@ -20,7 +20,7 @@ CARD_FIELDS = {
 }
 
 
-@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l"])
+@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l", "code-llama-2l"])
 def test_cards_say_how_to_remake(name):
     card = zoo.card(name)
     assert set(card) >= CARD_FIELDS
@@ -32,12 +32,27 @@ def test_cards_say_how_to_remake(name):
 
 
 def test_checkpointed_models_have_six_intermediate_revisions():
-    for name in ("code-2l", "code-4l"):
+    for name in ("code-2l", "code-4l", "code-llama-2l"):
         card = zoo.card(name)
         assert len(card["checkpoints"]) >= 6
         assert zoo.revisions(name)[: len(card["checkpoints"])] == [
             c["revision"] for c in card["checkpoints"]
         ]
+
+
+def test_llama_is_the_asked_architecture_at_code_2l_size():
+    from mechscope.zoo.paths import model_dir
+
+    cfg = json.loads((model_dir("code-llama-2l") / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["hidden_act"] == "silu"
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (4, 2)
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"]) == (128, 2)
+    assert (cfg["vocab_size"], cfg["max_position_embeddings"]) == (4096, 96)
+    assert cfg["rope_parameters"]["rope_type"] == "default" and cfg["tie_word_embeddings"]
+    llama, gpt2 = zoo.card("code-llama-2l"), zoo.card("code-2l")
+    assert abs(llama["n_params"] / gpt2["n_params"] - 1) < 0.01
+    assert llama["training"]["steps"] == gpt2["training"]["steps"]
+    assert llama["architecture"]["mixture"] == gpt2["architecture"]["mixture"]
 
 
 def test_attn4_solves_docstring_on_unseen_prompts(attn4):
@@ -52,7 +67,7 @@ def test_attn4_solves_docstring_on_unseen_prompts(attn4):
 def test_weights_fit_the_budget():
     package = WEIGHTS_DIR.parents[1]  # zoo, bundled SAEs, basis models: every shipped weight
     total = sum(f.stat().st_size for f in package.rglob("*.safetensors"))
-    assert total < 40 * 2**20, f"{total / 2**20:.1f} MiB of bundled weights"
+    assert total < 64 * 2**20, f"{total / 2**20:.1f} MiB of bundled weights"
 
 
 @pytest.mark.slow
@@ -66,13 +81,14 @@ def test_tokenizer_build_is_deterministic(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_build_is_deterministic_and_writes_a_card(tmp_path):
+@pytest.mark.parametrize("name", ["code-2l", "code-llama-2l"])
+def test_model_build_is_deterministic_and_writes_a_card(tmp_path, name):
     from safetensors.torch import load_file
 
     from mechscope.zoo.training import build_model
 
-    a = build_model("code-2l", out=tmp_path / "a", steps=3)
-    b = build_model("code-2l", out=tmp_path / "b", steps=3)
+    a = build_model(name, out=tmp_path / "a", steps=3)
+    b = build_model(name, out=tmp_path / "b", steps=3)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     card = json.loads((a / "card.json").read_text())

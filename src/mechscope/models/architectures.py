@@ -1,4 +1,4 @@
-"""Configs of the two model families the zoo ships: TL-native and HF GPT-2."""
+"""Configs of the three model families the zoo ships: TL-native, HF GPT-2 and HF Llama."""
 
 from __future__ import annotations
 
@@ -48,6 +48,28 @@ def gpt2_config(spec: dict[str, Any]):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+
+
+def llama_config(spec: dict[str, Any]):
+    """HF LlamaConfig of a zoo spec dict: RMSNorm, rotary positions (theta 10,000), SwiGLU MLP of
+    width d_mlp, grouped-query attention with n_kv_heads key/value heads, tied embeddings."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec["d_model"],
+        intermediate_size=spec["d_mlp"],
+        num_hidden_layers=spec["n_layers"],
+        num_attention_heads=spec["n_heads"],
+        num_key_value_heads=spec["n_kv_heads"] or spec["n_heads"],
+        hidden_act="silu",
+        max_position_embeddings=N_CTX,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,

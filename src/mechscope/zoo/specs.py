@@ -14,12 +14,14 @@ class ModelSpec:
     """A bundled model's architecture and deterministic training recipe."""
 
     name: str
-    kind: Literal["native", "gpt2"]  # TL-native (boot_native) or HF GPT-2 (save_pretrained)
+    # TL-native (boot_native), HF GPT-2 or HF Llama (both save_pretrained)
+    kind: Literal["native", "gpt2", "llama"]
     n_layers: int
     d_model: int
     n_heads: int
     d_mlp: int | None  # None = attention-only
     steps: int
+    n_kv_heads: int | None = None  # key/value heads of grouped-query attention; None = n_heads
     batch_size: int = 24
     lr: float = 2e-3
     warmup: int = 60
@@ -74,5 +76,19 @@ SPECS: dict[str, ModelSpec] = {
         steps=800,
         checkpoint_steps=(0, 25, 75, 150, 300, 500),
         description="4-layer GPT-2-style model with MLPs (HF GPT2LMHeadModel), with checkpoints.",
+    ),
+    "code-llama-2l": ModelSpec(
+        name="code-llama-2l",
+        kind="llama",
+        n_layers=2,
+        d_model=128,
+        n_heads=4,
+        n_kv_heads=2,
+        d_mlp=400,  # SwiGLU has 3 matrices: 400 puts the parameter count 0.3% under code-2l's
+        steps=800,
+        checkpoint_steps=(0, 25, 75, 150, 300, 500),
+        description="2-layer Llama-style model (HF LlamaForCausalLM): RMSNorm, rotary positions, "
+        "SwiGLU MLP, grouped-query attention (4 query / 2 key-value heads), with checkpoints; "
+        "trained like code-2l.",
     ),
 }

@@ -57,8 +57,9 @@ def build_tokenizer(out: Path = TOKENIZER_DIR) -> Path:
 
 
 def new_model(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised, seeded model of `spec`: NativeModel or GPT2LMHeadModel."""
-    from mechscope.models.architectures import gpt2_config, native_config
+    """A freshly initialised, seeded model of `spec`: NativeModel, GPT2LMHeadModel or
+    LlamaForCausalLM."""
+    from mechscope.models.architectures import gpt2_config, llama_config, native_config
 
     torch.manual_seed(spec.seed)
     if spec.kind == "native":
@@ -71,6 +72,10 @@ def new_model(spec: ModelSpec) -> nn.Module:
         model = NativeModel(cfg)
         initialize_native_model(model, cfg)
         return model
+    if spec.kind == "llama":
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM(llama_config(spec.to_dict()))
     from transformers import GPT2LMHeadModel
 
     return GPT2LMHeadModel(gpt2_config(spec.to_dict()))
@@ -254,8 +259,8 @@ def build_model(
 
 
 def _save_final(spec: ModelSpec, model: nn.Module, out: Path) -> None:
-    """Final weights in fp16 (the zoo's ~40 MB budget); loaders cast to the dtype asked for."""
-    if spec.kind == "gpt2":
+    """Final weights in fp16 (the zoo's ~64 MB budget); loaders cast to the dtype asked for."""
+    if spec.kind in ("gpt2", "llama"):  # HF models: config.json + model.safetensors
         model.save_pretrained(str(out))  # type: ignore[operator]
         (out / "generation_config.json").unlink(missing_ok=True)
         weights = out / "model.safetensors"
