@@ -8,7 +8,7 @@ from mechscope import metrics
 from mechscope.errors import ModelLoadError
 from mechscope.models.declare import FAMILIES
 from mechscope.models.lean import LeanModel
-from mechscope.models.toy import TOYS
+from mechscope.models.toy import TOYS, save_toy
 
 # hooks LeanModel fires that TransformerLens 3.9's bridge does not fire for that family (its
 # per-head hooks are missing for some attention classes; hook_rot_* for some rotary ones)
@@ -98,6 +98,34 @@ def test_sliding_window_is_exercised(toy_dir):
         lean.arch.window = [None] * lean.n_layers
         wrong = lean(tokens)
     assert (wrong - ref).abs().max() > 1e-3
+
+
+def test_llama3_rope_scaling_and_gemma3_per_layer_rotary(tmp_path, toy_dir):
+    """Rope scaling comes from HF's own rotary module (Llama-3's frequency bands); Gemma-3's local
+    and global layers rotate with different bases."""
+    from transformers import AutoModelForCausalLM
+
+    rope = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "rope_theta": 10000.0,
+    }
+    folder = save_toy("llama", tmp_path / "llama3", rope_parameters=rope)
+    lean = LeanModel(mechscope.load_model(folder))
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    tokens = _tokens(pos=40)
+    with torch.no_grad():
+        out, ref = lean(tokens), hf(tokens).logits
+    centre = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
+    torch.testing.assert_close(centre(out), centre(ref), rtol=0, atol=1e-5 * float(ref.abs().max()))
+    default = LeanModel(_models("llama", toy_dir)[0]).arch.rotary[0]
+    assert not torch.allclose(lean.arch.rotary[0].inv_freq, default.inv_freq)
+    g3 = LeanModel(_models("gemma3_text", toy_dir)[0])
+    assert g3.arch.window == [8, None]
+    assert not torch.allclose(g3.arch.rotary[0].inv_freq, g3.arch.rotary[1].inv_freq)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])

@@ -64,7 +64,12 @@ TOYS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_GQA, "head_dim": 16}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_GEMMA, "num_key_value_heads": 1}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {**_GEMMA, "sliding_window": 8}),
-    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {**_GEMMA, "sliding_window": 8}),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        # one local layer (8-token window, rope base 1e4) and one global (rope base 1e6)
+        {**_GEMMA, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
     "olmo": ("OlmoConfig", "OlmoForCausalLM", {**_LLAMA_LIKE, "pad_token_id": 1}),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {**_LLAMA_LIKE, "pad_token_id": 1}),
     "phi": (
