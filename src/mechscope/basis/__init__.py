@@ -2,9 +2,10 @@
 
 from mechscope.basis import analyse, load_bundled, bundled_data
 model = load_bundled("modadd-1l"); x, _ = bundled_data("modadd-1l", "train")
-result = analyse(model, x, meta={"model": "modadd-1l"}); print(result.markdown())
+result = analyse(model, x, eval_data=bundled_data("modadd-1l", "test")); print(result.markdown())
 """
 
+from mechscope.basis.ablation import EdgeAblation, ablate_edges, ablation_reference
 from mechscope.basis.analysis import analyse
 from mechscope.basis.degeneracy import measure_degeneracy
 from mechscope.basis.edges import compute_edges, find_modules, interaction_graph, sparsity
@@ -16,9 +17,12 @@ from mechscope.basis.result import BasisAnalysis
 __all__ = [
     "MLP",
     "BasisAnalysis",
+    "EdgeAblation",
     "LayerBasis",
     "ModAddTransformer",
     "NodeLayerModel",
+    "ablate_edges",
+    "ablation_reference",
     "analyse",
     "build_basis",
     "bundled_data",

@@ -2,7 +2,8 @@
 
 mechscope basis list                         # bundled models and their metrics
 mechscope basis build digits-mlp             # retrain a bundled model (deterministic, CPU)
-mechscope basis analyse modadd-1l --out runs/basis/modadd-1l --figures docs/figures
+mechscope basis analyse modadd-1l --out runs/basis --figures docs/figures
+mechscope basis analyse digits-mlp --ablate-on test   # + edges needed (edge ablation, held out)
 mechscope basis modular                      # the hand-built block network: modules vs blocks
 """
 
@@ -51,12 +52,17 @@ def list_cmd() -> None:
 def build_cmd(
     name: Name,
     out: Annotated[Path | None, typer.Option(help="folder (default: the bundled one)")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="training seed instead of the recipe's (use with --out)")
+    ] = None,
 ) -> None:
     """Retrain a bundled model from scratch (deterministic on CPU) and write its weights + card."""
     from mechscope.basis.pretrained import build, card
 
+    if seed is not None and out is None:
+        fail("--seed trains another model than the bundled one: give it an --out folder")
     try:
-        folder = build(name, out)
+        folder = build(name, out, seed=seed)
     except BasisError as e:
         fail(str(e))
     metrics = card(name)["metrics"] if out is None else {}
@@ -67,31 +73,62 @@ def build_cmd(
 def analyse_cmd(
     name: Name,
     split: Annotated[str, typer.Option(help="data split: train, test or all")] = "train",
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="folder of weights from `basis build NAME --out` (default: bundled)"),
+    ] = None,
     tau: Annotated[float, typer.Option(help="absolute truncation threshold (rib: 1e-15)")] = 1e-15,
     rtol: Annotated[float, typer.Option(help="relative truncation / rank tolerance")] = 1e-12,
     resolution: Annotated[float, typer.Option(help="Louvain resolution for modules")] = 1.0,
+    ablate_on: Annotated[
+        str | None,
+        typer.Option(
+            help="held-out split (test) on which to ablate edges and count the edges needed, "
+            "with mean and zero ablation; not the --split the basis is fitted on"
+        ),
+    ] = None,
+    acc_bound: Annotated[
+        float, typer.Option(help="edges needed: accuracy may drop by at most this (rib: 0.001)")
+    ] = 1e-3,
+    loss_bound: Annotated[
+        float, typer.Option(help="edges needed: loss may rise by at most this (nats)")
+    ] = 1e-2,
     batch_size: Annotated[int, typer.Option(help="inputs per streamed batch")] = 2048,
     out: Annotated[Path, typer.Option(help="folder for analysis.json + tensors")] = Path(
         "runs/basis"
     ),
     figures: Annotated[Path | None, typer.Option(help="folder for the HTML figures")] = None,
 ) -> None:
-    """Degeneracy, interaction / PCA / neuron bases, edge sparsity and modules of a model."""
+    """Degeneracy, interaction / PCA / neuron bases, edge sparsity (edges needed with
+    --ablate-on) and modules of a model."""
     from mechscope.basis.analysis import analyse
     from mechscope.basis.pretrained import bundled_data, load_bundled
 
+    if ablate_on is not None and ("all" in (split, ablate_on) or ablate_on == split):
+        fail(
+            f"--ablate-on {ablate_on} is not held out from --split {split}: fit on train and "
+            "ablate on test"
+        )
     try:
-        model = load_bundled(name)
+        model = load_bundled(name, weights)
         x, _ = bundled_data(name, split)
+        meta = {"model": name, "split": split}
+        if weights is not None:
+            meta["weights"] = str(weights)
+        if ablate_on is not None:
+            meta["eval_split"] = ablate_on
         result = analyse(
             model,
             x,
             tau=tau,
             rtol=rtol,
             resolution=resolution,
+            eval_data=None if ablate_on is None else bundled_data(name, ablate_on),
+            acc_bound=acc_bound,
+            loss_bound=loss_bound,
             batch_size=batch_size,
             progress=True,
-            meta={"model": name, "split": split},
+            meta=meta,
         )
     except BasisError as e:
         fail(str(e))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from mechscope.basis.models import (
     model_from_config,
 )
 from mechscope.errors import BasisError
+from mechscope.files import atomic_write, write_json
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -76,10 +77,11 @@ def list_bundled() -> list[str]:
     return sorted(RECIPES)
 
 
-def _check_name(name: str) -> Recipe:
+def _check_name(name: str, seed: int | None = None) -> Recipe:
+    """The recipe of a bundled model, with its training seed replaced by `seed` if given."""
     if name not in RECIPES:
         raise BasisError(f"unknown bundled model {name!r}; available: {', '.join(list_bundled())}")
-    return RECIPES[name]
+    return RECIPES[name] if seed is None else replace(RECIPES[name], seed=seed)
 
 
 def digits_data(split: str, test_size: float = 0.25, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -127,9 +129,9 @@ def bundled_data(name: str, split: str) -> tuple[Tensor, Tensor]:
     return modadd_data(split, d["p"], d["frac_train"], d["split_seed"])
 
 
-def new_model(name: str) -> NodeLayerModel:
-    """A freshly initialised (seeded) model of a bundled architecture."""
-    recipe = _check_name(name)
+def new_model(name: str, seed: int | None = None) -> NodeLayerModel:
+    """A freshly initialised model of a bundled architecture (the recipe's seed, or `seed`)."""
+    recipe = _check_name(name, seed)
     torch.manual_seed(recipe.seed)
     if name == "digits-mlp":
         return MLP(MLPConfig())
@@ -148,11 +150,14 @@ def loss(model: NodeLayerModel, x: Tensor, y: Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(model(x).float(), y))
 
 
-def train(name: str, progress: bool = True) -> tuple[NodeLayerModel, dict[str, Any]]:
-    """Train a bundled model from scratch (deterministic on CPU); returns (model, metrics)."""
-    recipe = _check_name(name)
+def train(
+    name: str, progress: bool = True, seed: int | None = None
+) -> tuple[NodeLayerModel, dict[str, Any]]:
+    """Train a bundled model from scratch (deterministic on CPU); returns (model, metrics).
+    seed: another initialisation and batch order than the recipe's (the data split is fixed)."""
+    recipe = _check_name(name, seed)
     torch.use_deterministic_algorithms(True)
-    model = new_model(name)
+    model = new_model(name, seed)
     x, y = bundled_data(name, "train")
     xt, yt = bundled_data(name, "test")
     opt = torch.optim.AdamW(
@@ -192,24 +197,20 @@ def train(name: str, progress: bool = True) -> tuple[NodeLayerModel, dict[str, A
     return model, metrics
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.chmod(0o644)
-    tmp.replace(path)
-
-
-def build(name: str, out: str | Path | None = None, progress: bool = True) -> Path:
-    """Train `name` and write model.safetensors + card.json into `out` (default: bundled dir)."""
-    recipe = _check_name(name)
+def build(
+    name: str, out: str | Path | None = None, progress: bool = True, seed: int | None = None
+) -> Path:
+    """Train `name` (training seed: the recipe's, or `seed`) and write model.safetensors +
+    card.json into `out` (default: the bundled folder)."""
+    recipe = _check_name(name, seed)
     folder = Path(out) if out is not None else PRETRAINED_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model, metrics = train(name, progress)
+    model, metrics = train(name, progress, seed)
     seconds = round(time.time() - t0, 1)
     store = torch.float16 if name == "modadd-1l" else torch.float32
     tensors = {k: v.detach().to(store).contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
     card = {
         "name": name,
         "architecture": config_dict(model),
@@ -234,14 +235,16 @@ def build(name: str, out: str | Path | None = None, progress: bool = True) -> Pa
         "weights gives the values in `metrics_stored`",
         "build_seconds": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__} CPU",
-        "command": f"mechscope basis build {name}",
+        "command": f"mechscope basis build {name}"
+        + ("" if seed is None else f" --seed {seed}")
+        + ("" if out is None else f" --out {out}"),
     }
     stored = _from_tensors(config_dict(model), tensors, torch.float32)
     card["metrics_stored"] = {
         "test_accuracy": round(accuracy(stored, *bundled_data(name, "test")), 5),
         "train_accuracy": round(accuracy(stored, *bundled_data(name, "train")), 5),
     }
-    _write_atomic(folder / "card.json", lambda p: Path(p).write_text(json.dumps(card, indent=2)))
+    write_json(folder / "card.json", card, indent=2)
     return folder
 
 

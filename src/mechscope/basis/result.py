@@ -1,8 +1,8 @@
-"""`BasisAnalysis`: degeneracy, bases, edges, sparsity and modules of one model, with save/load,
-markdown tables and plotly figures.
+"""`BasisAnalysis`: degeneracy, bases, edges, sparsity, edge-ablation curves and modules of one
+model, with save/load, markdown tables and plotly figures.
 
-Saved as `<folder>/analysis.json` (everything but the matrices) and `<folder>/tensors.safetensors`
-(C, C_pinv, importances, spectra, edges), each written atomically (temporary file, then rename).
+Saved as `<folder>/analysis.json` (everything but the matrices, ablation curves included) and
+`<folder>/tensors.safetensors` (C, C_pinv, importances, spectra, edges), each written atomically.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from plotly.subplots import make_subplots
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mechscope.basis.ablation import EdgeAblation
 from mechscope.basis.degeneracy import DegeneracyReport, FiringReport, LayerDegeneracy
 from mechscope.basis.edges import Modules, Sparsity, cumulative_mass
 from mechscope.basis.interaction import LayerBasis
 from mechscope.errors import BasisError
+from mechscope.files import atomic_write, write_json
 
 KIND_COLOURS = {"lib": "#1f77b4", "pca": "#ff7f0e", "neuron": "#7f7f7f"}
 KIND_NAMES = {"lib": "interaction basis", "pca": "PCA", "neuron": "neurons"}
+ABLATION_DASH = {"mean": "solid", "zero": "dash"}
 
 
 @dataclass
@@ -33,7 +36,9 @@ class BasisAnalysis:
     """Everything `analyse` measures on one model.
 
     bases / edges / sparsity / modules are keyed by basis kind ("lib", "pca", "neuron");
-    edges[kind][l] is [r_{l+1}, r_l]. meta: model name, data, tau, rtol, resolution, ...
+    edges[kind][l] is [r_{l+1}, r_l]. ablation[kind][ablation kind] ("mean", "zero"): one
+    `EdgeAblation` per layer pair (empty when no held-out data was given). meta: model name, data,
+    tau, rtol, resolution, ...
     """
 
     node_layers: list[str]
@@ -42,6 +47,7 @@ class BasisAnalysis:
     edges: dict[str, list[Tensor]]
     sparsity: dict[str, list[Sparsity]]
     modules: dict[str, Modules]
+    ablation: dict[str, dict[str, list[EdgeAblation]]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     # -------------------------------------------------------------------------------- save/load
@@ -70,15 +76,15 @@ class BasisAnalysis:
             "bases": {k: [[b.name, b.kind, b.has_const] for b in v] for k, v in self.bases.items()},
             "sparsity": {k: [asdict(s) for s in v] for k, v in self.sparsity.items()},
             "modules": {k: asdict(m) for k, m in self.modules.items()},
+            "ablation": {
+                k: {a: [asdict(e) for e in v] for a, v in by_abl.items()}
+                for k, by_abl in self.ablation.items()
+            },
             "summary": self.summary(),
         }
-        tmp = folder / "tensors.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        tmp.chmod(0o644)
-        tmp.replace(folder / "tensors.safetensors")
-        tmp = folder / "analysis.json.tmp"
-        tmp.write_text(json.dumps(head, indent=1))
-        tmp.replace(folder / "analysis.json")
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        atomic_write(folder / "tensors.safetensors", lambda p: save_file(tensors, p))
+        write_json(folder / "analysis.json", head)
         return folder
 
     @classmethod
@@ -129,6 +135,10 @@ class BasisAnalysis:
             for k, m in head["modules"].items()
         }
         sparsity = {k: [Sparsity(**s) for s in v] for k, v in head["sparsity"].items()}
+        ablation = {
+            k: {a: [EdgeAblation(**e) for e in v] for a, v in by_abl.items()}
+            for k, by_abl in head.get("ablation", {}).items()
+        }
         return cls(
             head["node_layers"],
             DegeneracyReport(layers, firing),
@@ -136,6 +146,7 @@ class BasisAnalysis:
             edges,
             sparsity,
             modules,
+            ablation,
             head["meta"],
         )
 
@@ -163,6 +174,10 @@ class BasisAnalysis:
             for kind, sp in self.sparsity.items():
                 row[f"{kind}_edges_99"] = sp[li].edges_99
                 row[f"{kind}_n_edges"] = sp[li].n_edges
+            for kind, by_abl in self.ablation.items():
+                for abl, res in by_abl.items():
+                    row[f"{kind}_{abl}_needed_accuracy"] = res[li].needed_accuracy
+                    row[f"{kind}_{abl}_needed_loss"] = res[li].needed_loss
             pairs.append(row)
         modules = {
             k: {
@@ -202,19 +217,7 @@ class BasisAnalysis:
                 + " | ".join(str(r[f"{k}_dim"]) for k in kinds)
                 + " |"
             )
-        lines += [
-            "",
-            "| layer pair | "
-            + " | ".join(f"{KIND_NAMES[k]}: edges for 99% / all" for k in kinds)
-            + " |",
-            "|---" * (1 + len(kinds)) + "|",
-        ]
-        for r in s["pairs"]:
-            lines.append(
-                f"| {r['pair']} | "
-                + " | ".join(f"{r[f'{k}_edges_99']} / {r[f'{k}_n_edges']}" for k in kinds)
-                + " |"
-            )
+        lines += ["", *self._edges_table()]
         lines += [
             "",
             "| basis | modules | modularity Q | weight inside modules |",
@@ -237,6 +240,52 @@ class BasisAnalysis:
                 f"{f['groups_gt1'] or 'none'} | {f['extra_free_directions']} |"
             )
         return "\n".join(lines)
+
+    def _edges_table(self) -> list[str]:
+        """Edges needed per layer pair and basis (when ablated), with the 99%-of-ΣE proxy."""
+        s = self.summary()
+        kinds = list(self.bases)
+        if not self.ablation:
+            lines = [
+                "| layer pair | "
+                + " | ".join(f"{KIND_NAMES[k]}: edges for 99% / all" for k in kinds)
+                + " |",
+                "|---" * (1 + len(kinds)) + "|",
+            ]
+            for r in s["pairs"]:
+                lines.append(
+                    f"| {r['pair']} | "
+                    + " | ".join(f"{r[f'{k}_edges_99']} / {r[f'{k}_n_edges']}" for k in kinds)
+                    + " |"
+                )
+            return lines
+        first = next(iter(next(iter(self.ablation.values())).values()))[0]
+        abls = list(next(iter(self.ablation.values())))
+        bound = f"Δacc ≤ {first.acc_bound:g} / Δloss ≤ {first.loss_bound:g}"
+        lines = [
+            "| layer pair | basis | edges | "
+            + " | ".join(f"edges needed, {a} ablation ({bound})" for a in abls)
+            + " | (proxy) edges for 99% of ΣE |",
+            "|---" * (4 + len(abls)) + "|",
+        ]
+        for li, r in enumerate(s["pairs"]):
+            for k in self.ablation:
+                cells = []
+                for a in abls:
+                    res = self.ablation[k][a][li]
+                    cells.append(f"{res.needed_accuracy} / {res.needed_loss}")
+                lines.append(
+                    f"| {r['pair']} | {KIND_NAMES[k]} | {r[f'{k}_n_edges']} | "
+                    + " | ".join(cells)
+                    + f" | {r[f'{k}_edges_99']} |"
+                )
+        lines += [
+            "",
+            f"Held-out data: {self.meta.get('n_eval', '?')} inputs "
+            f"({self.meta.get('eval_split', 'given')}); unablated accuracy "
+            f"{first.base_accuracy:.4f}, loss {first.base_loss:.4g}.",
+        ]
+        return lines
 
     # -------------------------------------------------------------------------------- figures
     def spectra_figure(self) -> go.Figure:
@@ -317,6 +366,76 @@ class BasisAnalysis:
         )
         return fig
 
+    def ablation_figure(self) -> go.Figure:
+        """Per layer pair (columns): held-out accuracy (top) and loss (bottom, log y) against the
+        number of strongest edges kept (log x, so k = 0 is left out); colour = basis, dash =
+        ablation; stars mark the edges needed, dotted lines the unablated model."""
+        if not self.ablation:
+            raise BasisError(
+                "no edge ablation in this analysis; pass eval_data to analyse (CLI: --ablate-on "
+                "test)"
+            )
+        n_pairs = len(self.node_layers) - 1
+        titles = [f"{self.node_layers[i]} → {self.node_layers[i + 1]}" for i in range(n_pairs)]
+        fig = make_subplots(rows=2, cols=n_pairs, subplot_titles=titles, vertical_spacing=0.12)
+        for kind, by_abl in self.ablation.items():
+            for abl, results in by_abl.items():
+                name = f"{KIND_NAMES[kind]}, {abl} ablation"
+                style = {"color": KIND_COLOURS[kind], "dash": ABLATION_DASH[abl]}
+                for li, res in enumerate(results):
+                    ks = [k for k in res.kept if k > 0]
+                    curves = (
+                        (res.accuracy, res.needed_accuracy, res.base_accuracy),
+                        (res.loss, res.needed_loss, res.base_loss),
+                    )
+                    for row, (vals, needed, base) in enumerate(curves, start=1):
+                        by_k = dict(zip(res.kept, vals, strict=True))
+                        fig.add_trace(
+                            go.Scatter(
+                                x=ks,
+                                y=[by_k[k] for k in ks],
+                                mode="lines",
+                                name=name,
+                                legendgroup=name,
+                                showlegend=li == 0 and row == 1,
+                                line=style,
+                            ),
+                            row=row,
+                            col=li + 1,
+                        )
+                        if needed > 0:
+                            fig.add_trace(
+                                go.Scatter(
+                                    x=[needed],
+                                    y=[by_k[needed]],
+                                    mode="markers",
+                                    legendgroup=name,
+                                    showlegend=False,
+                                    hovertext=f"{name}: {needed} edges needed",
+                                    marker={"symbol": "star", "size": 10, "color": style["color"]},
+                                ),
+                                row=row,
+                                col=li + 1,
+                            )
+                        fig.add_hline(
+                            y=base, line={"dash": "dot", "color": "black"}, row=row, col=li + 1
+                        )
+        for col in range(1, n_pairs + 1):
+            for row in (1, 2):
+                fig.update_xaxes(type="log", row=row, col=col)
+            fig.update_xaxes(title_text="strongest edges kept", row=2, col=col)
+            fig.update_yaxes(type="log", exponentformat="power", row=2, col=col)
+        fig.update_yaxes(title_text="held-out accuracy", row=1, col=1)
+        fig.update_yaxes(title_text="held-out loss", row=2, col=1)
+        fig.update_layout(
+            title=f"{self.meta.get('model', '')}: edge ablation, one layer pair at a time "
+            "(stars: edges needed)",
+            height=720,
+            width=380 * n_pairs + 220,
+            template="plotly_white",
+        )
+        return fig
+
     def graph_figure(
         self, kind: str = "lib", top_nodes: int = 20, top_edges: int = 60
     ) -> go.Figure:
@@ -378,13 +497,16 @@ class BasisAnalysis:
         return fig
 
     def write_figures(self, folder: str | Path, prefix: str = "basis") -> list[Path]:
-        """Write <prefix>_spectra.html, _sparsity.html, _graph.html (plotly from CDN)."""
+        """Write <prefix>_spectra.html, _sparsity.html, _graph.html and, when edges were ablated,
+        _ablation.html (plotly from CDN)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         out = []
         figs = {"spectra": self.spectra_figure(), "sparsity": self.sparsity_figure()}
         if "lib" in self.bases:
             figs["graph"] = self.graph_figure("lib")
+        if self.ablation:
+            figs["ablation"] = self.ablation_figure()
         for name, fig in figs.items():
             path = folder / f"{prefix}_{name}.html"
             fig.write_html(str(path), include_plotlyjs="cdn")
