@@ -6,7 +6,9 @@ ACDC tests one edge at a time, and removing edge u -> v changes only what depend
 still present. `DeltaCircuit` keeps the current circuit's activations; `trial(edge_sets)`
 recomputes the changed nodes alone (a removal into the last layer recomputes one head, at the
 metric's positions, and the logits) and `commit` makes one of its variants the current circuit.
-Inputs follow the formula of patched.py; a trial equals `CircuitRunner.logits` of the same mask
+Inputs follow the formula of patched.py; with grouped-query attention a key/value head's input
+is computed once and its key (value) shared by the query heads of its group, each of which reads
+it or, its dc edge removed, the ablated one. A trial equals `CircuitRunner.logits` of the same mask
 to float32 rounding, which a test checks over long random walks of commits.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mechscope.circuits.graph import per_query_head
 from mechscope.circuits.patched import CircuitRunner
 
 
@@ -30,13 +33,13 @@ class Trial:
     edge_sets: list[list[int]]
     logits: Tensor  # [n, batch, len(logit_pos), vocab]
     rows: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new K rows [n, U]
-    dc: Tensor | None = None  # new dc presence [n, L, 3, H] (None: unchanged)
+    dc: Tensor | None = None  # new dc presence [n, L, 3, H] (per query head; None: unchanged)
     outs: dict[int, Tensor] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
     outs_pos: dict[int, Tensor] = field(default_factory=dict)  # last layer's, at the logit pos
     ins: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
     qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
-    # (layer, letter) -> (heads [k], their new q/k/v [n, batch, pos, k, d_head]); the last
-    # layer's queries only at the logit positions
+    # (layer, letter) -> (query heads [k], the new q/k/v they read [n, batch, pos, k, d_head]);
+    # the last layer's queries only at the logit positions
 
 
 class DeltaCircuit:
@@ -44,12 +47,12 @@ class DeltaCircuit:
 
     runner: the CircuitRunner of the model, graph, prompts and ablation (its ablation run and
     clean outputs are reused); mask: [n_edges] bool, the starting circuit (default: all edges).
-    Stored: each sender's a_u - A_u (`D`, and `Dp` at the logit positions), each head and MLP
-    input (`IN`), each head's q/k/v. A trial's changed inputs are the stored ones plus the few
-    changed terms; every `resync_every` commits all is recomputed from scratch, which bounds
-    float32 drift. The last layer's outputs are read only at the logit positions, so there
-    trials compute queries, head outputs and the MLP at those positions alone (keys and values
-    at all), from scratch, and keep them in `Dp` only.
+    Stored: each sender's a_u - A_u (`D`, and `Dp` at the logit positions), each q/k/v and MLP
+    input (`IN`), the q/k/v each query head reads (`qkv`, after its dc edges). A trial's changed
+    inputs are the stored ones plus the few changed terms; every `resync_every` commits all is
+    recomputed from scratch, which bounds float32 drift. The last layer's outputs are read only
+    at the logit positions, so there trials compute queries, head outputs and the MLP at those
+    positions alone (keys and values at all), from scratch, and keep them in `Dp` only.
     """
 
     @torch.no_grad()
@@ -60,13 +63,20 @@ class DeltaCircuit:
         self.runner, self.g, self.lean = runner, g, lean
         self.L, self.H = g.n_layers, g.n_heads
         self.B, self.P = runner.tokens.shape
-        self.pos = list(range(self.P)) if runner.logit_pos is None else runner.logit_pos
+        # absolute logit positions (head_results masks attention by them)
+        pos = range(self.P) if runner.logit_pos is None else runner.logit_pos
+        self.pos = [p % self.P for p in pos]
         U, V = len(g.senders), len(g.receivers)
         self.n_in = len(g.inputs)
         self.per_layer = self.H + int(g.has_mlp)  # senders per layer
-        self.per_rcv = 3 * self.H + int(g.has_mlp)  # receivers per layer
+        self.offset = runner.input_offset  # of q, k, v inputs and the MLP in a layer's receivers
+        self.n_qkv = self.offset[3]  # q/k/v input receivers per layer
+        self.per_rcv = self.n_qkv + int(g.has_mlp)  # receivers per layer
         self.A = runner.ablated_out.reshape(U, -1)  # A_u [U, B*P*d]
         dev = self.device = lean.device  # a split model's pieces return here
+        # the q/k/v input each query head reads, per letter: [H] indices into the letter's inputs
+        heads = torch.arange(self.H, device=dev)
+        self.src = [heads, heads // g.group, heads // g.group]
         self.mask = torch.ones(len(g.edges), dtype=torch.bool) if mask is None else mask.clone()
         self.K = torch.zeros(V, U, device=dev)
         self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float().to(dev)
@@ -86,6 +96,7 @@ class DeltaCircuit:
         self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
         self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev)
         self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev)
+        # (the q/k/v each query head reads)
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
 
@@ -95,8 +106,9 @@ class DeltaCircuit:
         return self.n_in + l * self.per_layer + h
 
     def _receiver(self, l: int, j: int, h: int) -> int:
-        """Receiver index of letter j (0 q, 1 k, 2 v) of head h of layer l; j = 3: the MLP."""
-        return l * self.per_rcv + (3 * self.H if j == 3 else j * self.H + h)
+        """Receiver index of letter j (0 q, 1 k, 2 v) of input h (query head for q, key/value
+        head for k and v) of layer l; j = 3: the MLP."""
+        return l * self.per_rcv + self.offset[j] + (0 if j == 3 else h)
 
     def _at_pos(self, x: Tensor) -> Tensor:
         """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
@@ -109,13 +121,13 @@ class DeltaCircuit:
         r = self.runner
         all_heads = torch.arange(self.H, device=self.device)
         for l in range(self.L):
-            r0 = self._receiver(l, 0, 0)
-            self.IN[r0 : r0 + 3 * self.H] = r.ablated_in[l].reshape(1, -1) + (
-                self.K[r0 : r0 + 3 * self.H] @ self.D
-            )
-            ins = self.IN[r0 : r0 + 3 * self.H].view(3, self.H, self.B, self.P, -1)
+            r0, nq = self._receiver(l, 0, 0), self.n_qkv
+            self.IN[r0 : r0 + nq] = r.ablated_in[l].reshape(1, -1) + self.K[r0 : r0 + nq] @ self.D
             for j in range(3):
-                out = self.lean.head_qkv(l, ins[j].permute(1, 2, 0, 3), j, all_heads)
+                a, k = r0 + self.offset[j], r.n_inputs[j]
+                ins = self.IN[a : a + k].view(k, self.B, self.P, -1).permute(1, 2, 0, 3)
+                out = self.lean.head_qkv(l, ins, j, torch.arange(k, device=self.device))
+                out = per_query_head(out, self.H)
                 abl = r.ablated_qkv[l][j]
                 self.qkv[l, j] = torch.where(self.dc[l, j].view(1, 1, -1, 1), out, abl)
             q, k, v = self.qkv[l]
@@ -225,7 +237,9 @@ class DeltaCircuit:
 
         for l in range(min(layers), self.L):
             r0 = self._receiver(l, 0, 0)
-            head_touched = touched(r0, 3 * self.H).view(3, self.H)
+            in_touched = touched(r0, self.n_qkv)  # per q/k/v input
+            # per query head and letter: does the input it reads differ? [3, H]
+            head_touched = torch.stack([in_touched[self.offset[j] + self.src[j]] for j in range(3)])
             redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
             is_last = l == self.L - 1
             if bool(redo_heads.any()):
@@ -236,9 +250,11 @@ class DeltaCircuit:
                     p = npos if at_pos else P
                     base = self.q_last if at_pos else self.qkv[l, j]
                     cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
-                    redo = head_touched[j, hs].nonzero().flatten()
-                    if len(redo):
-                        rs = [r0 + j * self.H + h for h in hs[redo].tolist()]
+                    src = self.src[j][hs]  # the input each head of hs reads
+                    a = self.offset[j]
+                    ins = in_touched[a : a + self.runner.n_inputs[j]].nonzero().flatten()
+                    if len(ins):  # recompute the changed inputs' q/k/v once each
+                        rs = [r0 + a + i for i in ins.tolist()]
                         if at_pos:
                             x = self._at_pos_input(
                                 self.ain_q_last, new_rows(rs), t.outs, t.outs_pos
@@ -247,14 +263,15 @@ class DeltaCircuit:
                             x = new_inputs(rs)
                         x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
                         x = x.reshape(n * self.B, p, len(rs), -1)
+                        new = self.lean.head_qkv(l, x, j, ins).view(n, self.B, p, len(rs), -1)
+                        reads = src[:, None] == ins[None]  # [len(hs), len(ins)]
+                        redo = reads.any(1)
                         cur = cur.clone()
-                        cur[:, :, :, redo] = self.lean.head_qkv(l, x, j, hs[redo]).view(
-                            n, self.B, p, len(rs), -1
-                        )
+                        cur[:, :, :, redo] = new[:, :, :, reads[redo].int().argmax(1)]
                     # stored q/k/v already hold the current circuit's ablated ones; only
                     # recomputed ones, or a trial that removes dc edges, need the ablation
                     present = dc[:, l, j, hs]  # [n, k]
-                    if (len(redo) or t.dc is not None) and not bool(present.all()):
+                    if (len(ins) or t.dc is not None) and not bool(present.all()):
                         abl = (self.abl_q_last if at_pos else self.runner.ablated_qkv[l][j])[
                             :, :, hs
                         ]
@@ -269,7 +286,7 @@ class DeltaCircuit:
                         t.outs_pos[s] = res[:, :, :, i].reshape(n, -1) - self.Ap[s]
                 else:
                     self._set_heads(l, hs, qkv[0], qkv[1], qkv[2], t.outs)
-            rm = r0 + 3 * self.H
+            rm = r0 + self.n_qkv
             if g.has_mlp and bool(touched(rm, 1)[0]):
                 if is_last:
                     assert self.ain_mlp_last is not None
