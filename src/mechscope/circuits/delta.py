@@ -208,16 +208,23 @@ class DeltaCircuit:
             rows = [t.rows[r] if r in t.rows else self.K[r].expand(n, -1) for r in rs]
             return torch.stack(rows, 1)
 
+        deltas: dict[int, Tensor] = {}  # changed sender -> its new output - stored [n, B*P*d]
+
         def new_inputs(rs: list[int]) -> Tensor:
             """Inputs [n, k, B*P*d] of receivers rs: stored ones plus what changed."""
             x = self.IN[rs].expand(n, -1, -1)
             rows = new_rows(rs)  # [n, k, U]
             if removed:
                 x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ self.D[removed]
-            if t.outs:
-                ch = list(t.outs)
-                delta = torch.stack([t.outs[s] for s in ch], 1) - self.D[ch]  # [n, c, .]
-                x = x + torch.bmm(rows[:, :, ch], delta)
+            ch = list(t.outs)
+            if ch:  # the changed senders these receivers read
+                read = rows[:, :, ch].any(0).any(0).tolist()
+                ch = [s for s, r in zip(ch, read, strict=True) if r]
+            if ch:
+                for s in ch:
+                    if s not in deltas:
+                        deltas[s] = t.outs[s] - self.D[s]
+                x = x + torch.bmm(rows[:, :, ch], torch.stack([deltas[s] for s in ch], 1))
             for i, r in enumerate(rs):
                 t.ins[r] = x[:, i]
             return x
@@ -244,6 +251,12 @@ class DeltaCircuit:
             is_last = l == self.L - 1
             if bool(redo_heads.any()):
                 hs = redo_heads.nonzero().flatten()
+                # the changed q/k/v inputs at all positions, in one pass (the last layer's
+                # queries apart: at the logit positions only)
+                full = [
+                    i for i in in_touched.nonzero().flatten().tolist() if not is_last or i >= self.H
+                ]
+                x_full = new_inputs([r0 + i for i in full]) if full else None
                 qkv = []
                 for j in range(3):
                     at_pos = is_last and j == 0  # the last layer's queries: logit positions
@@ -259,8 +272,10 @@ class DeltaCircuit:
                             x = self._at_pos_input(
                                 self.ain_q_last, new_rows(rs), t.outs, t.outs_pos
                             )
-                        else:
-                            x = new_inputs(rs)
+                        else:  # a contiguous block of x_full
+                            assert x_full is not None
+                            first = full.index(a + int(ins[0]))
+                            x = x_full[:, first : first + len(rs)]
                         x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
                         x = x.reshape(n * self.B, p, len(rs), -1)
                         new = self.lean.head_qkv(l, x, j, ins).view(n, self.B, p, len(rs), -1)
