@@ -54,6 +54,11 @@ def tiny() -> LeanModel:
 
 
 @pytest.fixture(scope="session")
+def tiny3() -> LeanModel:
+    return tiny_model(n_layers=3, seed=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_attn() -> LeanModel:
     return tiny_model(n_layers=3, n_heads=2, d_mlp=None, seed=1)
 

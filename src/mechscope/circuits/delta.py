@@ -5,7 +5,9 @@ ACDC tests one edge at a time, and removing edge u -> v changes only what depend
 (or MLP, or the logits) that v feeds, then only the nodes that read a changed node through an edge
 still present. `DeltaCircuit` keeps the current circuit's activations; `trial(edge_sets)`
 recomputes the changed nodes alone (a removal into the last layer recomputes one head, at the
-metric's positions, and the logits) and `commit` makes one of its variants the current circuit.
+metric's positions, and the logits; so does a removal into any layer whose outputs, once the
+search has pruned the later keys and values, are read only there) and `commit` makes one of
+its variants the current circuit.
 Inputs follow the formula of patched.py; with grouped-query attention a key/value head's input
 is computed once and its key (value) shared by the query heads of its group, each of which reads
 it or, its dc edge removed, the ablated one. A trial equals `CircuitRunner.logits` of the same mask
@@ -35,11 +37,11 @@ class Trial:
     rows: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new K rows [n, U]
     dc: Tensor | None = None  # new dc presence [n, L, 3, H] (per query head; None: unchanged)
     outs: dict[int, Tensor] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
-    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # last layer's, at the logit pos
+    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # at-position layers' senders
     ins: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
     qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
     # (layer, letter) -> (query heads [k], the new q/k/v they read [n, batch, pos, k, d_head]);
-    # the last layer's queries only at the logit positions
+    # at-position layers' queries only at the logit positions
 
 
 class DeltaCircuit:
@@ -51,8 +53,11 @@ class DeltaCircuit:
     input (`IN`), the q/k/v each query head reads (`qkv`, after its dc edges). A trial's changed
     inputs are the stored ones plus the few changed terms; every `resync_every` commits all is
     recomputed from scratch, which bounds float32 drift. The last layer's outputs are read only
-    at the logit positions, so there trials compute queries, head outputs and the MLP at those
-    positions alone (keys and values at all), from scratch, and keep them in `Dp` only.
+    at the logit positions, and so are an earlier layer's once no key or value input, nor a
+    query or MLP input of a layer computed at all positions, reads them (`at_pos`; ACDC prunes
+    the later layers first, so most layers get there): in those layers trials compute queries,
+    head outputs and the MLP at those positions alone (keys and values at all), from scratch,
+    and keep them in `Dp` only.
     """
 
     @torch.no_grad()
@@ -87,18 +92,17 @@ class DeltaCircuit:
         ).to(dev)
         self.D = runner.diff.reshape(U, -1).clone()  # a_u - A_u; inputs' rows never change
         self.Ap = self._at_pos(self.A)
-        last = self.L - 1
         self.ain_logits = self._at_pos(runner.ablated_in[self.L].reshape(1, -1))[0]
-        self.ain_q_last = self._at_pos(runner.ablated_in[last].reshape(1, -1))[0]
-        self.ain_mlp_last = (
-            self._at_pos(runner.ablated_in_mlp[last].reshape(1, -1))[0] if g.has_mlp else None
-        )
-        self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
+        # layers read only at the logit positions (the last; earlier ones once no key or value,
+        # nor a receiver computed at all positions, reads them): computed there alone
+        self.at_pos = [False] * (self.L - 1) + [True]
+        self.q_pos: dict[int, Tensor] = {}  # their queries [B, len(pos), H, d_head]
         self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev)
         self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev)
         # (the q/k/v each query head reads)
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
+        self._update_at_pos()
 
     # -- indices ----------------------------------------------------------------------------------
     def _sender(self, l: int, h: int) -> int:
@@ -109,6 +113,11 @@ class DeltaCircuit:
         """Receiver index of letter j (0 q, 1 k, 2 v) of input h (query head for q, key/value
         head for k and v) of layer l; j = 3: the MLP."""
         return l * self.per_rcv + self.offset[j] + (0 if j == 3 else h)
+
+    def _ablated_in_at_pos(self, l: int, j: int) -> Tensor:
+        """The ablation run's input [B*len(pos)*d] to layer l's queries (j = 0) or MLP (j = 3)."""
+        r = self.runner
+        return self._at_pos((r.ablated_in[l] if j == 0 else r.ablated_in_mlp[l]).reshape(1, -1))[0]
 
     def _at_pos(self, x: Tensor) -> Tensor:
         """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
@@ -137,8 +146,24 @@ class DeltaCircuit:
                 self.IN[rm] = r.ablated_in_mlp[l].reshape(-1) + self.K[rm] @ self.D
                 self._set_mlp(l, self.IN[rm : rm + 1], self.D)
         self.Dp = self._at_pos(self.D)
-        self.q_last = self.qkv[self.L - 1, 0][:, self.pos]  # last layer's queries [B, pos, H, dh]
+        self.q_pos = {l: self.qkv[l, 0][:, self.pos] for l in range(self.L) if self.at_pos[l]}
         return self._logits(self.K[-1:], {}, {})[0]
+
+    def _update_at_pos(self) -> None:
+        """Mark the layers whose outputs no receiver computed at all positions reads (keys and
+        values always are; queries and MLP inputs of layers not so marked); removals only add
+        layers, so a mark holds for every later circuit."""
+        full = torch.zeros(len(self.g.receivers), dtype=torch.bool, device=self.device)
+        for l in range(self.L):
+            full[self._receiver(l, 1, 0) : self._receiver(l, 3, 0)] = True  # keys, values
+        for l in reversed(range(self.L - 1)):
+            s0 = self._sender(l, 0)
+            if not self.at_pos[l] and not bool(self.K[full, s0 : s0 + self.per_layer].any()):
+                self.at_pos[l] = True
+                self.q_pos[l] = self.qkv[l, 0][:, self.pos]
+            if not self.at_pos[l]:
+                full[self._receiver(l, 0, 0) : self._receiver(l, 1, 0)] = True  # queries
+                full[self._receiver(l, 3, 0) : self._receiver(l + 1, 0, 0)] = True  # MLP
 
     def _set_heads(
         self, l: int, heads: Tensor, q: Tensor, k: Tensor, v: Tensor, dest: Tensor | dict
@@ -248,7 +273,7 @@ class DeltaCircuit:
             # per query head and letter: does the input it reads differ? [3, H]
             head_touched = torch.stack([in_touched[self.offset[j] + self.src[j]] for j in range(3)])
             redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
-            is_last = l == self.L - 1
+            is_last = self.at_pos[l]  # outputs read only at the logit positions
             if bool(redo_heads.any()):
                 hs = redo_heads.nonzero().flatten()
                 # the changed q/k/v inputs at all positions, in one pass (the last layer's
@@ -261,7 +286,7 @@ class DeltaCircuit:
                 for j in range(3):
                     at_pos = is_last and j == 0  # the last layer's queries: logit positions
                     p = npos if at_pos else P
-                    base = self.q_last if at_pos else self.qkv[l, j]
+                    base = self.q_pos[l] if at_pos else self.qkv[l, j]
                     cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
                     src = self.src[j][hs]  # the input each head of hs reads
                     a = self.offset[j]
@@ -270,7 +295,7 @@ class DeltaCircuit:
                         rs = [r0 + a + i for i in ins.tolist()]
                         if at_pos:
                             x = self._at_pos_input(
-                                self.ain_q_last, new_rows(rs), t.outs, t.outs_pos
+                                self._ablated_in_at_pos(l, 0), new_rows(rs), t.outs, t.outs_pos
                             )
                         else:  # a contiguous block of x_full
                             assert x_full is not None
@@ -287,9 +312,8 @@ class DeltaCircuit:
                     # recomputed ones, or a trial that removes dc edges, need the ablation
                     present = dc[:, l, j, hs]  # [n, k]
                     if (len(ins) or t.dc is not None) and not bool(present.all()):
-                        abl = (self.abl_q_last if at_pos else self.runner.ablated_qkv[l][j])[
-                            :, :, hs
-                        ]
+                        abl = self.runner.ablated_qkv[l][j]
+                        abl = (abl[:, self.pos] if at_pos else abl)[:, :, hs]
                         cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
                     t.qkv[(l, j)] = (hs, cur)
                     qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
@@ -304,8 +328,8 @@ class DeltaCircuit:
             rm = r0 + self.n_qkv
             if g.has_mlp and bool(touched(rm, 1)[0]):
                 if is_last:
-                    assert self.ain_mlp_last is not None
-                    x = self._at_pos_input(self.ain_mlp_last, new_rows([rm]), t.outs, t.outs_pos)
+                    ain = self._ablated_in_at_pos(l, 3)
+                    x = self._at_pos_input(ain, new_rows([rm]), t.outs, t.outs_pos)
                     s = self._sender(l, self.H)
                     out = self.lean.mlp_out(l, x.view(n * self.B, npos, -1))
                     t.outs_pos[s] = out.reshape(n, -1) - self.Ap[s]
@@ -331,14 +355,15 @@ class DeltaCircuit:
         if t.outs:
             idx = list(t.outs)
             self.Dp[idx] = self._at_pos(self.D[idx])
-        for s, out in t.outs_pos.items():  # the last layer's: D keeps stale rows for them
+        for s, out in t.outs_pos.items():  # at-position layers': D keeps stale rows for them
             self.Dp[s] = out[i]
         for (l, j), (hs, val) in t.qkv.items():
-            if l == self.L - 1 and j == 0:
-                self.q_last[:, :, hs] = val[i]
+            if l in self.q_pos and j == 0:
+                self.q_pos[l][:, :, hs] = val[i]
             else:
                 self.qkv[l, j][:, :, hs] = val[i]
         self.logits = t.logits[i].clone()
         self.n_commits += 1
         if self.n_commits % self.resync_every == 0:
             self.logits = self._full()
+        self._update_at_pos()
