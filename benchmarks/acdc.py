@@ -2,6 +2,8 @@
 
     python benchmarks/acdc.py [--n 16] [--tau 0.01] [--model code-attn4] [--gqa-only]
 
+(On a shared machine, OMP_NUM_THREADS=1: two threads under contention slowed both sides 10-20x.)
+
 Last row: a grouped-query-attention model (a random Llama built by `save_toy`: 4 layers, d_model
 128, 8 query heads sharing 2 key/value heads, gated MLPs of 256, rotary positions), `acdc`
 against `acdc_reference` on ACDC's own graph and order (with q/k/v computation edges). HF's
