@@ -9,10 +9,10 @@ with a_u the sender's output on the clean prompts, A_u in the ablation run, and 
 the metric (a batch mean) with respect to the receiver's input at the clean run. A dc edge
 L.H.q -> L.H is scored the same way on the head's query (A_q - q) * dM/dq; a key (value) dc edge
 L.G.k -> L.H of grouped-query attention on the key query head H reads (the gradient with respect
-to that head's copy of key head G's key). EAP-IG averages the
-gradient over m runs whose input embedding moves in m steps from the ablated to the clean one
-(step k/m, k = 1..m; m = 1 is EAP). Rank edges by |score|; `top_k_circuit` keeps the k largest.
-Use a task metric (logit difference): the gradient of KL(model || circuit) at the model is zero.
+to that head's copy of key head G's key). EAP-IG averages the gradient over m runs whose input
+embedding moves in m steps from the ablated to the clean one (step k/m, k = 1..m; m = 1 is EAP).
+Rank edges by |score|; `top_k_circuit` keeps the k largest. Use a task metric (logit
+difference): the gradient of KL(model || circuit) at the model is zero.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ where a_u(now) is sender u's output in this (patched) pass, A_u its output in th
 That is the ablation run's input to v plus, over the present edges only, (a_u(now) - A_u):
 circuits keep few edges, so this is the cheap form. A removed dc edge replaces the head's q (k,
 v) with its value in the ablation run; with grouped-query attention a removed "L.G.k -> L.H" edge
-replaces the key query head H reads (the model's keys are expanded to one per query head for
-that). Under zero ablation the ablation run is ACDC's: the
-clean prompts with every sender output set to zero (so its q/k/v come from the biases alone).
+replaces the key query head H reads (the layer's keys and values are then expanded to one per
+query head). Under zero ablation the ablation run is ACDC's: the clean prompts with every sender
+output set to zero (so its q/k/v come from the biases alone).
 
 Many circuits run at once, stacked along the batch (row i*B + b is prompt b of circuit i). A run
 starts at `start_layer`: every receiver before it must keep all its edges (then every activation
