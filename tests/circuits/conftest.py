@@ -54,6 +54,11 @@ def tiny() -> LeanModel:
 
 
 @pytest.fixture(scope="session")
+def tiny3() -> LeanModel:
+    return tiny_model(n_layers=3, seed=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_attn() -> LeanModel:
     return tiny_model(n_layers=3, n_heads=2, d_mlp=None, seed=1)
 
@@ -69,4 +74,37 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     clean = torch.randint(0, 7, (4, 6), generator=g)
     corrupt = torch.randint(0, 7, (4, 6), generator=g)
+    return clean, corrupt
+
+
+@pytest.fixture(scope="session")
+def toy_lean(toy_dir):
+    """family -> the LeanModel of a tiny random HF model of that family (loaded once)."""
+    import mechscope
+    from mechscope.models.lean import as_lean
+
+    models: dict[str, LeanModel] = {}
+
+    def get(family: str) -> LeanModel:
+        if family not in models:
+            models[family] = as_lean(mechscope.load_model(toy_dir(family)))
+        return models[family]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral", "gemma", "gpt_neox", "gptj"])
+def toy_family(request: pytest.FixtureRequest) -> str:
+    """Toy HF families beyond GPT-2-style ones: grouped-query attention (llama, qwen2, mistral
+    with an 8-token sliding window, gemma with one key/value head), parallel blocks with rotary
+    positions (gpt_neox; gptj with one norm for attention and MLP)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def toy_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    """3 clean and 3 corrupted prompts of 10 tokens (past the toy sliding windows of 8)."""
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, 4096, (3, 10), generator=g)
+    corrupt = torch.randint(0, 4096, (3, 10), generator=g)
     return clean, corrupt

@@ -10,6 +10,7 @@ import torch
 from mechscope.circuits import Circuit, Graph, acdc, acdc_reference, task_circuit_metric
 from mechscope.circuits.render import to_dot, write
 from mechscope.errors import CircuitError
+from mechscope.models.lean import as_lean
 from mechscope.tasks.base import Task
 
 
@@ -98,3 +99,45 @@ def test_save_load_and_render(tiny, prompts, tmp_path):
     with pytest.raises(CircuitError, match="not a mechscope circuit"):
         (tmp_path / "bad.json").write_text("{}")
         Circuit.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_fast_equals_reference_on_gqa_and_parallel_models(
+    toy_lean, toy_family, toy_prompts, ablation
+):
+    lean = toy_lean(toy_family)
+    clean, corrupt = toy_prompts
+    corrupt = corrupt if ablation == "resample" else None
+    empty = acdc_reference(lean, clean, corrupt, 1e9, ablation=ablation)
+    tau = 0.01 * empty.ablated  # the toys' KL scales differ by 1000x
+    ref = acdc_reference(lean, clean, corrupt, tau, ablation=ablation)
+    fast = acdc(lean, clean, corrupt, tau, ablation=ablation)
+    assert torch.equal(ref.present, fast.present)
+    assert ref.meta["edge_tests"] == fast.meta["edge_tests"]
+    assert 0 < ref.n_edges < len(ref.graph.edges) - 20
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_models_without_per_head_edges_are_refused_before_any_work(toy_dir, toy_prompts, family):
+    import mechscope
+    from mechscope.circuits import eap_scores
+    from mechscope.circuits.metric import kl_metric
+    from mechscope.circuits.patched import CircuitRunner
+
+    bridge = mechscope.load_model(toy_dir(family))
+    why = "post-attention / post-MLP norms rescale the summed head outputs"
+    with pytest.raises(CircuitError, match=f"cannot be computed on .*{why}"):
+        Graph.from_model(bridge)
+    with pytest.raises(CircuitError, match=why):
+        acdc(bridge, *toy_prompts, tau=0.01)
+    with pytest.raises(CircuitError, match=why):
+        eap_scores(bridge, *toy_prompts, kl_metric(torch.zeros(3, 1, 4096)))
+    with pytest.raises(CircuitError, match=why):  # a graph built by hand is refused too
+        CircuitRunner(as_lean(bridge), Graph(2, 4, True, n_kv_heads=2), *toy_prompts)
+
+
+def test_gqa_circuit_saves_and_loads(toy_lean, toy_prompts, tmp_path):
+    c = acdc(toy_lean("llama"), *toy_prompts, tau=1e-4)
+    back = Circuit.load(c.save(tmp_path / "c"))
+    assert back.graph.n_kv_heads == 2 and back.graph.edges == c.graph.edges
+    assert torch.equal(back.present, c.present)

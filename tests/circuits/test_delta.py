@@ -73,3 +73,77 @@ def test_trials_equal_the_full_forward_on_a_bidirectional_tracr_model():
         t.model, t.graph, t.tokens[:16], None, "zero", logit_pos=t.metric.positions
     )
     _walk(runner, 30, seed=3)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_trials_equal_the_full_forward_on_gqa_and_parallel_models(
+    toy_lean, toy_family, toy_prompts, ablation
+):
+    """Grouped-query attention (shared key/value inputs, per-query-head k/v dc edges) and parallel
+    blocks (MLPs reading resid_pre), with rotary positions and sliding windows."""
+    lean = toy_lean(toy_family)
+    clean, corrupt = toy_prompts
+    graph = Graph.from_model(lean)
+    assert graph.n_kv_heads < graph.n_heads or graph.parallel  # each toy is one or the other
+    corrupt = corrupt if ablation == "resample" else None
+    runner = CircuitRunner(lean, graph, clean, corrupt, ablation, logit_pos=(-1, 3))
+    left = _walk(runner, 40, seed=4, resync_every=9)
+    assert left < len(graph.edges) - 30
+
+
+def _acdc_like_walk(runner: CircuitRunner, seed: int) -> DeltaCircuit:
+    """Single removals in ACDC's order, each trial checked against the full forward: every edge
+    into a key or value input and half of the others are committed, so that during the walk the
+    earlier layers come to be read only at the logit positions (and computed there alone)."""
+    state = DeltaCircuit(runner, resync_every=50)
+    g = torch.Generator().manual_seed(seed)
+    for _, edges in runner.graph.acdc_steps():
+        for e in edges:
+            if not bool(state.mask[e]):
+                continue
+            trial = state.trial([[e]])
+            without = state.mask.clone()
+            without[e] = False
+            ref = runner.logits(without[None], start_layer=0)[0]
+            torch.testing.assert_close(trial.logits[0], ref, atol=1e-5, rtol=1e-5)
+            into_kv = runner.graph.edges[e].receiver.endswith((".k", ".v"))
+            if into_kv or bool(torch.rand(1, generator=g) < 0.5):
+                state.commit(trial)
+    return state
+
+
+def test_layers_read_only_at_the_logit_positions_are_computed_there(tiny, tiny_attn, prompts):
+    for model in (tiny, tiny_attn):
+        runner = CircuitRunner(model, Graph.from_model(model), *prompts, logit_pos=(-1, 2))
+        state = _acdc_like_walk(runner, seed=5)
+        assert all(state.at_pos)  # every layer went over to the logit positions on the way
+        full = runner.logits(state.mask[None])[0]
+        torch.testing.assert_close(state.logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_layers_read_only_at_the_logit_positions_on_gqa_and_parallel_models(
+    toy_lean, toy_family, toy_prompts
+):
+    lean = toy_lean(toy_family)
+    runner = CircuitRunner(lean, Graph.from_model(lean), *toy_prompts, logit_pos=(-1, 3))
+    assert all(_acdc_like_walk(runner, seed=6).at_pos)
+
+
+def test_a_layer_read_by_a_layer_computed_at_all_positions_stays_there(tiny3, tiny_attn, prompts):
+    """Layer 0 feeds no key or value, but layer 1's queries, and layer 1 feeds layer 2's keys:
+    both must stay computed at all positions."""
+    for model in (tiny3, tiny_attn):
+        g = Graph.from_model(model)
+        runner = CircuitRunner(model, g, *prompts, logit_pos=(-1,))
+        layer0 = {s for s in g.senders if s.startswith(("0.", "mlp0"))}
+        mask = torch.tensor(
+            [not (e.sender in layer0 and e.receiver.endswith((".k", ".v"))) for e in g.edges]
+        )
+        state = DeltaCircuit(runner, mask)
+        assert state.at_pos == [False, False, True]
+        for e in g.in_edges("0.1.q") + g.in_edges("0.0.v") + g.out_edges("0.1"):
+            trial = state.trial([[e]])
+            without = state.mask.clone()
+            without[e] = False
+            ref = runner.logits(without[None], start_layer=0)[0]
+            torch.testing.assert_close(trial.logits[0], ref, atol=1e-5, rtol=1e-5)

@@ -55,3 +55,52 @@ def test_unknown_nodes_and_edges_raise_clear_errors():
     with pytest.raises(CircuitError, match="sender must come before"):
         g.mask(["1.0->0.0.q"])
     assert g.mask(["0.0->logits"]).sum() == 1
+
+
+def test_without_grouped_query_attention_the_graph_is_unchanged():
+    for args in [(4, 8, False), (2, 2, True), (4, 1, True, True)]:
+        a, b = Graph(*args), Graph(*args, n_kv_heads=args[1])
+        assert a.edges == b.edges and a.receivers == b.receivers and a.senders == b.senders
+
+
+def _count(L: int, H: int, K: int, mlp: bool, parallel: bool) -> int:
+    """Edges counted from the definition: every sender into every later receiver, 3H dc edges."""
+    n = 0
+    for l in range(L):
+        before = 1 + l * (H + mlp)  # input and the earlier layers' senders
+        n += (H + 2 * K) * before
+        n += mlp * (before + (0 if parallel else H))
+    return n + 1 + L * (H + mlp) + 3 * H * L
+
+
+@pytest.mark.parametrize(("K", "parallel"), [(2, False), (1, False), (4, True), (2, True)])
+def test_gqa_and_parallel_graphs(K, parallel):
+    g = Graph(2, 4, True, n_kv_heads=K, parallel=parallel)
+    assert len(g.edges) == _count(2, 4, K, True, parallel)
+    names = {e.name for e in g.edges}
+    assert f"1.{K - 1}.k" in g.receivers and f"1.{K}.k" not in g.receivers
+    assert "1.3.q" in g.receivers and "0.3->1.3.q" in names and f"mlp0->1.{K - 1}.v" in names
+    assert ("0.1->mlp0" in names) != parallel and "mlp0->mlp1" in names and "0.1->mlp1" in names
+    # each query head reads key/value head h // group through its own dc edge
+    group = 4 // K
+    dc = [e.name for e in g.edges if e.kind == "dc" and e.sender.endswith(".k")]
+    assert dc == [f"{l}.{h // group}.k->{l}.{h}" for l in range(2) for h in range(4)]
+    assert [g.edges[i].receiver for i in g.out_edges("1.0.k")] == [f"1.{h}" for h in range(group)]
+    nodc = Graph(2, 4, True, dc_edges=False, n_kv_heads=K)
+    assert nodc.out_edges("1.0.k") == [i for h in range(group) for i in nodc.out_edges(f"1.{h}")]
+    assert g.heads_of(g.mask([f"input->0.{K - 1}.v"])) == [f"0.{h}" for h in range(4 - group, 4)]
+    steps = g.acdc_steps()
+    assert sorted(i for _, ids in steps for i in ids) == list(range(len(g.edges)))
+    with pytest.raises(CircuitError, match="multiple of n_kv_heads"):
+        Graph(2, 4, True, n_kv_heads=3)
+
+
+def test_from_model_reads_key_value_heads_and_parallel_blocks(toy_dir):
+    import mechscope
+
+    llama = mechscope.load_model(toy_dir("llama"))  # a bridge: 4 query heads, 2 key/value heads
+    g = Graph.from_model(llama)
+    assert (g.n_heads, g.n_kv_heads, g.parallel) == (4, 2, False)
+    neox = Graph.from_model(mechscope.load_model(toy_dir("gpt_neox")))
+    assert (neox.n_kv_heads, neox.parallel) == (4, True)
+    assert "0.0->mlp0" not in neox.edge_index and "0.0->mlp1" in neox.edge_index

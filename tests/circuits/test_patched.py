@@ -53,8 +53,12 @@ def test_zero_ablation_empty_circuit_zeroes_every_sender(tiny, prompts):
 
 def _subtract_formula(model, graph, clean, corrupt, present):
     """ACDC's receiver rule written the other way, one circuit, plain hooks: in_v = residual
-    stream - sum over removed u -> v of (a_u(now) - A_u); removed dc edge -> ablated q/k/v."""
+    stream - sum over removed u -> v of (a_u(now) - A_u); removed dc edge -> ablated q/k/v (with
+    grouped-query attention: keys and values always copied out to one per query head, and a
+    removed "L.G.k -> L.H" replaces head H's copy)."""
     _, abl = model.run_with_cache(corrupt)
+    group = model.n_heads // model.n_kv_heads
+    copies = torch.tensor([h // group for h in range(model.n_heads)])
     now: dict[str, torch.Tensor] = {}
     ablated = {}
 
@@ -90,16 +94,20 @@ def _subtract_formula(model, graph, clean, corrupt, present):
 
         def qkv(x, l=l, letter="q"):
             x = x.clone()
-            for h in range(model.n_heads):
+            for h in range(x.shape[2]):  # query heads, or key/value heads
                 x[:, :, h] = fix(x[:, :, h], f"{l}.{h}.{letter}")
             return x
 
         def dc(x, l=l, letter="q"):
+            a = abl[f"blocks.{l}.attn.hook_{letter}"]
+            if letter != "q":
+                x, a = x[:, :, copies], a[:, :, copies]
             x = x.clone()
             for e in removed:
                 if e.kind == "dc" and e.receiver.split(".")[0] == str(l) and e.sender[-1] == letter:
                     h = int(e.receiver.split(".")[1])
-                    x[:, :, h] = abl[f"blocks.{l}.attn.hook_{letter}"][:, :, h]
+                    assert int(e.sender.split(".")[1]) == copies[h] or letter == "q"
+                    x[:, :, h] = a[:, :, h]
             return x
 
         def res(x, l=l):
@@ -147,3 +155,21 @@ def test_removing_an_edge_into_the_logits_moves_the_final_residual_by_its_differ
     u = r.graph.sender_index["1.1"]
     expected = (r.ablated_out[u] - r.clean_out[u]) @ m.W_U
     assert torch.allclose(out[1] - out[0], expected, atol=1e-5)
+
+
+def test_gqa_and_parallel_models_match_the_subtract_formula(toy_lean, toy_family, toy_prompts):
+    """Key/value inputs shared by a group, per-query-head key/value dc edges, parallel MLPs."""
+    model = toy_lean(toy_family)
+    r = _runner(model, toy_prompts)
+    n = len(r.graph.edges)
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(5, n, generator=g) > 0.3
+    masks[0], masks[1] = True, False
+    masks[2, : r.graph.n_add] = True  # dc edges only
+    out = r.logits(masks)
+    torch.testing.assert_close(out[0], model(toy_prompts[0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], model(toy_prompts[1]), atol=1e-5, rtol=1e-5)
+    for i in range(2, len(masks)):
+        ref = _subtract_formula(model, r.graph, *toy_prompts, masks[i])
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)
+    assert (out[2] - out[0]).abs().max() > 1e-4  # removing dc edges alone changes the logits

@@ -5,8 +5,12 @@ ACDC tests one edge at a time, and removing edge u -> v changes only what depend
 (or MLP, or the logits) that v feeds, then only the nodes that read a changed node through an edge
 still present. `DeltaCircuit` keeps the current circuit's activations; `trial(edge_sets)`
 recomputes the changed nodes alone (a removal into the last layer recomputes one head, at the
-metric's positions, and the logits) and `commit` makes one of its variants the current circuit.
-Inputs follow the formula of patched.py; a trial equals `CircuitRunner.logits` of the same mask
+metric's positions, and the logits; so does a removal into any layer whose outputs, once the
+search has pruned the later keys and values, are read only there) and `commit` makes one of
+its variants the current circuit.
+Inputs follow the formula of patched.py; with grouped-query attention a key/value head's input
+is computed once and its key (value) shared by the query heads of its group, each of which reads
+it or, its dc edge removed, the ablated one. A trial equals `CircuitRunner.logits` of the same mask
 to float32 rounding, which a test checks over long random walks of commits.
 """
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mechscope.circuits.graph import per_query_head
 from mechscope.circuits.patched import CircuitRunner
 
 
@@ -30,13 +35,13 @@ class Trial:
     edge_sets: list[list[int]]
     logits: Tensor  # [n, batch, len(logit_pos), vocab]
     rows: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new K rows [n, U]
-    dc: Tensor | None = None  # new dc presence [n, L, 3, H] (None: unchanged)
+    dc: Tensor | None = None  # new dc presence [n, L, 3, H] (per query head; None: unchanged)
     outs: dict[int, Tensor] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
-    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # last layer's, at the logit pos
+    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # at-position layers' senders
     ins: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
     qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
-    # (layer, letter) -> (heads [k], their new q/k/v [n, batch, pos, k, d_head]); the last
-    # layer's queries only at the logit positions
+    # (layer, letter) -> (query heads [k], the new q/k/v they read [n, batch, pos, k, d_head]);
+    # at-position layers' queries only at the logit positions
 
 
 class DeltaCircuit:
@@ -44,12 +49,15 @@ class DeltaCircuit:
 
     runner: the CircuitRunner of the model, graph, prompts and ablation (its ablation run and
     clean outputs are reused); mask: [n_edges] bool, the starting circuit (default: all edges).
-    Stored: each sender's a_u - A_u (`D`, and `Dp` at the logit positions), each head and MLP
-    input (`IN`), each head's q/k/v. A trial's changed inputs are the stored ones plus the few
-    changed terms; every `resync_every` commits all is recomputed from scratch, which bounds
-    float32 drift. The last layer's outputs are read only at the logit positions, so there
-    trials compute queries, head outputs and the MLP at those positions alone (keys and values
-    at all), from scratch, and keep them in `Dp` only.
+    Stored: each sender's a_u - A_u (`D`, and `Dp` at the logit positions), each q/k/v and MLP
+    input (`IN`), the q/k/v each query head reads (`qkv`, after its dc edges). A trial's changed
+    inputs are the stored ones plus the few changed terms; every `resync_every` commits all is
+    recomputed from scratch, which bounds float32 drift. The last layer's outputs are read only
+    at the logit positions, and so are an earlier layer's once no key or value input, nor a
+    query or MLP input of a layer computed at all positions, reads them (`at_pos`; ACDC prunes
+    the later layers first, so most layers get there): in those layers trials compute queries,
+    head outputs and the MLP at those positions alone (keys and values at all), from scratch,
+    and keep them in `Dp` only.
     """
 
     @torch.no_grad()
@@ -60,13 +68,20 @@ class DeltaCircuit:
         self.runner, self.g, self.lean = runner, g, lean
         self.L, self.H = g.n_layers, g.n_heads
         self.B, self.P = runner.tokens.shape
-        self.pos = list(range(self.P)) if runner.logit_pos is None else runner.logit_pos
+        # absolute logit positions (head_results masks attention by them)
+        pos = range(self.P) if runner.logit_pos is None else runner.logit_pos
+        self.pos = [p % self.P for p in pos]
         U, V = len(g.senders), len(g.receivers)
         self.n_in = len(g.inputs)
         self.per_layer = self.H + int(g.has_mlp)  # senders per layer
-        self.per_rcv = 3 * self.H + int(g.has_mlp)  # receivers per layer
+        self.offset = runner.input_offset  # of q, k, v inputs and the MLP in a layer's receivers
+        self.n_qkv = self.offset[3]  # q/k/v input receivers per layer
+        self.per_rcv = self.n_qkv + int(g.has_mlp)  # receivers per layer
         self.A = runner.ablated_out.reshape(U, -1)  # A_u [U, B*P*d]
         dev = self.device = lean.device  # a split model's pieces return here
+        # the q/k/v input each query head reads, per letter: [H] indices into the letter's inputs
+        heads = torch.arange(self.H, device=dev)
+        self.src = [heads, heads // g.group, heads // g.group]
         self.mask = torch.ones(len(g.edges), dtype=torch.bool) if mask is None else mask.clone()
         self.K = torch.zeros(V, U, device=dev)
         self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float().to(dev)
@@ -77,17 +92,17 @@ class DeltaCircuit:
         ).to(dev)
         self.D = runner.diff.reshape(U, -1).clone()  # a_u - A_u; inputs' rows never change
         self.Ap = self._at_pos(self.A)
-        last = self.L - 1
         self.ain_logits = self._at_pos(runner.ablated_in[self.L].reshape(1, -1))[0]
-        self.ain_q_last = self._at_pos(runner.ablated_in[last].reshape(1, -1))[0]
-        self.ain_mlp_last = (
-            self._at_pos(runner.ablated_in_mlp[last].reshape(1, -1))[0] if g.has_mlp else None
-        )
-        self.abl_q_last = runner.ablated_qkv[last][0][:, self.pos]  # [B, pos, H, d_head]
+        # layers read only at the logit positions (the last; earlier ones once no key or value,
+        # nor a receiver computed at all positions, reads them): computed there alone
+        self.at_pos = [False] * (self.L - 1) + [True]
+        self.q_pos: dict[int, Tensor] = {}  # their queries [B, len(pos), H, d_head]
         self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev)
         self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev)
+        # (the q/k/v each query head reads)
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
+        self._update_at_pos()
 
     # -- indices ----------------------------------------------------------------------------------
     def _sender(self, l: int, h: int) -> int:
@@ -95,8 +110,14 @@ class DeltaCircuit:
         return self.n_in + l * self.per_layer + h
 
     def _receiver(self, l: int, j: int, h: int) -> int:
-        """Receiver index of letter j (0 q, 1 k, 2 v) of head h of layer l; j = 3: the MLP."""
-        return l * self.per_rcv + (3 * self.H if j == 3 else j * self.H + h)
+        """Receiver index of letter j (0 q, 1 k, 2 v) of input h (query head for q, key/value
+        head for k and v) of layer l; j = 3: the MLP."""
+        return l * self.per_rcv + self.offset[j] + (0 if j == 3 else h)
+
+    def _ablated_in_at_pos(self, l: int, j: int) -> Tensor:
+        """The ablation run's input [B*len(pos)*d] to layer l's queries (j = 0) or MLP (j = 3)."""
+        r = self.runner
+        return self._at_pos((r.ablated_in[l] if j == 0 else r.ablated_in_mlp[l]).reshape(1, -1))[0]
 
     def _at_pos(self, x: Tensor) -> Tensor:
         """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
@@ -109,13 +130,13 @@ class DeltaCircuit:
         r = self.runner
         all_heads = torch.arange(self.H, device=self.device)
         for l in range(self.L):
-            r0 = self._receiver(l, 0, 0)
-            self.IN[r0 : r0 + 3 * self.H] = r.ablated_in[l].reshape(1, -1) + (
-                self.K[r0 : r0 + 3 * self.H] @ self.D
-            )
-            ins = self.IN[r0 : r0 + 3 * self.H].view(3, self.H, self.B, self.P, -1)
+            r0, nq = self._receiver(l, 0, 0), self.n_qkv
+            self.IN[r0 : r0 + nq] = r.ablated_in[l].reshape(1, -1) + self.K[r0 : r0 + nq] @ self.D
             for j in range(3):
-                out = self.lean.head_qkv(l, ins[j].permute(1, 2, 0, 3), j, all_heads)
+                a, k = r0 + self.offset[j], r.n_inputs[j]
+                ins = self.IN[a : a + k].view(k, self.B, self.P, -1).permute(1, 2, 0, 3)
+                out = self.lean.head_qkv(l, ins, j, torch.arange(k, device=self.device))
+                out = per_query_head(out, self.H)
                 abl = r.ablated_qkv[l][j]
                 self.qkv[l, j] = torch.where(self.dc[l, j].view(1, 1, -1, 1), out, abl)
             q, k, v = self.qkv[l]
@@ -125,8 +146,24 @@ class DeltaCircuit:
                 self.IN[rm] = r.ablated_in_mlp[l].reshape(-1) + self.K[rm] @ self.D
                 self._set_mlp(l, self.IN[rm : rm + 1], self.D)
         self.Dp = self._at_pos(self.D)
-        self.q_last = self.qkv[self.L - 1, 0][:, self.pos]  # last layer's queries [B, pos, H, dh]
+        self.q_pos = {l: self.qkv[l, 0][:, self.pos] for l in range(self.L) if self.at_pos[l]}
         return self._logits(self.K[-1:], {}, {})[0]
+
+    def _update_at_pos(self) -> None:
+        """Mark the layers whose outputs no receiver computed at all positions reads (keys and
+        values always are; queries and MLP inputs of layers not so marked); removals only add
+        layers, so a mark holds for every later circuit."""
+        full = torch.zeros(len(self.g.receivers), dtype=torch.bool, device=self.device)
+        for l in range(self.L):
+            full[self._receiver(l, 1, 0) : self._receiver(l, 3, 0)] = True  # keys, values
+        for l in reversed(range(self.L - 1)):
+            s0 = self._sender(l, 0)
+            if not self.at_pos[l] and not bool(self.K[full, s0 : s0 + self.per_layer].any()):
+                self.at_pos[l] = True
+                self.q_pos[l] = self.qkv[l, 0][:, self.pos]
+            if not self.at_pos[l]:
+                full[self._receiver(l, 0, 0) : self._receiver(l, 1, 0)] = True  # queries
+                full[self._receiver(l, 3, 0) : self._receiver(l + 1, 0, 0)] = True  # MLP
 
     def _set_heads(
         self, l: int, heads: Tensor, q: Tensor, k: Tensor, v: Tensor, dest: Tensor | dict
@@ -196,16 +233,23 @@ class DeltaCircuit:
             rows = [t.rows[r] if r in t.rows else self.K[r].expand(n, -1) for r in rs]
             return torch.stack(rows, 1)
 
+        deltas: dict[int, Tensor] = {}  # changed sender -> its new output - stored [n, B*P*d]
+
         def new_inputs(rs: list[int]) -> Tensor:
             """Inputs [n, k, B*P*d] of receivers rs: stored ones plus what changed."""
             x = self.IN[rs].expand(n, -1, -1)
             rows = new_rows(rs)  # [n, k, U]
             if removed:
                 x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ self.D[removed]
-            if t.outs:
-                ch = list(t.outs)
-                delta = torch.stack([t.outs[s] for s in ch], 1) - self.D[ch]  # [n, c, .]
-                x = x + torch.bmm(rows[:, :, ch], delta)
+            ch = list(t.outs)
+            if ch:  # the changed senders these receivers read
+                read = rows[:, :, ch].any(0).any(0).tolist()
+                ch = [s for s, r in zip(ch, read, strict=True) if r]
+            if ch:
+                for s in ch:
+                    if s not in deltas:
+                        deltas[s] = t.outs[s] - self.D[s]
+                x = x + torch.bmm(rows[:, :, ch], torch.stack([deltas[s] for s in ch], 1))
             for i, r in enumerate(rs):
                 t.ins[r] = x[:, i]
             return x
@@ -225,39 +269,51 @@ class DeltaCircuit:
 
         for l in range(min(layers), self.L):
             r0 = self._receiver(l, 0, 0)
-            head_touched = touched(r0, 3 * self.H).view(3, self.H)
+            in_touched = touched(r0, self.n_qkv)  # per q/k/v input
+            # per query head and letter: does the input it reads differ? [3, H]
+            head_touched = torch.stack([in_touched[self.offset[j] + self.src[j]] for j in range(3)])
             redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
-            is_last = l == self.L - 1
+            is_last = self.at_pos[l]  # outputs read only at the logit positions
             if bool(redo_heads.any()):
                 hs = redo_heads.nonzero().flatten()
+                # the changed q/k/v inputs at all positions, in one pass (the last layer's
+                # queries apart: at the logit positions only)
+                full = [
+                    i for i in in_touched.nonzero().flatten().tolist() if not is_last or i >= self.H
+                ]
+                x_full = new_inputs([r0 + i for i in full]) if full else None
                 qkv = []
                 for j in range(3):
                     at_pos = is_last and j == 0  # the last layer's queries: logit positions
                     p = npos if at_pos else P
-                    base = self.q_last if at_pos else self.qkv[l, j]
+                    base = self.q_pos[l] if at_pos else self.qkv[l, j]
                     cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
-                    redo = head_touched[j, hs].nonzero().flatten()
-                    if len(redo):
-                        rs = [r0 + j * self.H + h for h in hs[redo].tolist()]
+                    src = self.src[j][hs]  # the input each head of hs reads
+                    a = self.offset[j]
+                    ins = in_touched[a : a + self.runner.n_inputs[j]].nonzero().flatten()
+                    if len(ins):  # recompute the changed inputs' q/k/v once each
+                        rs = [r0 + a + i for i in ins.tolist()]
                         if at_pos:
                             x = self._at_pos_input(
-                                self.ain_q_last, new_rows(rs), t.outs, t.outs_pos
+                                self._ablated_in_at_pos(l, 0), new_rows(rs), t.outs, t.outs_pos
                             )
-                        else:
-                            x = new_inputs(rs)
+                        else:  # a contiguous block of x_full
+                            assert x_full is not None
+                            first = full.index(a + int(ins[0]))
+                            x = x_full[:, first : first + len(rs)]
                         x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
                         x = x.reshape(n * self.B, p, len(rs), -1)
+                        new = self.lean.head_qkv(l, x, j, ins).view(n, self.B, p, len(rs), -1)
+                        reads = src[:, None] == ins[None]  # [len(hs), len(ins)]
+                        redo = reads.any(1)
                         cur = cur.clone()
-                        cur[:, :, :, redo] = self.lean.head_qkv(l, x, j, hs[redo]).view(
-                            n, self.B, p, len(rs), -1
-                        )
+                        cur[:, :, :, redo] = new[:, :, :, reads[redo].int().argmax(1)]
                     # stored q/k/v already hold the current circuit's ablated ones; only
                     # recomputed ones, or a trial that removes dc edges, need the ablation
                     present = dc[:, l, j, hs]  # [n, k]
-                    if (len(redo) or t.dc is not None) and not bool(present.all()):
-                        abl = (self.abl_q_last if at_pos else self.runner.ablated_qkv[l][j])[
-                            :, :, hs
-                        ]
+                    if (len(ins) or t.dc is not None) and not bool(present.all()):
+                        abl = self.runner.ablated_qkv[l][j]
+                        abl = (abl[:, self.pos] if at_pos else abl)[:, :, hs]
                         cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
                     t.qkv[(l, j)] = (hs, cur)
                     qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
@@ -269,11 +325,11 @@ class DeltaCircuit:
                         t.outs_pos[s] = res[:, :, :, i].reshape(n, -1) - self.Ap[s]
                 else:
                     self._set_heads(l, hs, qkv[0], qkv[1], qkv[2], t.outs)
-            rm = r0 + 3 * self.H
+            rm = r0 + self.n_qkv
             if g.has_mlp and bool(touched(rm, 1)[0]):
                 if is_last:
-                    assert self.ain_mlp_last is not None
-                    x = self._at_pos_input(self.ain_mlp_last, new_rows([rm]), t.outs, t.outs_pos)
+                    ain = self._ablated_in_at_pos(l, 3)
+                    x = self._at_pos_input(ain, new_rows([rm]), t.outs, t.outs_pos)
                     s = self._sender(l, self.H)
                     out = self.lean.mlp_out(l, x.view(n * self.B, npos, -1))
                     t.outs_pos[s] = out.reshape(n, -1) - self.Ap[s]
@@ -299,14 +355,15 @@ class DeltaCircuit:
         if t.outs:
             idx = list(t.outs)
             self.Dp[idx] = self._at_pos(self.D[idx])
-        for s, out in t.outs_pos.items():  # the last layer's: D keeps stale rows for them
+        for s, out in t.outs_pos.items():  # at-position layers': D keeps stale rows for them
             self.Dp[s] = out[i]
         for (l, j), (hs, val) in t.qkv.items():
-            if l == self.L - 1 and j == 0:
-                self.q_last[:, :, hs] = val[i]
+            if l in self.q_pos and j == 0:
+                self.q_pos[l][:, :, hs] = val[i]
             else:
                 self.qkv[l, j][:, :, hs] = val[i]
         self.logits = t.logits[i].clone()
         self.n_commits += 1
         if self.n_commits % self.resync_every == 0:
             self.logits = self._full()
+        self._update_at_pos()

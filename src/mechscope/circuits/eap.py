@@ -7,10 +7,12 @@ EAP's estimate of the metric change when edge u -> v is removed is
 
 with a_u the sender's output on the clean prompts, A_u in the ablation run, and the gradient of
 the metric (a batch mean) with respect to the receiver's input at the clean run. A dc edge
-L.H.q -> L.H is scored the same way on the head's query (A_q - q) * dM/dq. EAP-IG averages the
-gradient over m runs whose input embedding moves in m steps from the ablated to the clean one
-(step k/m, k = 1..m; m = 1 is EAP). Rank edges by |score|; `top_k_circuit` keeps the k largest.
-Use a task metric (logit difference): the gradient of KL(model || circuit) at the model is zero.
+L.H.q -> L.H is scored the same way on the head's query (A_q - q) * dM/dq; a key (value) dc edge
+L.G.k -> L.H of grouped-query attention on the key query head H reads (the gradient with respect
+to that head's copy of key head G's key). EAP-IG averages the gradient over m runs whose input
+embedding moves in m steps from the ablated to the clean one (step k/m, k = 1..m; m = 1 is EAP).
+Rank edges by |score|; `top_k_circuit` keeps the k largest. Use a task metric (logit
+difference): the gradient of KL(model || circuit) at the model is zero.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.circuits.graph import LETTERS, Graph
+from mechscope.circuits.graph import LETTERS, Graph, per_query_head
 from mechscope.circuits.metric import CircuitMetric
 from mechscope.circuits.patched import CircuitRunner, check_prompts
 from mechscope.circuits.result import Circuit
@@ -57,6 +59,8 @@ def eap_scores(
 
     def keep(name: str) -> Hook:
         def fn(x: Tensor) -> Tensor:
+            if ".attn.hook_" in name:  # keys/values: one copy per query head reading them
+                x = per_query_head(x, H)
             y = x.clone()  # q/k/v inputs share one tensor: give each its own gradient
             y.retain_grad()
             saved[name] = y
@@ -98,7 +102,8 @@ def eap_scores(
         dc = []
         for l in range(L):
             for j, x in enumerate(LETTERS):
-                clean_qkv = clean_cache[f"blocks.{l}.attn.hook_{x}"].to(lean.device)
+                clean_qkv = per_query_head(clean_cache[f"blocks.{l}.attn.hook_{x}"], H)
+                clean_qkv = clean_qkv.to(lean.device)
                 d = runner.ablated_qkv[l][j] - clean_qkv
                 dc.append((d * grads[f"blocks.{l}.attn.hook_{x}"]).sum((0, 1, 3)))  # [H]
         scores = torch.cat([scores, torch.stack(dc).flatten()])

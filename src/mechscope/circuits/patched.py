@@ -9,8 +9,10 @@ where a_u(now) is sender u's output in this (patched) pass, A_u its output in th
 (the corrupted prompts, or zero) and c_v the input-independent terms (attention output biases).
 That is the ablation run's input to v plus, over the present edges only, (a_u(now) - A_u):
 circuits keep few edges, so this is the cheap form. A removed dc edge replaces the head's q (k,
-v) with its value in the ablation run. Under zero ablation the ablation run is ACDC's: the
-clean prompts with every sender output set to zero (so its q/k/v come from the biases alone).
+v) with its value in the ablation run; with grouped-query attention a removed "L.G.k -> L.H" edge
+replaces the key query head H reads (the layer's keys and values are then expanded to one per
+query head). Under zero ablation the ablation run is ACDC's: the clean prompts with every sender
+output set to zero (so its q/k/v come from the biases alone).
 
 Many circuits run at once, stacked along the batch (row i*B + b is prompt b of circuit i). A run
 starts at `start_layer`: every receiver before it must keep all its edges (then every activation
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.circuits.graph import LETTERS, Graph
+from mechscope.circuits.graph import LETTERS, Graph, check_decomposable, per_query_head
 from mechscope.errors import CircuitError
 from mechscope.models.lean import Hook, LeanModel
 
@@ -69,13 +71,18 @@ class CircuitRunner:
         logit_pos: Sequence[int] | None = (-1,),
         ablation_hooks: Mapping[str, Hook] | None = None,
     ) -> None:
+        check_decomposable(lean)
         check_prompts(clean_tokens, corrupt_tokens, ablation)
         if ablation_hooks and ablation != "resample":
             raise CircuitError("ablation_hooks change the corrupted run: resample ablation only")
-        if (graph.n_layers, graph.n_heads) != (lean.n_layers, lean.n_heads) or graph.has_mlp == (
-            lean.attn_only
+        shape = (lean.n_layers, lean.n_heads, lean.n_kv_heads, not lean.attn_only)
+        if (graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.has_mlp) != shape or (
+            graph.has_mlp and graph.parallel != lean.arch.parallel
         ):
-            raise CircuitError("the graph does not match the model (layers, heads or MLPs)")
+            raise CircuitError(
+                "the graph does not match the model (layers, heads, key/value heads, MLPs or "
+                "parallel blocks): build it with Graph.from_model(model)"
+            )
         self.lean, self.graph, self.ablation = lean, graph, ablation
         self.tokens = clean_tokens
         self.logit_pos = None if logit_pos is None else list(logit_pos)
@@ -94,21 +101,29 @@ class CircuitRunner:
         self.ablated_out = self._sender_outputs(abl)
         self.diff = self.clean_out - self.ablated_out  # a_u(clean) - A_u
         self.ablated_qkv = [
-            torch.stack([abl[f"blocks.{l}.attn.hook_{x}"] for x in LETTERS]) for l in range(L)
-        ]  # [3, B, P, H, d_head] per layer
-        # receiver inputs of the ablation run: q/k/v of layer l, MLP l, logits (index L)
+            torch.stack([per_query_head(abl[f"blocks.{l}.attn.hook_{x}"], H) for x in LETTERS])
+            for l in range(L)
+        ]  # [3, B, P, H, d_head] per layer: the q/k/v each query head reads
+        # receiver inputs of the ablation run: q/k/v of layer l, MLP l, logits (index L); an MLP
+        # reads resid_mid, or in a parallel block resid_pre (hook_mlp_in is either)
         self.ablated_in = [abl[f"blocks.{l}.hook_resid_pre"] for l in range(L)]
         self.ablated_in.append(abl[f"blocks.{L - 1}.hook_resid_post"])
         self.ablated_in_mlp = (
-            [abl[f"blocks.{l}.hook_resid_mid"] for l in range(L)] if graph.has_mlp else []
+            [abl[f"blocks.{l}.hook_mlp_in"] for l in range(L)] if graph.has_mlp else []
         )
         self.resid = [clean[f"blocks.{l}.hook_resid_pre"] for l in range(L)]
         self.resid.append(clean[f"blocks.{L - 1}.hook_resid_post"])
         n_in = len(graph.inputs)
         per_layer = H + int(graph.has_mlp)
         self.first_sender = [n_in + l * per_layer for l in range(L + 1)]  # of layer l
-        per_rcv = 3 * H + int(graph.has_mlp)
+        K = lean.n_kv_heads
+        self.n_inputs = (H, K, K)  # q/k/v input nodes per layer
+        self.input_offset = (0, H, H + K, H + 2 * K)  # of q, k, v inputs and the MLP in a layer
+        per_rcv = H + 2 * K + int(graph.has_mlp)
         self.first_receiver = [l * per_rcv for l in range(L + 1)]
+        # edge existence [receivers, senders]: a receiver reads no sender computed with or after it
+        self.exists = torch.zeros(len(graph.receivers), len(graph.senders), device=lean.device)
+        self.exists[graph.add_receiver, graph.add_sender] = 1.0
         self.n_forwards = 0
 
     def _zero_hooks(self) -> dict[str, Hook]:
@@ -137,7 +152,7 @@ class CircuitRunner:
         removed = ~present
         rcv = g.add_receiver[removed[:, : g.n_add].any(0)]
         layers = [self.n_layers_of_receiver(int(r)) for r in rcv.unique()]
-        dc = removed[:, g.n_add :].any(0).nonzero().flatten()
+        dc = removed[:, g.n_add :].any(0).nonzero().flatten()  # [layer, letter, query head]
         per = 3 * g.n_heads
         layers += [int(i) // per for i in dc]
         return min(layers, default=g.n_layers)
@@ -167,7 +182,7 @@ class CircuitRunner:
             cheap because circuits keep few edges)."""
             if not bool(R[:, r0 : r0 + k].any()):
                 return None
-            keep = 1.0 - R[:, r0 : r0 + k]  # [n, k, U]
+            keep = self.exists[r0 : r0 + k] - R[:, r0 : r0 + k]  # present edges [n, k, U]
             ks = keep[:, :, :shared].reshape(n * k, shared)
             uniq, inv = torch.unique(ks, dim=0, return_inverse=True)
             out = (uniq @ self.diff[:shared].reshape(shared, -1))[inv]  # [n*k, B*P*d]
@@ -181,18 +196,22 @@ class CircuitRunner:
         hooks: dict[str, Hook] = {}
         for l in range(s, L):
             r0 = self.first_receiver[l]
+            # dc removals: keys and values expanded to one per query head, both or neither
+            dc_l = [dc is not None and bool(dc[:, l, j].any()) for j in range(3)]
+            if g.group > 1:
+                dc_l[1] = dc_l[2] = dc_l[1] or dc_l[2]
             for j, x in enumerate(LETTERS):
                 hooks[f"blocks.{l}.hook_{x}_input"] = self._input_hook(
-                    new_input, r0 + j * H, H, self.ablated_in[l]
+                    new_input, r0 + self.input_offset[j], self.n_inputs[j], self.ablated_in[l]
                 )
-                if dc is not None and bool(dc[:, l, j].any()):
+                if dc is not None and dc_l[j]:
                     hooks[f"blocks.{l}.attn.hook_{x}"] = self._dc_hook(
                         dc[:, l, j], self.ablated_qkv[l][j], n
                     )
             hooks[f"blocks.{l}.attn.hook_result"] = self._record(live, l, n, heads=True)
             if g.has_mlp:
                 hooks[f"blocks.{l}.hook_mlp_in"] = self._input_hook(
-                    new_input, r0 + 3 * H, 1, self.ablated_in_mlp[l]
+                    new_input, r0 + self.input_offset[3], 1, self.ablated_in_mlp[l]
                 )
                 hooks[f"blocks.{l}.hook_mlp_out"] = self._record(live, l, n, heads=False)
         last = len(g.receivers) - 1
@@ -222,9 +241,10 @@ class CircuitRunner:
     def _dc_hook(removed: Tensor, ablated: Tensor, n: int) -> Hook:
         m = removed.bool().view(n, 1, 1, -1, 1)  # [n, 1, 1, H, 1]
 
-        def fn(x: Tensor) -> Tensor:  # x [n*B, P, H, d_head]; ablated [B, P, H, d_head]
-            y = x.view(n, *ablated.shape).to(ablated.device)
-            return torch.where(m.to(ablated.device), ablated, y).view_as(x)
+        def fn(x: Tensor) -> Tensor:  # x [n*B, P, H or K, d_head]; ablated [B, P, H, d_head]
+            # keys/values: one per query head (attention reads them as they are)
+            y = per_query_head(x, ablated.shape[2]).view(n, *ablated.shape).to(ablated.device)
+            return torch.where(m.to(ablated.device), ablated, y).view(len(x), *y.shape[2:])
 
         return fn
 

@@ -126,6 +126,8 @@ class Circuit:
                 "has_mlp": g.has_mlp,
                 "split_input": g.split_input,
                 "dc_edges": g.dc_edges,
+                "n_kv_heads": g.n_kv_heads,
+                "parallel": g.parallel,
                 "n_edges": len(g.edges),
             },
             "method": self.method,
@@ -158,7 +160,13 @@ class Circuit:
             d = json.loads(Path(path).read_text())
             gd = d["graph"]
             graph = Graph(
-                gd["n_layers"], gd["n_heads"], gd["has_mlp"], gd["split_input"], gd["dc_edges"]
+                gd["n_layers"],
+                gd["n_heads"],
+                gd["has_mlp"],
+                gd["split_input"],
+                gd["dc_edges"],
+                gd.get("n_kv_heads"),  # files from before grouped-query attention lack these
+                gd.get("parallel", False),
             )
         except (OSError, KeyError, json.JSONDecodeError) as e:
             raise CircuitError(f"{path} is not a mechscope circuit file ({e})") from e

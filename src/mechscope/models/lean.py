@@ -380,7 +380,11 @@ class LeanModel:
         dev, back = w.device, q.device
         q, k, v, heads = q.to(dev), k.to(dev), v.to(dev), heads.to(dev)
         n = k.shape[1]
-        qp = torch.arange(n, device=dev) if q_pos is None else torch.tensor(list(q_pos), device=dev)
+        qp = (
+            torch.arange(n, device=dev)
+            if q_pos is None
+            else torch.tensor([p % n for p in q_pos], device=dev)
+        )
         q = self._finish_qk(l, q, 0, qp)
         k = self._finish_qk(l, k, 1, torch.arange(n, device=dev))
         z = self._attend(l, q, k, v, qp)
