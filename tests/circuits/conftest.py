@@ -93,11 +93,20 @@ def toy_lean(toy_dir):
     return get
 
 
-@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral", "gemma", "gpt_neox", "gptj"])
+# every declared family whose residual stream is a sum of per-head terms (the others, Gemma-2/3
+# and OLMo-2, are refused: test_acdc.py)
+DECOMPOSABLE = [
+    "gpt2", "opt", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma", "olmo",
+    "phi", "phi3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session", params=DECOMPOSABLE)
 def toy_family(request: pytest.FixtureRequest) -> str:
-    """Toy HF families beyond GPT-2-style ones: grouped-query attention (llama, qwen2, mistral
-    with an 8-token sliding window, gemma with one key/value head), parallel blocks with rotary
-    positions (gpt_neox; gptj with one norm for attention and MLP)."""
+    """Toy HF families: grouped-query attention (llama, qwen2, qwen3 with q/k norms, mistral with an
+    8-token sliding window, gemma with one key/value head), parallel blocks with rotary positions
+    (gpt_neox; gptj and phi with one norm for attention and MLP), learned positions (gpt2, opt),
+    non-parametric LayerNorm (olmo), fused projections (phi3)."""
     return str(request.param)
 
 

@@ -117,7 +117,7 @@ def test_fast_equals_reference_on_gqa_and_parallel_models(
     assert 0 < ref.n_edges < len(ref.graph.edges) - 20
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2"])
 def test_models_without_per_head_edges_are_refused_before_any_work(toy_dir, toy_prompts, family):
     import mechscope
     from mechscope.circuits import eap_scores

@@ -4,6 +4,7 @@ mechscope sae train --model code-2l --hook blocks.0.hook_resid_post --coeff 3 --
 mechscope sae store --model code-2l --hooks all --n-tokens 1000000 --out runs/acts
 mechscope sae train --hook blocks.0.hook_resid_post --store runs/acts --out runs/sae
 mechscope sae sweep --model code-2l --hooks all --coeffs 1,3,10 --out runs/sweep
+mechscope sae sweep --model code-2l --hooks all --coeffs 1,2,4 --seeds 0,1,2 --out runs/seeds
 mechscope sae eval runs/sae/blocks.0.hook_resid_post__local__l1-3 --model code-2l
 mechscope sae build-bundled --model code-2l
 mechscope sae list
@@ -108,20 +109,38 @@ def sweep_cmd(
     arch: Arch = "standard",
     expansion: Annotated[int, typer.Option(help="d_sae / d_model")] = 8,
     steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="sequences per step")] = 32,
+    mixture: Annotated[
+        str, typer.Option(help="training mixture: 'stdlib', or 'model' (the zoo model's own)")
+    ] = "stdlib",
     seed: Annotated[int, typer.Option(help="seed")] = 0,
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="train every configuration once per seed, e.g. 0,1,2 (overrides --seed); "
+            "reports mean, std, min and max over seeds"
+        ),
+    ] = "",
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16 to evaluate")] = 8,
     dataset: Dataset = "",
     column: Column = "text",
     store: StoreDir = None,
     out: Out = Path("runs/sae-sweep"),
 ) -> None:
-    """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT."""
+    """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT
+    (with --seeds: one folder per seed, seeds.json and pareto_seeds.html)."""
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.store import ActivationStore
-    from mechscope.sae.sweep import sweep
+    from mechscope.sae.sweep import seed_table, sweep, sweep_seeds
 
     try:
+        seed_list = _seeds(seeds) if seeds else None
+        if seed_list is not None and store is not None:
+            raise SAEError(
+                "--seeds cannot train from --store: a store's sequence order is fixed, so the "
+                "seed would change only the SAE's init. Train live (drop --store) for seeds."
+            )
         bridge = load(model)
         k_list = [int(x) for x in ks.split(",") if x.strip()]
         cfg = TrainConfig(
@@ -132,25 +151,59 @@ def sweep_cmd(
             k=k_list[0] if k_list else None,
             expansion=expansion,
             n_steps=steps,
+            batch_size=batch_size,
             seed=seed,
             checkpoint_every=200,
             dataset=dataset,
             dataset_column=column,
+            mixture=_mixture(mixture, model),
         )
-        evals = sweep(
-            cfg,
-            out,
-            hooks=_hooks(hooks, int(bridge.cfg.n_layers)),
-            coeffs=[float(x) for x in coeffs.split(",") if x.strip()],
-            ks=k_list or None,
-            model=bridge,
-            n_eval_batches=eval_batches,
-            store=ActivationStore(store) if store is not None else None,
-        )
+        family = {
+            "hooks": _hooks(hooks, int(bridge.cfg.n_layers)),
+            "coeffs": [float(x) for x in coeffs.split(",") if x.strip()],
+            "ks": k_list or None,
+            "model": bridge,
+            "n_eval_batches": eval_batches,
+        }
+        if seed_list is not None:
+            result = sweep_seeds(cfg, out, seed_list, **family)
+        else:
+            acts = ActivationStore(store) if store is not None else None
+            evals = sweep(cfg, out, store=acts, **family)
     except (SAEError, ValueError) as e:
         fail(str(e))
+    if seed_list is not None:
+        console.print(seed_table(result.summary))
+        console.print(f"results in {out / 'seeds.json'}, figure {out / 'pareto_seeds.html'}")
+        return
     console.print(eval_table(evals))
     console.print(f"results in {out / 'results.json'}, figure {out / 'pareto.html'}")
+
+
+def _seeds(spec: str) -> list[int]:
+    """Seeds from '0,1,2' (or '0 1 2'); checked by `sweep.check_seeds`."""
+    from mechscope.sae.sweep import check_seeds
+
+    parts = spec.replace(",", " ").split()
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        msg = f"--seeds takes integers separated by commas, e.g. 0,1,2; got {spec!r}"
+        raise SAEError(msg) from None
+    return check_seeds(values)
+
+
+def _mixture(spec: str, model: str) -> dict[str, float]:
+    """'stdlib' or 'model' (the zoo model's own training mixture) as mixture weights."""
+    if spec == "stdlib":
+        return {"stdlib": 1.0}
+    from mechscope.zoo.specs import SPECS
+
+    if spec == "model" and model in SPECS:
+        return dict(SPECS[model].mixture)
+    raise SAEError(
+        f"--mixture {spec!r}: use 'stdlib', or 'model' with a zoo model ({', '.join(SPECS)})"
+    )
 
 
 @sae_app.command("store")
