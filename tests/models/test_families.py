@@ -128,7 +128,7 @@ def test_llama3_rope_scaling_and_gemma3_per_layer_rotary(tmp_path, toy_dir):
     assert not torch.allclose(g3.arch.rotary[0].inv_freq, g3.arch.rotary[1].inv_freq)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bf16_runs_give_float32_metrics(family, toy_dir):
     lean32 = LeanModel(_models(family, toy_dir)[0])
     lean16 = LeanModel(mechscope.load_model(toy_dir(family), dtype="bfloat16"))

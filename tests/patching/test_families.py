@@ -26,8 +26,15 @@ def _bridge(family, toy_dir):
     return _bridges[family]
 
 
+def _checked(n: int) -> list[int]:
+    """The indices the literal loop checks: every head, and for positions the first, two inner
+    and the last one (the bridge loop costs one forward each)."""
+    return list(range(n)) if n <= 4 else [0, n // 3, 2 * n // 3, n - 1]
+
+
 def _literal(bridge, base, src, task, hook_tmpl, positions):
-    """The metric of each patched run, one hooked bridge forward per patch: [layer, pos|head]."""
+    """The metric of each patched run, one hooked bridge forward per patch: [layer, checked
+    pos|head]."""
     with torch.no_grad():
         _, cache = bridge.run_with_cache(src)
         _, base_cache = bridge.run_with_cache(base)
@@ -36,7 +43,7 @@ def _literal(bridge, base, src, task, hook_tmpl, positions):
         hook = hook_tmpl.format(l=l)
         n = cache[hook].shape[1] if positions == "each" else cache[hook].shape[2]
         row = []
-        for i in range(n):
+        for i in _checked(n):
 
             def patch(act, hook=None, i=i, name=hook):
                 act = act.clone()
@@ -92,8 +99,9 @@ def test_patch_sweeps_equal_a_literal_loop_on_every_family(family, toy_dir, toke
                 positions,
             )
             ref = _literal(bridge, base, src, task, hook_tmpl, positions)
-            assert ours.values.shape == ref.shape, (component, ours.axes)
-            torch.testing.assert_close(ours.values, ref, rtol=0, atol=1e-5)
+            assert ours.values.shape[0] == ref.shape[0], (component, ours.axes)
+            mine = ours.values[:, _checked(ours.values.shape[1])]
+            torch.testing.assert_close(mine, ref, rtol=0, atol=1e-5)
         # the sweeps are not vacuous: some patch moves the metric
         assert (ref - ref.flatten()[0]).abs().max() > 1e-4
 
