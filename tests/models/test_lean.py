@@ -8,7 +8,7 @@ from mechscope.models.lean import LeanModel
 from mechscope.tasks import make_task
 
 
-@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l"])
+@pytest.mark.parametrize("name", ["code-attn4", "code-2l", "code-4l", "code-llama-2l"])
 def test_lean_matches_bridge_logits_and_hooks(name, tokenizer):
     bridge = mechscope.load_model(name)
     lean = LeanModel(bridge)

@@ -9,7 +9,15 @@ import torch
 from mechscope.regions import boundaries as bd
 from mechscope.regions.plot import curves_figure, sweep_figure
 from mechscope.regions.result import RegionStats, SweepResult, load_curves, save_curves
-from mechscope.regions.sweep import RegionConfig, analyse, final_rows, sweep, training_step
+from mechscope.regions.sweep import (
+    SWEEP_MODELS,
+    RegionConfig,
+    analyse,
+    default_revisions,
+    final_rows,
+    sweep,
+    training_step,
+)
 
 TINY = RegionConfig(n_prompts=6, n_steps=7)
 
@@ -62,6 +70,26 @@ def test_sweep_over_checkpoints_and_sizes(tmp_path):
     assert back.rows == result.rows
     fig = sweep_figure(result)
     assert len(fig.data) == 2 * 2 + 2 * 2 + 1  # curves, sharpness + isotropic per model, size
+
+
+def test_default_sweep_covers_both_families_checkpoints():
+    """code-2l's and code-llama-2l's (and code-4l's) checkpoints, in training order."""
+    assert SWEEP_MODELS == ("code-2l", "code-4l", "code-llama-2l")
+    steps = ["step-0", "step-25", "step-75", "step-150", "step-300", "step-500", "main"]
+    assert all(default_revisions(m) == steps for m in SWEEP_MODELS)
+
+
+def test_sweep_over_llama_checkpoints():
+    result = sweep(["code-llama-2l"], ["step-0", "step-150", "main"], TINY, progress=False)
+    assert [(r.model, r.step) for r in result.rows] == [
+        ("code-llama-2l", 0),
+        ("code-llama-2l", 150),
+        ("code-llama-2l", 800),
+    ]
+    assert all(r.n_pairs == 5 and r.sharpness[1] >= 1.0 for r in result.rows)
+    assert result.rows[0].sharpness != result.rows[-1].sharpness  # other weights, other paths
+    alone, _, _ = analyse("code-llama-2l", "step-150", TINY, progress=False)
+    assert alone.sharpness == result.rows[1].sharpness
 
 
 def test_random_init_has_flatter_paths_than_the_trained_model():

@@ -70,13 +70,15 @@ def test_patching_matches_cli(numbers, tmp_path) -> None:
     from mechscope.patching import PatchResult
 
     sec = numbers["patching"]
+    assert set(sec["numbers"]) == {"code-attn4", "code-2l", "code-llama-2l"}
     for cmd in sec["commands"]:
         _run(cmd, tmp_path)
-    for key, want in sec["numbers"].items():
-        got = PatchResult.load(tmp_path / "patch" / key)
-        assert got.clean == pytest.approx(want["clean"], abs=1e-6)
-        assert got.corrupted == pytest.approx(want["corrupted"], abs=1e-6)
-        _close(got.values.tolist(), want["values"])
+    for model, results in sec["numbers"].items():
+        for key, want in results.items():
+            got = PatchResult.load(tmp_path / "patch" / model / key)
+            assert got.clean == pytest.approx(want["clean"], abs=1e-6)
+            assert got.corrupted == pytest.approx(want["corrupted"], abs=1e-6)
+            _close(got.values.tolist(), want["values"])
 
 
 @pytest.mark.slow
@@ -102,23 +104,30 @@ def test_saes_match_cli(numbers) -> None:
     from mechscope.sae.bundled import list_bundled
 
     sec = numbers["saes"]
-    out = _run(sec["commands"][0], Path("."))  # `sae list` prints the card's evaluations
-    card = {e["name"]: e["evaluation"] for e in list_bundled("code-2l")}
-    assert sec["numbers"] == json.loads(json.dumps(card))
-    for ev in card.values():
-        assert f"{ev['l0']:.1f}" in out
+    assert set(sec["numbers"]) == {"code-2l", "code-llama-2l"}
+    for cmd in sec["commands"]:
+        model = cmd.split("--model ")[1].split()[0]
+        out = _run(cmd, Path("."))  # `sae list` prints the card's evaluations
+        card = {e["name"]: e["evaluation"] for e in list_bundled(model)}
+        assert sec["numbers"][model] == json.loads(json.dumps(card))
+        for ev in card.values():
+            assert f"{ev['l0']:.1f}" in out
 
 
 @pytest.mark.slow
 def test_directions_match_cli(numbers, tmp_path) -> None:
     sec = numbers["directions"]
-    _run(sec["commands"][0], tmp_path)
-    (path,) = (tmp_path / "directions").glob("sweep_*.json")
-    got = json.loads(path.read_text())
-    _close(got["lengths"], sec["numbers"]["lengths"])
-    for fam, curve in sec["numbers"]["curves"].items():
-        rows = sorted((r for r in got["rows"] if r["family"] == fam), key=lambda r: r["length"])
-        _close([r["kl_mean"] for r in rows], curve)
+    assert set(sec["numbers"]) == {"code-2l", "code-llama-2l"}
+    for cmd in sec["commands"]:
+        _run(cmd, tmp_path)
+    for model, want in sec["numbers"].items():
+        (path,) = (tmp_path / "directions" / model).glob("sweep_*.json")
+        got = json.loads(path.read_text())
+        _close(got["lengths"], want["lengths"])
+        for fam, curve in want["curves"].items():
+            rows = [r for r in got["rows"] if r["family"] == fam]
+            rows.sort(key=lambda r: r["length"])
+            _close([r["kl_mean"] for r in rows], curve)
 
 
 @pytest.mark.slow
@@ -136,6 +145,7 @@ def test_evolution_matches_cli(numbers, tmp_path) -> None:
 @pytest.mark.slow
 def test_regions_match_cli(numbers, tmp_path) -> None:
     sec = numbers["regions"]
+    assert {r["model"] for r in sec["numbers"]["rows"]} == {"code-2l", "code-4l", "code-llama-2l"}
     _run(sec["commands"][0], tmp_path)
     got = json.loads((tmp_path / "regions" / "sweep.json").read_text())
     want = sec["numbers"]["rows"]

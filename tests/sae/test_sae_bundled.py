@@ -1,17 +1,25 @@
-"""The bundled SAEs of code-2l: present, loadable, described by their card, and still faithful."""
+"""The bundled SAEs of code-2l and code-llama-2l: present, loadable, described by their card
+(which the recipe and its command remake), and still faithful."""
 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
 
 from mechscope.data.corpus import is_heldout, stdlib_files
 from mechscope.sae import SAEError, evaluate_sae
-from mechscope.sae.bundled import PRETRAINED_DIR, list_bundled, load_bundled
+from mechscope.sae.bundled import PRETRAINED_DIR, bundled_configs, list_bundled, load_bundled
+from mechscope.sae.config import TrainConfig
 
-CARD = PRETRAINED_DIR / "code-2l" / "card.json"
+# model -> (fixture of the loaded model, losses of its bundled SAEs)
+MODELS = {"code-2l": ("gpt2_2l", {"local", "e2e"}), "code-llama-2l": ("llama_2l", {"local"})}
+
+
+def _card(model: str) -> dict:
+    return json.loads((PRETRAINED_DIR / model / "card.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +32,52 @@ def heldout_tokens(tokenizer) -> list[torch.Tensor]:
     return [toks[:4], toks[4:]]
 
 
-def test_card_lists_every_folder() -> None:
-    card = json.loads(CARD.read_text())
+@pytest.mark.parametrize("model", MODELS)
+def test_card_lists_every_folder(model) -> None:
+    card = _card(model)
     names = {s["name"] for s in card["saes"]}
-    folders = {p.name for p in CARD.parent.iterdir() if (p / "cfg.json").exists()}
-    assert names == folders and len(names) >= 8
-    assert card["command"].startswith("mechscope sae build-bundled")
+    folders = {p.name for p in (PRETRAINED_DIR / model).iterdir() if (p / "cfg.json").exists()}
+    assert card["model"] == model
+    assert names == folders and len(names) >= 6
+    assert card["command"].startswith(f"mechscope sae build-bundled --model {model}")
     layers = {s["training"]["hook_name"] for s in card["saes"] if s["training"]["loss"] == "local"}
     assert layers == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
-    assert {s["training"]["loss"] for s in card["saes"]} == {"local", "e2e"}
+    assert {s["training"]["loss"] for s in card["saes"]} == MODELS[model][1]
 
 
-def test_bundle_is_small() -> None:
-    size = sum(p.stat().st_size for p in CARD.parent.rglob("*") if p.is_file())
+@pytest.mark.parametrize("model", MODELS)
+def test_card_command_remakes_the_recipe(model) -> None:
+    """The card's command, parsed, gives exactly the training configs the card lists."""
+    args = shlex.split(_card(model)["command"])
+    steps = int(args[args.index("--steps") + 1])
+    cfgs = bundled_configs(model, steps, e2e="--no-e2e" not in args)
+    # from_dict: fields added to TrainConfig since the build take their defaults
+    assert cfgs == [TrainConfig.from_dict(s["training"]) for s in _card(model)["saes"]]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bundle_is_small(model) -> None:
+    size = sum(p.stat().st_size for p in (PRETRAINED_DIR / model).rglob("*") if p.is_file())
     assert size < 8 * 2**20
 
 
-def test_bundled_sae_reconstructs(gpt2_2l, heldout_tokens) -> None:
-    entry = next(s for s in list_bundled("code-2l") if s["training"]["loss"] == "local")
-    sae = load_bundled("code-2l", entry["name"])
-    assert sae.d_in == 128 and sae.d_sae == 1024
-    ev = evaluate_sae(gpt2_2l, sae, heldout_tokens)
-    assert ev.explained_variance > 0.6 and ev.ce_recovered > 0.6
+@pytest.mark.parametrize("model", MODELS)
+def test_bundled_sae_reconstructs(model, heldout_tokens, request) -> None:
+    bridge = request.getfixturevalue(MODELS[model][0])
+    for entry in list_bundled(model):
+        if entry["training"]["loss"] != "local" or entry["training"]["sparsity_coeff"] != 2.0:
+            continue
+        sae = load_bundled(model, entry["name"])
+        assert sae.d_in == 128 and sae.d_sae == 1024
+        ev = evaluate_sae(bridge, sae, heldout_tokens)
+        assert ev.explained_variance > 0.6 and ev.ce_recovered > 0.6, entry["name"]
+        # the card's held-out numbers describe these weights
+        card = entry["evaluation"]
+        assert abs(ev.l0 - card["l0"]) < 0.5 * card["l0"], (ev.l0, card["l0"])
 
 
 def test_unknown_bundled_name() -> None:
     with pytest.raises(SAEError, match="no bundled SAE 'nope'"):
         load_bundled("code-2l", "nope")
+    with pytest.raises(SAEError, match=r"Available: blocks\.0\.hook_resid_post__local__l1-1"):
+        load_bundled("code-llama-2l", "nope")

@@ -94,7 +94,10 @@ def run_cmd(
 @regions_app.command("sweep")
 def sweep_cmd(
     model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help="models (repeat); default both sizes")
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="models (repeat); default code-2l, code-4l, code-llama-2l"
+        ),
     ] = None,
     revision: Annotated[
         list[str] | None,
@@ -110,13 +113,13 @@ def sweep_cmd(
 ) -> None:
     """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
     from mechscope.regions.plot import sweep_figure, write_figure
-    from mechscope.regions.sweep import RegionConfig, sweep
+    from mechscope.regions.sweep import SWEEP_MODELS, RegionConfig, sweep
 
     cfg = RegionConfig(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
     )
     try:
-        result = sweep(model or ["code-2l", "code-4l"], revision, cfg)
+        result = sweep(model or list(SWEEP_MODELS), revision, cfg)
     except (ModelLoadError, RegionsError) as e:
         fail(e)
     result.save(out / "sweep.json")

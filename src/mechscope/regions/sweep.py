@@ -182,6 +182,11 @@ def analyse(
     return stats, real, iso
 
 
+# the default sweep: two sizes of the GPT-2 family and the Llama family at code-2l's size, all
+# with checkpoints at steps 0, 25, 75, 150, 300, 500 and the final weights (800)
+SWEEP_MODELS = ("code-2l", "code-4l", "code-llama-2l")
+
+
 def default_revisions(name: str) -> list[str]:
     """Every checkpoint of a bundled model (training order, then "main"); ["main"] otherwise."""
     from mechscope import zoo
@@ -190,12 +195,13 @@ def default_revisions(name: str) -> list[str]:
 
 
 def sweep(
-    models: Sequence[str] = ("code-2l", "code-4l"),
+    models: Sequence[str] = SWEEP_MODELS,
     revisions: Sequence[str] | None = None,
     config: RegionConfig | None = None,
     progress: bool = True,
 ) -> SweepResult:
-    """`analyse` every model at every revision (default: all bundled checkpoints), same settings.
+    """`analyse` every model (default `SWEEP_MODELS`) at every revision (default: all bundled
+    checkpoints), same settings.
 
     Models sharing a tokenizer get identical prompts (the sampling is seeded). Revisions are the
     same list for every model when given; hub users pass e.g. Pythia's ["step0", "step1000"].
@@ -235,6 +241,7 @@ def final_rows(result: SweepResult) -> list[RegionStats]:
 
 
 __all__ = [
+    "SWEEP_MODELS",
     "RegionConfig",
     "analyse",
     "default_revisions",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SAE_MODEL = "code-2l"
+EVOLUTION_MODEL = "code-2l"
 
 
 @dataclass
@@ -43,16 +43,18 @@ class DemoConfig:
     """Settings of every stage; `DemoConfig.make(quick)` gives the full run or the CI one."""
 
     quick: bool = False
-    # (1) patching
-    patch_model: str = "code-attn4"
+    # (1) patching: the docstring model, then both 2-layer families (GPT-2 and Llama)
+    patch_models: tuple[str, ...] = ("code-attn4", "code-2l", "code-llama-2l")
     patch_n: int = 20
     patch_components: tuple[str, ...] = ("resid_pre", "z")
     # (2) circuits
+    acdc_model: str = "code-attn4"
     acdc_n: int = 16
     acdc_tau: float = 0.01
     tracr_tasks: tuple[str, ...] = ("reverse", "proportion")
     tracr_taus: tuple[float, ...] = ()  # () = circuits.TAU_GRID
-    # (4) sensitive directions
+    # (3) bundled SAEs and (4) sensitive directions, on each model
+    sae_models: tuple[str, ...] = ("code-2l", "code-llama-2l")
     directions_hook: str = "blocks.1.hook_resid_post"
     directions_sae: str = "blocks.1.hook_resid_post__local__l1-2"
     directions_families: tuple[str, ...] = ("isotropic", "cov_mixture", "real_mixture")
@@ -64,7 +66,7 @@ class DemoConfig:
     evolution_batches: int = 16
     evolution_batch_size: int = 16
     # (6) stable regions
-    regions_models: tuple[str, ...] = ("code-2l", "code-4l")
+    regions_models: tuple[str, ...] = ("code-2l", "code-4l", "code-llama-2l")
     regions_revisions: tuple[str, ...] | None = None  # None: every bundled checkpoint
     regions_prompts: int = 64
     regions_steps: int = 31
@@ -118,40 +120,42 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
 PATCHING = (
     "patching",
     "Activation patching on the docstring task",
-    "Which activations of code-attn4 carry the docstring answer? Each residual-stream position "
-    "and each head is patched one at a time, denoising (clean activations into the corrupted "
-    "run: sufficient?) and noising (corrupted into the clean run: necessary?).",
+    "Which activations carry the docstring answer, in code-attn4 and in the 2-layer GPT-2 and "
+    "Llama models? Each residual-stream position and each head is patched one at a time, "
+    "denoising (clean activations into the corrupted run: sufficient?) and noising (corrupted "
+    "into the clean run: necessary?).",
 )
 
 
 def patching_commands(cfg: DemoConfig) -> list[str]:
     comps = " ".join(f"-c {c}" for c in cfg.patch_components)
     return [
-        f"mechscope patch --model {cfg.patch_model} --task docstring {comps} --direction {d} "
-        f"--n {cfg.patch_n} --seed {cfg.seed} --out out/patch"
+        f"mechscope patch --model {m} --task docstring {comps} --direction {d} "
+        f"--n {cfg.patch_n} --seed {cfg.seed} --out out/patch/{m}"
+        for m in cfg.patch_models
         for d in ("denoising", "noising")
     ]
 
 
-def patching_section(cfg: DemoConfig, files: Path) -> Section:
+def _patch_model(cfg: DemoConfig, model: str, sec: Section) -> str:
+    """Patch `model`'s components both ways into `sec` (numbers[model], figures); the finding."""
     from mechscope import load_model
     from mechscope.patching import patch_task
     from mechscope.tasks import make_task
 
-    key, title, question = PATCHING
-    sec = Section(key, title, question, patching_commands(cfg))
-    bridge = load_model(cfg.patch_model)
+    bridge = load_model(model)
     task = make_task("docstring", bridge.tokenizer, n=cfg.patch_n, seed=cfg.seed)
-    best: dict[str, tuple[str, float]] = {}
-    for direction in ("denoising", "noising"):
-        for comp in cfg.patch_components:
+    nums: dict[str, Any] = {}
+    parts = []
+    for comp in cfg.patch_components:
+        for direction in ("denoising", "noising"):
             r = patch_task(bridge, task, comp, direction)
             norm = r.normalised()
             # the most restoring (denoising) / most damaging (noising) single patch
             flat = int(norm.flatten().argmax() if direction == "denoising" else norm.argmin())
             where = _label(r.labels, r.axes, _unravel(flat, tuple(r.values.shape)))
             val = float(norm.flatten()[flat])
-            sec.numbers[f"{comp}_{direction}"] = {
+            nums[f"{comp}_{direction}"] = {
                 "axes": list(r.axes),
                 "clean": r.clean,
                 "corrupted": r.corrupted,
@@ -160,23 +164,30 @@ def patching_section(cfg: DemoConfig, files: Path) -> Section:
                 "top": where,
                 "top_normalised": val,
             }
-            best[f"{comp}_{direction}"] = (where, val)
-            sec.figures.append(r.plot(title=f"{comp}, {direction} (0 = corrupted, 1 = clean)"))
-    first = sec.numbers[f"{cfg.patch_components[0]}_denoising"]
-    parts = []
-    for comp in cfg.patch_components:
-        d_where, d_val = best[f"{comp}_denoising"]
-        n_where, n_val = best[f"{comp}_noising"]
+            sec.figures.append(
+                r.plot(title=f"{model}: {comp}, {direction} (0 = corrupted, 1 = clean)")
+            )
+        d, n = nums[f"{comp}_denoising"], nums[f"{comp}_noising"]
         parts.append(
-            f"{comp}: denoising {d_where} restores {d_val:.2f}, "
-            f"noising {n_where} leaves {n_val:.2f}"
+            f"{comp}: denoising {d['top']} restores {d['top_normalised']:.2f}, "
+            f"noising {n['top']} leaves {n['top_normalised']:.2f}"
         )
+    sec.numbers[model] = nums
+    first = nums[f"{cfg.patch_components[0]}_denoising"]
+    return (
+        f"{model} ({first['metric']}: clean {first['clean']:.2f}, corrupted "
+        f"{first['corrupted']:.2f}): " + "; ".join(parts)
+    )
+
+
+def patching_section(cfg: DemoConfig, files: Path) -> Section:
+    key, title, question = PATCHING
+    sec = Section(key, title, question, patching_commands(cfg))
+    found = [_patch_model(cfg, m, sec) for m in cfg.patch_models]
     sec.finding = (
-        f"We patched {', '.join(cfg.patch_components)} of {cfg.patch_model} on {cfg.patch_n} "
-        f"docstring prompts ({first['metric']}: clean {first['clean']:.2f}, corrupted "
-        f"{first['corrupted']:.2f}; 0 = corrupted, 1 = clean). The strongest single patches: "
-        + "; ".join(parts)
-        + "."
+        f"We patched {', '.join(cfg.patch_components)} of {', '.join(cfg.patch_models)} on "
+        f"{cfg.patch_n} docstring prompts (0 = corrupted, 1 = clean). The strongest single "
+        "patches: " + ". ".join(found) + "."
     )
     return sec
 
@@ -199,7 +210,7 @@ def _tracr_taus(cfg: DemoConfig) -> tuple[float, ...]:
 
 def circuits_commands(cfg: DemoConfig) -> list[str]:
     cmds = [
-        f"mechscope acdc --model {cfg.patch_model} --task docstring --tau {cfg.acdc_tau:g} "
+        f"mechscope acdc --model {cfg.acdc_model} --task docstring --tau {cfg.acdc_tau:g} "
         f"--n {cfg.acdc_n} --seed {cfg.seed} --test-seed {cfg.seed + 1} --out out/acdc-docstring"
     ]
     taus = _tracr_taus(cfg)
@@ -224,14 +235,14 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
 
     key, title, question = CIRCUITS
     sec = Section(key, title, question, circuits_commands(cfg))
-    bridge = load_model(cfg.patch_model)
+    bridge = load_model(cfg.acdc_model)
     lean = LeanModel(bridge)
     graph = Graph.from_model(lean)
     search, test = make_split(
         "docstring", bridge.tokenizer, cfg.acdc_n, cfg.seed, test_seed=cfg.seed + 1
     )
     c = acdc_task(lean, search, test, cfg.acdc_tau, "kl", "resample", graph)
-    c.meta.update(model=cfg.patch_model, seed=cfg.seed, test_seed=cfg.seed + 1)
+    c.meta.update(model=cfg.acdc_model, seed=cfg.seed, test_seed=cfg.seed + 1)
     assert c.search is not None
     paths = write(c, files / "acdc-docstring")
     html = next(p for p in paths if p.suffix == ".html")
@@ -327,45 +338,55 @@ SAES = (
     "saes",
     "Bundled sparse autoencoders",
     "How sparse and how faithful are the SAEs bundled for code-2l (local and end-to-end "
-    "training, several sparsity coefficients), on held-out tokens with SAELens's definitions?",
+    "training, several sparsity coefficients) and for code-llama-2l (local), on held-out tokens "
+    "with SAELens's definitions?",
 )
 
 
 def saes_commands(cfg: DemoConfig) -> list[str]:
-    return [f"mechscope sae list --model {SAE_MODEL}"]
+    return [f"mechscope sae list --model {m}" for m in cfg.sae_models]
 
 
-def saes_section(cfg: DemoConfig, files: Path) -> Section:
+def _span(xs: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(min(xs))}-{fmt.format(max(xs))}" if xs else "-"
+
+
+def _sae_model(model: str, sec: Section) -> str:
+    """One model's bundled SAEs into `sec` (numbers[model], Pareto figure); the finding."""
     from mechscope.sae import SAEEval, pareto_figure
     from mechscope.sae.bundled import list_bundled
 
-    key, title, question = SAES
-    sec = Section(key, title, question, saes_commands(cfg))
-    entries = list_bundled(SAE_MODEL)
+    entries = list_bundled(model)
     if not entries:
-        raise RuntimeError(f"no bundled SAEs for {SAE_MODEL} (mechscope sae build-bundled)")
+        raise RuntimeError(f"no bundled SAEs for {model} (mechscope sae build-bundled)")
     evals = [SAEEval(**e["evaluation"]) for e in entries]
     groups = [
         f"{e['training']['hook_name'].split('.hook')[0]} {e['training']['loss']}" for e in entries
     ]
-    sec.figures.append(pareto_figure(evals, groups))
-    sec.numbers = {e.name: e.to_dict() for e in evals}
+    sec.figures.append(pareto_figure(evals, groups).update_layout(title=f"{model}: bundled SAEs"))
+    sec.numbers[model] = {e.name: e.to_dict() for e in evals}
     local = [e for e, x in zip(evals, entries, strict=True) if x["training"]["loss"] == "local"]
     e2e = [e for e, x in zip(evals, entries, strict=True) if x["training"]["loss"] != "local"]
-
-    def span(xs: list[float], fmt: str = "{:.2f}") -> str:
-        return f"{fmt.format(min(xs))}-{fmt.format(max(xs))}" if xs else "-"
-
-    sec.finding = (
-        f"{len(evals)} SAEs ({len(local)} local, {len(e2e)} end-to-end) of {SAE_MODEL}'s residual "
+    found = (
+        f"{model}: {len(evals)} SAEs ({len(local)} local, {len(e2e)} end-to-end) of the residual "
         f"stream, evaluated on {evals[0].n_tokens:,} held-out tokens. Local SAEs reach explained "
-        f"variance {span([e.explained_variance for e in local])} and CE recovered "
-        f"{span([e.ce_recovered for e in local], '{:.3f}')} at L0 "
-        f"{span([e.l0 for e in local], '{:.0f}')}; e2e SAEs keep CE recovered "
-        f"{span([e.ce_recovered for e in e2e], '{:.3f}')} at L0 "
-        f"{span([e.l0 for e in e2e], '{:.0f}')} while explaining only "
-        f"{span([e.explained_variance for e in e2e])} of the variance."
+        f"variance {_span([e.explained_variance for e in local])} and CE recovered "
+        f"{_span([e.ce_recovered for e in local], '{:.3f}')} at L0 "
+        f"{_span([e.l0 for e in local], '{:.0f}')}"
     )
+    if e2e:
+        found += (
+            f"; e2e SAEs keep CE recovered {_span([e.ce_recovered for e in e2e], '{:.3f}')} at "
+            f"L0 {_span([e.l0 for e in e2e], '{:.0f}')} while explaining only "
+            f"{_span([e.explained_variance for e in e2e])} of the variance"
+        )
+    return found + "."
+
+
+def saes_section(cfg: DemoConfig, files: Path) -> Section:
+    key, title, question = SAES
+    sec = Section(key, title, question, saes_commands(cfg))
+    sec.finding = " ".join(_sae_model(m, sec) for m in cfg.sae_models)
     return sec
 
 
@@ -373,9 +394,10 @@ def saes_section(cfg: DemoConfig, files: Path) -> Section:
 DIRECTIONS = (
     "directions",
     "Sensitive directions",
-    "How much does moving code-2l's residual stream along an SAE's reconstruction error change "
-    "the next-token distribution, compared with the isotropic baseline and the improved "
-    "(covariance-random and real-activation mixture) baselines of the same length?",
+    "How much does moving the residual stream of code-2l and code-llama-2l along an SAE's "
+    "reconstruction error change the next-token distribution, compared with the isotropic "
+    "baseline and the improved (covariance-random and real-activation mixture) baselines of the "
+    "same length?",
 )
 
 
@@ -385,20 +407,21 @@ def directions_commands(cfg: DemoConfig) -> list[str]:
     if cfg.directions_lengths is not None:
         lens = " --lengths " + ",".join(f"{x:g}" for x in cfg.directions_lengths)
     return [
-        f"mechscope directions sweep --model {SAE_MODEL} --hook {cfg.directions_hook} {fams} "
+        f"mechscope directions sweep --model {m} --hook {cfg.directions_hook} {fams} "
         f"--sae {cfg.directions_sae} --batches {cfg.directions_batches} "
-        f"--batch-size {cfg.directions_batch_size}{lens} --seed {cfg.seed} --out out/directions"
+        f"--batch-size {cfg.directions_batch_size}{lens} --seed {cfg.seed} "
+        f"--out out/directions/{m}"
+        for m in cfg.sae_models
     ]
 
 
-def directions_section(cfg: DemoConfig, files: Path) -> Section:
+def _directions_model(cfg: DemoConfig, model: str, sec: Section) -> str:
+    """One model's sweep into `sec` (numbers[model], curves figure); the finding."""
     from mechscope import load_model
     from mechscope.directions import DirectionsConfig, sweep_directions
     from mechscope.directions.plot import curves_figure
     from mechscope.sae.bundled import load_bundled
 
-    key, title, question = DIRECTIONS
-    sec = Section(key, title, question, directions_commands(cfg))
     dcfg = DirectionsConfig(
         n_batches=cfg.directions_batches,
         batch_size=cfg.directions_batch_size,
@@ -406,20 +429,20 @@ def directions_section(cfg: DemoConfig, files: Path) -> Section:
         seed=cfg.seed,
         progress=False,
     )
-    sae = load_bundled(SAE_MODEL, cfg.directions_sae)
+    sae = load_bundled(model, cfg.directions_sae)
     families = [*cfg.directions_families, "sae_error"]
     res = sweep_directions(
-        load_model(SAE_MODEL),
+        load_model(model),
         cfg.directions_hook,
         families,
         sae=sae,
         sae_name=cfg.directions_sae,
         cfg=dcfg,
     )
-    sec.figures.append(curves_figure(res))
+    sec.figures.append(curves_figure(res).update_layout(title=f"{model}: {cfg.directions_hook}"))
     eps = float(res.families["sae_error"]["error_norm"])
     at_eps = {f: res.kl_at(f, eps) for f in families}
-    sec.numbers = {
+    sec.numbers[model] = {
         "lengths": res.lengths,
         "curves": {f: res.curve(f) for f in families},
         "sae": cfg.directions_sae,
@@ -432,12 +455,22 @@ def directions_section(cfg: DemoConfig, files: Path) -> Section:
         for f in cfg.directions_families
         if at_eps[f] > 0
     )
+    return (
+        f"{model}: at the SAE's mean error length L = {eps:.2f}, the error direction's mean KL "
+        f"is {at_eps['sae_error']:.4f}: {ratios}"
+    )
+
+
+def directions_section(cfg: DemoConfig, files: Path) -> Section:
+    key, title, question = DIRECTIONS
+    sec = Section(key, title, question, directions_commands(cfg))
+    found = [_directions_model(cfg, m, sec) for m in cfg.sae_models]
+    n_lengths = len(sec.numbers[cfg.sae_models[0]]["lengths"])
     sec.finding = (
-        f"Perturbations x + L d at {cfg.directions_hook} of {SAE_MODEL} "
-        f"({len(res.lengths)} lengths, {cfg.directions_batches} x {cfg.directions_batch_size} "
-        f"held-out sequences), for the error of SAE {cfg.directions_sae} and the baselines. "
-        f"At the SAE's mean error length L = {eps:.2f}, the error direction's mean KL is "
-        f"{at_eps['sae_error']:.4f}: {ratios} (read off the curves, linear between lengths)."
+        f"Perturbations x + L d at {cfg.directions_hook} ({n_lengths} lengths, "
+        f"{cfg.directions_batches} x {cfg.directions_batch_size} held-out sequences), for the "
+        f"error of each model's bundled SAE {cfg.directions_sae} and the baselines (read off the "
+        "curves, linear between lengths). " + ". ".join(found) + "."
     )
     return sec
 
@@ -454,7 +487,7 @@ EVOLUTION = (
 
 def evolution_commands(cfg: DemoConfig) -> list[str]:
     return [
-        f"mechscope evolution run --model {SAE_MODEL} --coeff {cfg.evolution_coeff:g} "
+        f"mechscope evolution run --model {EVOLUTION_MODEL} --coeff {cfg.evolution_coeff:g} "
         f"--batches {cfg.evolution_batches} --batch-size {cfg.evolution_batch_size} "
         f"--out out/evolution --html out/evolution.html"
     ]
@@ -470,21 +503,21 @@ def evolution_section(cfg: DemoConfig, files: Path) -> Section:
 
     key, title, question = EVOLUTION
     sec = Section(key, title, question, evolution_commands(cfg))
-    bridge = load_model(SAE_MODEL)
+    bridge = load_model(EVOLUTION_MODEL)
     n_layers = int(bridge.cfg.n_layers)
     names = [
         f"blocks.{layer}.hook_resid_post__local__l1-{cfg.evolution_coeff:g}"
         for layer in range(n_layers)
     ]
-    saes = [load_bundled(SAE_MODEL, n) for n in names]
+    saes = [load_bundled(EVOLUTION_MODEL, n) for n in names]
     tokens = eval_batches(bridge, cfg.evolution_batches, batch_size=cfg.evolution_batch_size)
     result = compute_evolution(
-        bridge, saes, tokens, EvolutionConfig(), names=names, model_name=SAE_MODEL
+        bridge, saes, tokens, EvolutionConfig(), names=names, model_name=EVOLUTION_MODEL
     )
     page = write_page(result, files / "evolution.html")
     sec.links.append(("the interactive feature-evolution page", f"{files.name}/{page.name}"))
     sec.figures.append(
-        sankey_figure([p.classification for p in result.pairs], result.sizes, title=SAE_MODEL)
+        sankey_figure([p.classification for p in result.pairs], result.sizes, title=EVOLUTION_MODEL)
     )
     counts = result.counts()
     stats = result.community_stats()
@@ -498,7 +531,7 @@ def evolution_section(cfg: DemoConfig, files: Path) -> Section:
         else ""
     )
     sec.finding = (
-        f"Bundled local SAEs (lambda {cfg.evolution_coeff:g}) at every layer of {SAE_MODEL}, "
+        f"Bundled local SAEs (lambda {cfg.evolution_coeff:g}) at every layer of {EVOLUTION_MODEL}, "
         f"related by their activations on {result.n_tokens:,} held-out tokens. Of layer 0's "
         f"{c0['features']} features ({c0['dead']} dead), {c0['pass_through']} pass through "
         f"(Pearson r >= 0.95) and {c0['disappearing']} disappear; layer {c1['layer']} has "
@@ -513,7 +546,8 @@ REGIONS = (
     "Stable regions over checkpoints and sizes",
     "Does the output change sharply at region boundaries when a residual activation is "
     "interpolated between two prompts', and does that sharpness grow with training and model "
-    "size (random-initialisation and isotropic controls alongside)?",
+    "size, in the GPT-2 and the Llama family (random-initialisation and isotropic controls "
+    "alongside)?",
 )
 
 

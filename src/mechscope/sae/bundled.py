@@ -26,8 +26,11 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 N_EVAL_BATCHES = 16
 
 
-def bundled_configs(model: str = "code-2l", steps: int = 1200) -> list[TrainConfig]:
-    """The recipe: local SAEs at every layer's resid_post (3 sparsities), e2e at layer 0 (2)."""
+def bundled_configs(
+    model: str = "code-2l", steps: int = 1200, e2e: bool = True
+) -> list[TrainConfig]:
+    """The recipe: local SAEs at every layer's resid_post (3 sparsities), e2e at layer 0 (2;
+    left out with `e2e=False`)."""
     mixture = dict(SPECS[model].mixture)  # the model's own training distribution
     base = TrainConfig(
         model=model, hook_name="", n_steps=steps, batch_size=16, expansion=8, mixture=mixture
@@ -38,22 +41,27 @@ def bundled_configs(model: str = "code-2l", steps: int = 1200) -> list[TrainConf
         for layer in range(n_layers)
         for c in (1.0, 2.0, 4.0)
     ]
-    e2e = [
+    e2e_saes = [
         replace(base, hook_name="blocks.0.hook_resid_post", loss="e2e", sparsity_coeff=c)
         for c in (3.0, 10.0)
     ]
-    return local + e2e
+    return local + e2e_saes if e2e else local
 
 
 def build_bundled(
-    model: str = "code-2l", out: str | Path | None = None, steps: int = 1200, progress: bool = True
+    model: str = "code-2l",
+    out: str | Path | None = None,
+    steps: int = 1200,
+    progress: bool = True,
+    e2e: bool = True,
 ) -> Path:
-    """Train, save and evaluate the bundled SAEs of `model`, write card.json; returns the folder."""
+    """Train, save and evaluate the bundled SAEs of `model` (`bundled_configs`), write card.json;
+    returns the folder."""
     from mechscope import load_model
 
     folder = Path(out) if out is not None else PRETRAINED_DIR / model
     bridge = load_model(model)
-    cfgs = bundled_configs(model, steps)
+    cfgs = bundled_configs(model, steps, e2e)
     tokens = eval_batches(bridge, N_EVAL_BATCHES, mixture=cfgs[0].mixture)
     t0 = time.time()
     evals = [train_and_save(c, bridge, folder, tokens, progress, dtype="float16") for c in cfgs]
@@ -62,8 +70,10 @@ def build_bundled(
     card = {
         "model": model,
         "description": "ReLU SAEs (d_sae = 8 x d_model) on the residual stream: local (MSE + "
-        "lambda*L1/d_in) at every layer, end-to-end (KL + lambda*L1/d_in) at layer 0.",
-        "command": f"mechscope sae build-bundled --model {model} --steps {steps}",
+        "lambda*L1/d_in) at every layer"
+        + (", end-to-end (KL + lambda*L1/d_in) at layer 0." if e2e else "."),
+        "command": f"mechscope sae build-bundled --model {model} --steps {steps}"
+        + ("" if e2e else " --no-e2e"),
         "eval": {
             "tokens": "the model's training mixture with held-out stdlib files and synthetic "
             "documents of another seed; BOS positions excluded",

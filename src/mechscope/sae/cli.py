@@ -280,11 +280,12 @@ def build_bundled_cmd(
     model: Model = "code-2l",
     steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1200,
     out: Annotated[Path | None, typer.Option(help="output (default: the package)")] = None,
+    e2e: Annotated[bool, typer.Option(help="also the two e2e SAEs at layer 0")] = True,
 ) -> None:
     """Rebuild the bundled SAEs of a zoo model (deterministic) and their card."""
     from mechscope.sae.bundled import build_bundled
 
-    folder = build_bundled(model, out, steps)
+    folder = build_bundled(model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")
 
 
