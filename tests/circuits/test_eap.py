@@ -116,7 +116,11 @@ def test_eap_on_gqa_and_parallel_models_equals_literal_gradients_and_finite_diff
     ]:
         u = g.sender_index[name.split("->")[0]]
         expected = ((r.ablated_out[u] - r.clean_out[u]) * grad_of).sum()
-        assert scores[g.edge_index[name]].item() == pytest.approx(expected.item(), rel=1e-4)
+        # float32: tiny scores (near-cancelling sums) are exact only up to the largest's rounding
+        tol = 1e-5 * float(scores.abs().max())
+        assert scores[g.edge_index[name]].item() == pytest.approx(
+            expected.item(), rel=1e-4, abs=tol
+        )
     assert ("1.0->mlp1" in g.edge_index) != g.parallel  # parallel: heads do not feed their MLP
 
     # the key (value) dc edge with the largest score: finite difference along (A - a) of the

@@ -131,7 +131,7 @@ class LeanModel:
                 f"mechscope's engines cannot compute this model ({name}) exactly: {why}. "
                 "Patching, circuits and SAE methods cannot run on it (loading and hooking it "
                 "with TransformerLens work). Supported families: "
-                "mechscope.models.declare.FAMILIES (docs/architectures.md)."
+                "mechscope.models.declare.FAMILIES (docs/families.md)."
             )
         self._init(declare(bridge), bridge)
 
