@@ -5,6 +5,7 @@ bfloat16 patch ...`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -37,10 +38,32 @@ def load(model: str, revision: str | None = None) -> Any:
             device_map = json.loads(spec)
         except json.JSONDecodeError as e:
             raise ModelLoadError(f"--device-map is not valid JSON ({e}): {spec!r}") from e
-    return load_model(model, revision=revision, device_map=device_map, dtype=placement.dtype)
+    try:
+        return load_model(model, revision=revision, device_map=device_map, dtype=placement.dtype)
+    except (RuntimeError, NotImplementedError) as e:  # TransformerLens refusing an architecture
+        raise ModelLoadError(f"TransformerLens cannot load {model!r}: {e}") from e
+
+
+def check_hooks(model: Any, hooks: Sequence[str]) -> None:
+    """Fail listing the model's hook names unless every name in `hooks` is one of them."""
+    from mechscope.models.lean import as_lean
+
+    names = as_lean(model).hook_names()
+    unknown = [h for h in hooks if h not in names]
+    if not unknown:
+        return
+    per_block = dict.fromkeys(n.split(".", 2)[2] for n in names if n.startswith("blocks."))
+    first = next(i for i, n in enumerate(names) if n.startswith("blocks."))
+    blocks = f"blocks.<0-{int(model.cfg.n_layers) - 1}>.{{{', '.join(per_block)}}}"
+    listed = [*names[:first], blocks, *(n for n in names[first:] if not n.startswith("blocks."))]
+    fail(
+        f"unknown hook name(s) {', '.join(map(repr, unknown))}: this model has no such hook. "
+        f"Its hooks: {'; '.join(listed)}"
+    )
 
 
 def fail(msg: object) -> NoReturn:
-    """Print `Error: msg` in red and exit with status 2 (bad input, nothing written)."""
-    console.print(f"[bold red]Error:[/] {msg}")
+    """Print `Error: msg` in red, unwrapped on one line, and exit with status 2 (bad input,
+    nothing written)."""
+    console.print(f"[bold red]Error:[/] {msg}", soft_wrap=True)
     raise typer.Exit(code=2)

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import check_hooks, console, fail, load
 from mechscope.errors import SAEError
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
@@ -91,8 +91,10 @@ def train_cmd(
             dataset=dataset,
             dataset_column=column,
         )
+        bridge = load(model)
+        check_hooks(bridge, [hook])
         acts = ActivationStore(store) if store is not None else None
-        evals = sweep(cfg, out, n_eval_batches=eval_batches, store=acts)
+        evals = sweep(cfg, out, model=bridge, n_eval_batches=eval_batches, store=acts)
     except (SAEError, ValueError) as e:
         fail(str(e))
     console.print(eval_table(evals))
@@ -142,6 +144,7 @@ def sweep_cmd(
                 "seed would change only the SAE's init. Train live (drop --store) for seeds."
             )
         bridge = load(model)
+        check_hooks(bridge, _hooks(hooks, int(bridge.cfg.n_layers)))
         k_list = [int(x) for x in ks.split(",") if x.strip()]
         cfg = TrainConfig(
             model=model,
