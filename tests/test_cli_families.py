@@ -66,6 +66,12 @@ def test_every_command_runs_on_a_toy_folder(family, toy_dir, tmp_path):
     _ok("regions run --n-prompts 2 --n-steps 3 --model", model, "--out", regions)
     assert (regions / f"{model.name}@main.json").exists()
 
+    acdc = tmp_path / "acdc"  # GQA (llama) and parallel blocks (gpt_neox) in the edge graph
+    _ok("acdc --task ioi --n 4 --n-test 4 --tau 0.001 --model", model, "--out", acdc)
+    circuit = json.loads(acdc.with_suffix(".json").read_text())
+    assert circuit["graph"]["n_kv_heads"] == (2 if family == "llama" else 4)
+    assert circuit["graph"]["parallel"] == (family == "gpt_neox")
+
 
 def _bloom(folder):
     """A tiny Bloom (ALiBi positions): TransformerLens loads it, mechscope does not declare it."""
