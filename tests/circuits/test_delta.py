@@ -79,12 +79,11 @@ def test_trials_equal_the_full_forward_on_a_bidirectional_tracr_model():
 def test_trials_equal_the_full_forward_on_gqa_and_parallel_models(
     toy_lean, toy_family, toy_prompts, ablation
 ):
-    """Grouped-query attention (shared key/value inputs, per-query-head k/v dc edges) and parallel
-    blocks (MLPs reading resid_pre), with rotary positions and sliding windows."""
+    """Every decomposable family: grouped-query attention (shared key/value inputs, per-query-head
+    k/v dc edges), parallel blocks (MLPs reading resid_pre), rotary positions, sliding windows."""
     lean = toy_lean(toy_family)
     clean, corrupt = toy_prompts
     graph = Graph.from_model(lean)
-    assert graph.n_kv_heads < graph.n_heads or graph.parallel  # each toy is one or the other
     corrupt = corrupt if ablation == "resample" else None
     runner = CircuitRunner(lean, graph, clean, corrupt, ablation, logit_pos=(-1, 3))
     left = _walk(runner, 40, seed=4, resync_every=9)
