@@ -123,8 +123,8 @@ def test_eap_on_gqa_and_parallel_models_equals_literal_gradients_and_finite_diff
         )
     assert ("1.0->mlp1" in g.edge_index) != g.parallel  # parallel: heads do not feed their MLP
 
-    # the key (value) dc edge with the largest score: finite difference along (A - a) of the
-    # copy of key head G's key that query head h alone reads (the metric is close to linear in it)
+    # the key (value) dc edge with the largest score: central difference along (A - a) of the
+    # copy of key head G's key that query head h alone reads
     _, abl_cache = model.run_with_cache(corrupt)
     copies = [h * K // H for h in range(H)]  # the key/value head each query head reads
     for letter in "kv":
@@ -144,8 +144,11 @@ def test_eap_on_gqa_and_parallel_models_equals_literal_gradients_and_finite_diff
             hooks[f"blocks.{l}.attn.hook_{letter}"] = move
             return LOGIT0(model(clean, hooks, logit_pos=(-1,))[None]).item()
 
-        fd = metric_moved(0.5) - metric_moved(-0.5)
-        assert abs(fd) > 1e-5 and scores[i].item() == pytest.approx(fd, rel=1e-2)
+        # a small central difference: q/k norms (Qwen3) and the softmax bend the metric
+        # (curvature error ~h^2); float32 rounding of the metric adds ~1e-7 / h
+        h_ = 0.1
+        fd = (metric_moved(h_) - metric_moved(-h_)) / (2 * h_)
+        assert abs(fd) > 1e-5 and scores[i].item() == pytest.approx(fd, rel=2e-2, abs=1e-6)
 
 
 def test_eap_ig_runs_on_gqa_and_parallel_models(toy_lean, toy_family, toy_prompts):
