@@ -89,15 +89,19 @@ class LayerWeights:
         """Where this block's weights are, and where it runs."""
         return self.W_Q.device
 
-    def to(self, device: str | torch.device) -> LayerWeights:
-        """A copy with every weight on `device`."""
-        return LayerWeights(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LayerWeights:
+        """A copy with every weight on `device` and / or in `dtype`."""
+        return LayerWeights(
+            **{f.name: _move(getattr(self, f.name), device, dtype) for f in fields(self)}
+        )
 
 
-def _move(x: Any, device: str | torch.device) -> Any:
+def _move(x: Any, device: str | torch.device | None, dtype: torch.dtype | None = None) -> Any:
     if isinstance(x, tuple):
-        return tuple(None if t is None else t.to(device) for t in x)
-    return None if x is None else x.to(device)
+        return tuple(None if t is None else t.to(device=device, dtype=dtype) for t in x)
+    return None if x is None else x.to(device=device, dtype=dtype)
 
 
 def _norm_params(module: Any) -> NormParams:
@@ -154,7 +158,12 @@ class LeanModel:
             self.W_pos = pos.W_pos.detach()[offset:]
         self.W_U, self.b_U = bridge.W_U.detach(), bridge.b_U.detach()
         self.ln_final = _norm_params(bridge.ln_final) if self.norm.kind else None
-        self.layers = [self._layer(bridge, l) for l in range(self.n_layers)]
+        # one dtype throughout: some bridges keep a few parameters in float32 under bf16
+        dtype = self.W_E.dtype
+        self.layers = [self._layer(bridge, l).to(dtype=dtype) for l in range(self.n_layers)]
+        self.W_U, self.b_U = self.W_U.to(dtype), self.b_U.to(dtype)
+        self.W_pos = _move(self.W_pos, None, dtype)
+        self.ln_final = _move(self.ln_final, None, dtype)
         self._names: list[str] | None = None
 
     def _layer(self, bridge: Any, l: int) -> LayerWeights:
