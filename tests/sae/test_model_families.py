@@ -121,7 +121,7 @@ def test_evaluation_equals_a_literal_computation_through_the_bridge(family, toy_
                     p = lp["orig"].exp()
                     kl[k].append((p * (lp["orig"] - lp[k])).sum(-1)[keep])
         x, c = torch.cat(xs).double(), torch.cat(codes)
-        x_hat = sae.decode(c).double()
+        x_hat = sae.decode(c).detach().double()
         mse = (x - x_hat).pow(2).sum(-1).mean()
         var = x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum()
         ce_m = {k: torch.cat(v).mean() for k, v in ce.items()}

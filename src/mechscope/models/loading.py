@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,10 @@ def _native_split_error(split: dict[str, Any]) -> None:
 
 def _prepare(bridge: Any) -> Any:
     """Compatibility mode plus every fine-grained hook the bridge supports."""
-    bridge.enable_compatibility_mode(disable_warnings=True)
+    with warnings.catch_warnings():
+        # OLMo-2 and Phi-3 keep their norm weights unfolded; LeanModel reads them where they are
+        warnings.filterwarnings("ignore", message=".*does not support fold_ln")
+        bridge.enable_compatibility_mode(disable_warnings=True)
     supported = []
     for flag in ("set_use_attn_result", "set_use_split_qkv_input"):
         try:
