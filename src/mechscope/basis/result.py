@@ -217,7 +217,7 @@ class BasisAnalysis:
                 + " | ".join(str(r[f"{k}_dim"]) for k in kinds)
                 + " |"
             )
-        lines += ["", *self._edges_table()]
+        lines += ["", *self._edges_table(s)]
         lines += [
             "",
             "| basis | modules | modularity Q | weight inside modules |",
@@ -241,9 +241,9 @@ class BasisAnalysis:
             )
         return "\n".join(lines)
 
-    def _edges_table(self) -> list[str]:
-        """Edges needed per layer pair and basis (when ablated), with the 99%-of-ΣE proxy."""
-        s = self.summary()
+    def _edges_table(self, s: dict[str, Any]) -> list[str]:
+        """Edges needed per layer pair and basis (when ablated), with the 99%-of-ΣE proxy, from
+        the summary `s`."""
         kinds = list(self.bases)
         if not self.ablation:
             lines = [

@@ -382,10 +382,12 @@ class LeanModel:
         from their queries [batch, q_pos, k, d_head] (hook_q) at positions q_pos (default: all),
         and the keys and values each of them reads [batch, pos, k, d_head] (hook_k, hook_v of its
         key/value head)."""
-        why = self.head_decomposition
-        if why is not None and "q/k" in why:
-            raise ModelLoadError(f"per-head attention pieces do not exist for this model: {why}")
         w = self.layers[l]
+        if w.q_norm is not None and w.q_norm[0].numel() != self.d_head:
+            raise ModelLoadError(
+                "per-head attention pieces do not exist for this model: its q/k norms act on all "
+                "heads together (OLMo-2)"
+            )
         dev, back = w.device, q.device
         q, k, v, heads = q.to(dev), k.to(dev), v.to(dev), heads.to(dev)
         n = k.shape[1]
