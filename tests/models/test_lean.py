@@ -82,3 +82,53 @@ def test_partial_runs_equal_the_full_run(fixture, tokenizer, request):
             prefix_kv=kv,
             logit_pos=[2],
         )
+
+
+@pytest.mark.parametrize("source", ["attn4", "qwen3"])
+def test_run_with_cache_names_and_stop(source, tokenizer, request, toy_model, monkeypatch):
+    """`run_with_cache(names=...)` gives the named activations of a full hooked forward (after
+    the hooks' replacements), and runs no block after the last hook named (or `stop_after`)."""
+    bridge = request.getfixturevalue(source) if source == "attn4" else toy_model(source)
+    lean = LeanModel(bridge)
+    tokens = make_task("docstring", tokenizer, n=3, seed=4).clean_tokens
+    names = ["blocks.0.attn.hook_result", "blocks.1.hook_q_input", "blocks.0.hook_resid_post"]
+    seen: dict[str, torch.Tensor] = {}
+
+    def double(x):  # an intervention on a hook before the last one named
+        return 2 * x
+
+    def grab(name):
+        def hook(x):
+            seen[name] = x.clone()
+
+        return hook
+
+    with torch.no_grad():
+        full = lean(tokens, hooks={"blocks.0.attn.hook_z": double, **{n: grab(n) for n in names}})
+    ran: list[int] = []
+    block = lean._block
+    monkeypatch.setattr(lean, "_block", lambda l, *a: ran.append(l) or block(l, *a))
+    late = "blocks.1.hook_resid_post"  # after the last hook named, in the last block run
+    with torch.no_grad():
+        logits, cache = lean.run_with_cache(
+            tokens, {"blocks.0.attn.hook_z": double, late: grab(late)}, names=names
+        )
+    assert logits is None and list(cache) == sorted(names, key=lean.hook_names().index)
+    assert late not in seen
+    for n in names:
+        torch.testing.assert_close(cache[n], seen[n], rtol=0, atol=0)
+    assert cache["blocks.1.hook_q_input"].shape[2] == lean.n_heads  # shape as the hook fires
+    assert ran == [0, 1]  # stopped inside block 1: no later block ran, nor the rest of block 1
+    ran.clear()
+    _, cache = lean.run_with_cache(tokens, names=names[:1], stop_after="blocks.1.hook_resid_pre")
+    assert ran == [0, 1] and list(cache) == names[:1]
+    ran.clear()
+    logits, cache = lean.run_with_cache(
+        tokens, {"blocks.0.attn.hook_z": double}, names=names, stop_after="logits"
+    )
+    assert ran == list(range(lean.n_layers)) and logits is not None
+    torch.testing.assert_close(logits, full, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="comes before hook"):
+        lean.run_with_cache(tokens, names=names, stop_after="blocks.0.hook_resid_pre")
+    with pytest.raises(KeyError, match="Unknown hook names"):
+        lean.run_with_cache(tokens, names=["blocks.99.hook_resid_post"])

@@ -8,8 +8,7 @@ Positions holding a special token (BOS/EOS) are left out, as in SAE training and
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +19,6 @@ from mechscope.errors import EvolutionError, SAEError
 from mechscope.models.lean import LeanModel
 from mechscope.sae.activations import check_sae_fits, keep_mask, special_ids
 from mechscope.sae.model import SparseAutoencoder
-
-
-class _Stop(Exception):
-    """Raised in the last SAE's hook: the rest of the forward is not needed."""
 
 
 def check_layers(lean: LeanModel, hooks: Sequence[str], saes: Sequence[SparseAutoencoder]) -> None:
@@ -54,25 +49,12 @@ def layer_codes(
 
     Each SAE encodes on its own device (activations of a split model move to it); the codes
     come back on the first SAE's device."""
-    out: dict[str, Tensor] = {}
-    last = hooks[-1]
+    _, acts = lean.run_with_cache(tokens.to(lean.device), names=hooks)
     home = saes[0].W_dec.device
-
-    def make(name: str, sae: SparseAutoencoder) -> Callable[[Tensor], None]:
-        def hook(x: Tensor) -> None:
-            out[name] = sae.encode(x.to(sae.W_dec.device)).to(home)
-            if name == last:
-                raise _Stop
-
-        return hook
-
-    fns = {h: make(h, s) for h, s in zip(hooks, saes, strict=True)}
-    with contextlib.suppress(_Stop):
-        lean.forward(tokens.to(lean.W_E.device), hooks=fns)
-    missing = [h for h in hooks if h not in out]
-    if missing:
-        raise EvolutionError(f"hooks {missing} did not fire")
-    return [out[h] for h in hooks]
+    return [
+        sae.encode(acts[h].to(sae.W_dec.device)).to(home)
+        for h, sae in zip(hooks, saes, strict=True)
+    ]
 
 
 def stream_codes(

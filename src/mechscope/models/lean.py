@@ -589,11 +589,69 @@ class LeanModel:
         return hb("hook_resid_post", out)
 
     def run_with_cache(
-        self, tokens: Tensor, hooks: Mapping[str, Hook] | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(logits, cache of every activation)."""
+        self,
+        tokens: Tensor,
+        hooks: Mapping[str, Hook] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        stop_after: str | None = None,
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """(logits [batch, pos, vocab] or None, cache: hook name -> activation, shaped and placed
+        as the hook fires, after `hooks`' replacements) of tokens [batch, pos].
+
+        names: cache only these hooks (default: every hook). stop_after: the hook after which the
+            forward ends (nothing later runs; the logits are then None), or "logits" to run to
+            the end. Default: right after the last of `names` in forward order, or the end when
+            every hook is cached.
+        """
+        order = self.hook_names()
+        wanted = None if names is None else list(dict.fromkeys(names))
+        unknown = [n for n in wanted or [] if n not in order]
+        if stop_after is not None and stop_after not in (*order, "logits"):
+            unknown.append(stop_after)
+        if unknown:
+            raise KeyError(
+                f"Unknown hook names {unknown}; this model's hooks are like {order[:4]} ... "
+                f"(see LeanModel.hook_names(), {len(order)} in all)."
+            )
+        if stop_after is not None:
+            stop = stop_after
+        elif wanted is None:
+            stop = "logits"
+        else:
+            stop = max(wanted, key=order.index) if wanted else order[0]
+        if stop != "logits" and wanted and max(map(order.index, wanted)) > order.index(stop):
+            raise ValueError(
+                f"stop_after={stop!r} comes before hook {max(wanted, key=order.index)!r}, "
+                "which would then not fire; stop at or after the last hook named"
+            )
         cache: dict[str, Tensor] = {}
-        return self.forward(tokens, hooks, cache), cache
+        user = dict(hooks or {})
+
+        def record(name: str) -> Hook:
+            def hook(x: Tensor) -> Tensor:
+                f = user.get(name)
+                r = f(x) if f is not None else None
+                x = x if r is None else r.to(x.device)
+                if wanted is None or name in wanted:
+                    cache[name] = x
+                if name == stop:
+                    raise _Stop
+                return x
+
+            return hook
+
+        extra = set(wanted or []) | ({stop} - {"logits"})
+        run_hooks = {**user, **{n: record(n) for n in extra}}
+        try:
+            logits = self.forward(tokens, run_hooks, cache if wanted is None else None)
+        except _Stop:
+            return None, cache
+        return logits, cache
+
+
+class _Stop(Exception):
+    """Raised in the hook `run_with_cache` stops after: the rest of the forward is not run."""
 
 
 _LEAN: weakref.WeakKeyDictionary[Any, LeanModel] = weakref.WeakKeyDictionary()

@@ -8,7 +8,6 @@ SAELens's evaluation does with `exclude_special_tokens`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -19,10 +18,6 @@ from torch import Tensor
 from mechscope.errors import SAEError
 from mechscope.models.lean import Hook, LeanModel
 from mechscope.sae.model import SparseAutoencoder, check_finite
-
-
-class _Stop(Exception):
-    """Raised inside a hook to end a forward once the wanted activation is read."""
 
 
 def token_batches(
@@ -107,23 +102,12 @@ def collect_many(
 ) -> dict[str, Tensor]:
     """Activations [batch, pos, d] at each of `hook_names`, in one forward stopped after the last
     of them (no grad), on the model's main device (`lean.device`, also for a split model)."""
-    out: dict[str, Tensor] = {}
-
-    def grab(name: str) -> Hook:
-        def hook(x: Tensor) -> None:
-            out[name] = x.to(lean.device)
-            if len(out) == len(hook_names):
-                raise _Stop
-
-        return hook
-
-    with torch.no_grad(), contextlib.suppress(_Stop):
-        lean.forward(tokens, hooks={name: grab(name) for name in hook_names})
-    for name in hook_names:
-        if name not in out:
-            raise SAEError(f"hook {name!r} did not fire")
-        if check:
-            check_finite(out[name], name)
+    with torch.no_grad():
+        _, acts = lean.run_with_cache(tokens, names=hook_names)
+    out = {name: acts[name].to(lean.device) for name in hook_names}
+    if check:
+        for name, x in out.items():
+            check_finite(x, name)
     return out
 
 
