@@ -138,15 +138,14 @@ def run_task_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
-    from mechscope.errors import MetricError
-    from mechscope.models import ModelLoadError
-    from mechscope.tasks import TaskError, make_task, run_task
+    from mechscope.errors import MechscopeError
+    from mechscope.tasks import make_task, run_task
 
     try:
         m = load(model, revision=revision)
         t = make_task(task, m.tokenizer, n=n, seed=seed)
         result = run_task(m, t, metric=metric)
-    except (ModelLoadError, TaskError, MetricError) as e:
+    except MechscopeError as e:
         fail(str(e))
     table = Table("model", "task", "metric", "clean", "corrupted", "top-1 acc", "prompts")
     table.add_row(

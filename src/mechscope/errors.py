@@ -1,46 +1,54 @@
-"""Exceptions shared across mechscope: each says what was wrong and what to do instead."""
+"""Exceptions shared across mechscope: each says what was wrong and what to do instead.
+
+Every error derives from `MechscopeError` (a `ValueError`), so a command catches one type and
+`except ValueError` keeps working.
+"""
 
 
-class ModelLoadError(ValueError):
+class MechscopeError(ValueError):
+    """Base of every mechscope error: an input, file or model that cannot be used as asked."""
+
+
+class ModelLoadError(MechscopeError):
     """A model name, path, revision or architecture that mechscope cannot load."""
 
 
-class PatchingError(ValueError):
+class PatchingError(MechscopeError):
     """A patch, metric or input that the patching engine cannot run (with what to do instead)."""
 
 
-class MetricError(ValueError):
+class MetricError(MechscopeError):
     """A metric name that the one registry (`mechscope.metrics.for_task`) does not know, or a
     metric missing what it needs (KL without the clean run's logits)."""
 
 
-class SAEError(ValueError):
+class SAEError(MechscopeError):
     """An SAE, hook, activation or file that does not fit what was asked of it."""
 
 
-class BasisError(ValueError):
+class BasisError(MechscopeError):
     """A model, node layer, basis or input that the degeneracy / interaction-basis code cannot
     use."""
 
 
-class RegionsError(ValueError):
+class RegionsError(MechscopeError):
     """A layer, path, prompt set or model that the stable-regions analysis cannot use."""
 
 
-class CircuitError(ValueError):
+class CircuitError(MechscopeError):
     """A circuit-discovery input (graph node, threshold, task, metric, file) that cannot be used."""
 
 
-class DirectionsError(ValueError):
+class DirectionsError(MechscopeError):
     """A hook, SAE, direction family, length sweep or input that the sensitive-directions
     experiments cannot use (with what to do instead)."""
 
 
-class EvolutionError(ValueError):
+class EvolutionError(MechscopeError):
     """A layer set, SAE, measure, threshold or result file the feature-evolution code cannot use."""
 
 
-class DataError(ValueError):
+class DataError(MechscopeError):
     """A dataset source, column or token stream that cannot be used (with what to do instead)."""
 
 
@@ -48,5 +56,9 @@ class StoreError(DataError):
     """An activation store that is missing, incomplete, truncated or does not fit the request."""
 
 
-class SweepError(ValueError):
+class SweepError(MechscopeError):
     """A sweep config, output folder or backend that cannot be used (with what to do instead)."""
+
+
+class TaskError(MechscopeError):
+    """A task's prompts or answers do not fit the tokenizer (lengths, multi-token answers)."""

@@ -35,6 +35,6 @@ def test_error_command_writes_the_substitution_and_checks_hooks(tmp_path):
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path):
     res = runner.invoke(directions_app, ["error", "--sae", "nope", "--out", str(tmp_path)])
-    assert res.exit_code == 2 and "neither a bundled SAE" in res.output
+    assert res.exit_code == 2 and "is neither a SAELens folder" in res.output
     res = runner.invoke(directions_app, ["sweep", "--lengths", "a,b", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "comma-separated numbers" in res.output

@@ -81,3 +81,30 @@ def test_unknown_bundled_name() -> None:
         load_bundled("code-2l", "nope")
     with pytest.raises(SAEError, match=r"Available: blocks\.0\.hook_resid_post__local__l1-1"):
         load_bundled("code-llama-2l", "nope")
+
+
+def test_resolve_folder_then_bundled_then_release(tmp_path, monkeypatch) -> None:
+    """`resolve`: an existing folder wins over a bundled SAE of the same name, a bundled name
+    loads the bundled SAE, `release:sae_id` reads the SAELens directory; else one error."""
+    from mechscope.sae import resolve, save_saelens, sources
+
+    name = "blocks.0.hook_resid_post__local__l1-2"
+    bundled = load_bundled("code-2l", name)
+    got_name, got = resolve(name, "code-2l")
+    assert got_name == name and torch.equal(got.W_dec, bundled.W_dec)
+    mine = load_bundled("code-2l", name)
+    with torch.no_grad():
+        mine.W_dec.mul_(-1)
+    save_saelens(mine, tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # the bare name is now also a folder: the folder wins
+    got_name, got = resolve(name, "code-2l")
+    assert got_name == name and torch.allclose(got.W_dec, -bundled.W_dec)
+    calls = []
+    monkeypatch.setattr(sources, "load_saelens_from_hub", lambda *a: calls.append(a) or mine)
+    spec = "gpt2-small-res-jb:blocks.6.hook_resid_pre"
+    assert resolve(spec, "code-2l") == (spec, mine)
+    assert calls == [("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.6.hook_resid_pre")]
+    with pytest.raises(SAEError, match="no SAE 'nope' in SAELens release"):
+        resolve("gpt2-small-res-jb:nope", "code-2l")
+    with pytest.raises(SAEError, match=r"neither a SAELens folder, nor a bundled SAE.*l1-2"):
+        resolve("nope", "code-2l")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -32,6 +31,7 @@ from mechscope.basis.models import (
 )
 from mechscope.errors import BasisError
 from mechscope.files import atomic_write, write_json
+from mechscope.progress import progress_bar
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -168,7 +168,7 @@ def train(
     )
     g = torch.Generator().manual_seed(recipe.seed)
     order, pos = torch.randperm(len(y), generator=g), 0
-    with Progress(disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"training {name}", total=recipe.steps)
         for _ in range(recipe.steps):
             if recipe.batch_size is None:

@@ -51,8 +51,7 @@ def acdc_command(
     """Find a circuit with ACDC (edges visited / kept shown live) or EAP on the search prompts,
     measure it on held-out test prompts (tracr: on all inputs); save and render it."""
     from mechscope.circuits.render import write
-    from mechscope.errors import CircuitError, MetricError, ModelLoadError
-    from mechscope.tasks import TaskError
+    from mechscope.errors import CircuitError, MechscopeError
 
     try:
         if method not in ("acdc", "acdc-reference", "eap", "eap-ig"):
@@ -77,7 +76,7 @@ def acdc_command(
                 test_seed,
                 batch_size,
             )
-    except (CircuitError, ModelLoadError, TaskError, MetricError) as e:
+    except MechscopeError as e:
         fail(e)
     console.print(c.summary())
     console.print(f"heads: {', '.join(c.heads) or 'none'}")

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail
-from mechscope.errors import DirectionsError, ModelLoadError, SAEError
+from mechscope.errors import MechscopeError
 
 if TYPE_CHECKING:
     from mechscope.directions.experiments import DirectionsConfig
@@ -48,7 +48,6 @@ AbsJitter = Annotated[
     ),
 ]
 Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
-Errors = (DirectionsError, ModelLoadError, SAEError)
 
 
 def _config(
@@ -82,27 +81,14 @@ def _config(
 
 
 def load_saes(model: str, specs: list[str] | None, hook: str | None = None) -> dict[str, Any]:
-    """SAEs by bundled run name (of a zoo model) or SAELens folder; default: all bundled (at
-    `hook`, if given)."""
+    """SAEs by `mechscope.sae.resolve` (SAELens folder, bundled run name of a zoo model or
+    SAELens release); default: all bundled (at `hook`, if given)."""
     from mechscope.directions.experiments import bundled_saes
-    from mechscope.sae.bundled import list_bundled, load_bundled
-    from mechscope.sae.saelens_format import load_saelens
+    from mechscope.sae.sources import resolve
 
     if not specs:
         return bundled_saes(Path(model).name, hook)
-    bundled = {e["name"] for e in list_bundled(Path(model).name)}
-    out = {}
-    for s in specs:
-        if s in bundled:
-            out[s] = load_bundled(Path(model).name, s)
-        elif Path(s).is_dir():
-            out[Path(s).name] = load_saelens(s)
-        else:
-            known = ", ".join(sorted(bundled)) or "none"
-            raise DirectionsError(
-                f"--sae {s!r} is neither a bundled SAE of {model!r} ({known}) nor a SAELens folder"
-            )
-    return out
+    return dict(resolve(s, Path(model).name) for s in specs)
 
 
 @directions_app.command("families")
@@ -146,7 +132,7 @@ def sweep_cmd(
         saes = load_saes(model, [sae]) if sae is not None else {}
         ((name, s),) = saes.items() if saes else (("", None),)
         res = sweep_directions(model, hook, fams, sae=s, sae_name=name, cfg=cfg)
-    except Errors as e:
+    except MechscopeError as e:
         fail(e)
     stem = out / f"sweep_{Path(model).name}_{hook}"
     res.save(stem.with_suffix(".json"))
@@ -175,7 +161,7 @@ def error_cmd(
     cfg = _config(batches, batch_size, None, position, seed, abs_jitter)
     try:
         res = error_vs_baselines(model, load_saes(model, sae), cfg=cfg)
-    except Errors as e:
+    except MechscopeError as e:
         fail(e)
     stem = out / f"substitution_{Path(model).name}"
     res.save(stem.with_suffix(".json"))
@@ -208,7 +194,7 @@ def features_cmd(
     try:
         saes = load_saes(model, sae, hook)
         res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)
-    except Errors as e:
+    except MechscopeError as e:
         fail(e)
     stem = out / f"features_{Path(model).name}_{res.hook_name}"
     res.save(stem.with_suffix(".json"))
@@ -237,7 +223,7 @@ def paper_cmd(
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
         res = paper_comparisons(model, cfg)
-    except Errors as e:
+    except MechscopeError as e:
         fail(e)
     res.save(out)
     fig = paper_figure(res.substitution, list(res.baselines.values()), list(res.features.values()))

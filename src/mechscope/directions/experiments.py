@@ -53,7 +53,7 @@ from mechscope.directions.stats import (
 )
 from mechscope.errors import DirectionsError
 from mechscope.models.lean import LeanModel, as_lean
-from mechscope.regions.interpolate import progress_bar
+from mechscope.progress import progress_bar
 from mechscope.sae.model import SparseAutoencoder
 
 FEATURE_POOLS = ("active", "inactive", "dead")

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail, load
-from mechscope.errors import DataError, EvolutionError, ModelLoadError, SAEError
+from mechscope.errors import EvolutionError, MechscopeError
 
 evolution_app = typer.Typer(
     help="Feature evolution across layers: cross-layer SAE feature statistics, graph, page.",
@@ -57,7 +57,7 @@ def communities_table(result: object) -> Table:
 
 def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tuple[list, list[str]]:
     from mechscope.sae.bundled import list_bundled, load_bundled
-    from mechscope.sae.saelens_format import load_saelens
+    from mechscope.sae.sources import resolve
 
     if not specs:
         names = [f"blocks.{l}.hook_resid_post__local__l1-{coeff:g}" for l in range(n_layers)]
@@ -68,12 +68,8 @@ def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tup
                 "per layer (SAELens folders, e.g. from `mechscope sae sweep`)"
             )
         return [load_bundled(model, n) for n in names], names
-    saes, names = [], []
-    for s in specs:
-        p = Path(s)
-        saes.append(load_saelens(p) if p.exists() else load_bundled(model, s))
-        names.append(p.name)
-    return saes, names
+    named = [resolve(s, model) for s in specs]
+    return [sae for _, sae in named], [name for name, _ in named]
 
 
 @evolution_app.command("run")
@@ -152,7 +148,7 @@ def run_cmd(
             checkpoint_every=checkpoint_every,
             progress=True,
         )
-    except (EvolutionError, SAEError, ModelLoadError, DataError) as e:
+    except MechscopeError as e:
         fail(str(e))
     result.save(out)
     if graph:

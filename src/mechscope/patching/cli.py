@@ -37,16 +37,14 @@ def patch_command(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
-    from mechscope.errors import MetricError
-    from mechscope.models import ModelLoadError
+    from mechscope.errors import MechscopeError
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
     from mechscope.patching.metric import task_metric
     from mechscope.patching.plot import write_html
     from mechscope.patching.result import pearson
-    from mechscope.patching.specs import PatchingError
     from mechscope.patching.sweep import patch_task
-    from mechscope.tasks import TaskError, make_task
+    from mechscope.tasks import make_task
 
     components = component or ["resid_pre", "z"]
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
@@ -86,7 +84,7 @@ def patch_command(
                 write_html(est.plot(), out / f"{c}_{direction}_attribution.html")
                 r_val = pearson(est.values, r.values)
                 console.print(f"{c}: attribution vs exact Pearson r = {r_val:.3f}")
-    except (ModelLoadError, TaskError, PatchingError, MetricError) as e:
+    except MechscopeError as e:
         fail(e)
     console.print(table)
     console.print(f"results and figures: {out}/<component>_{direction}.{{json,safetensors,html}}")

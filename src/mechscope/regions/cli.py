@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail
-from mechscope.errors import ModelLoadError, RegionsError
+from mechscope.errors import MechscopeError
 
 regions_app = typer.Typer(
     help="Stable regions in the residual stream: interpolate between prompts' activations.",
@@ -78,7 +78,7 @@ def run_cmd(
     )
     try:
         stats, real, iso = analyse(model, revision, cfg)
-    except (ModelLoadError, RegionsError) as e:
+    except MechscopeError as e:
         fail(e)
     stem = out / f"{Path(model).name}@{revision or 'main'}"
     stats.save(stem.with_suffix(".json"))
@@ -120,7 +120,7 @@ def sweep_cmd(
     )
     try:
         result = sweep(model or list(SWEEP_MODELS), revision, cfg)
-    except (ModelLoadError, RegionsError) as e:
+    except MechscopeError as e:
         fail(e)
     result.save(out / "sweep.json")
     write_figure(sweep_figure(result), out / "sweep.html", cdn)
@@ -154,7 +154,7 @@ def semantic_cmd(
             threshold=threshold,
             seed=seed,
         )
-    except (ModelLoadError, RegionsError) as e:
+    except MechscopeError as e:
         fail(e)
     stem = out / f"semantic_{Path(model).name}@{revision or 'main'}"
     res.save(stem.with_suffix(".json"))

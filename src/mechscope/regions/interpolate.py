@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from mechscope.errors import RegionsError
 from mechscope.models.lean import LeanModel, as_lean, lean_supports
+from mechscope.progress import progress_bar
 
 PathKind = Literal["linear", "arc", "slerp"]
 Read = Literal["normalized", "logits"]
@@ -100,17 +100,6 @@ class StepOutput:
     read: Tensor  # [B, d_read]: final-norm output (or logits) at the last position
     logprobs: Tensor  # [B, vocab]: next-token log-probabilities at the last position
     patterns: Tensor | None  # [B, n_gate_layers, d_mlp] bool: mlp.hook_pre > 0, or None
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """A rich progress bar (disabled: no output)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 class PathRunner:

@@ -16,13 +16,13 @@ from typing import Any
 from torch import Tensor
 
 from mechscope.errors import RegionsError
+from mechscope.progress import progress_bar
 from mechscope.regions import boundaries as bd
 from mechscope.regions.interpolate import (
     PathCurves,
     PathRunner,
     interpolate,
     interpolate_pairs,
-    progress_bar,
 )
 from mechscope.regions.polytopes import crossings_per_layer, polytope_counts
 from mechscope.regions.prompts import consecutive_pairs, sample_prompts

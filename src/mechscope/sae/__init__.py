@@ -11,6 +11,7 @@ from mechscope.sae.config import SAEConfig, TrainConfig
 from mechscope.sae.evaluate import SAEEval, eval_table, evaluate_sae, pareto_figure
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import load_saelens, load_saelens_from_hub, save_saelens
+from mechscope.sae.sources import resolve
 from mechscope.sae.train import TrainResult, train_sae
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "load_saelens",
     "load_saelens_from_hub",
     "pareto_figure",
+    "resolve",
     "save_saelens",
     "token_batches",
     "train_sae",

@@ -31,8 +31,8 @@ from torch import Tensor
 from mechscope.errors import StoreError
 from mechscope.files import atomic_write, write_json
 from mechscope.models.lean import as_lean
+from mechscope.progress import progress_bar
 from mechscope.sae.activations import collect_many, hook_width, special_ids
-from mechscope.sae.train import progress_bar
 
 FORMAT = "mechscope-activation-store"
 VERSION = 1

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from mechscope.errors import SAEError
 from mechscope.files import atomic_write
 from mechscope.models.lean import Hook, LeanModel, as_lean
+from mechscope.progress import progress_bar
 from mechscope.sae.activations import (
     collect,
     downstream_hooks,
@@ -143,18 +143,6 @@ def _save_checkpoint(
         "history": history,
     }
     atomic_write(folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """A rich progress bar with a `stats` text field (disabled unless `enabled`)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"),
-        disable=not enabled,
-    )
 
 
 def check_store(cfg: TrainConfig, store: ActivationStore) -> tuple[int, list[int]]:

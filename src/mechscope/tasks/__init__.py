@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mechscope.tasks.base import Task, TaskError
+from mechscope.errors import TaskError
+from mechscope.tasks.base import Task
 from mechscope.tasks.docstring import make_docstring
 from mechscope.tasks.induction import make_induction
 from mechscope.tasks.ioi import make_ioi

@@ -10,13 +10,10 @@ import torch
 from torch import Tensor
 
 from mechscope import metrics
+from mechscope.errors import TaskError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-class TaskError(ValueError):
-    """A task's prompts or answers do not fit the tokenizer (lengths, multi-token answers)."""
 
 
 @dataclass

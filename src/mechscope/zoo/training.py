@@ -17,21 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechscope.data.corpus import stdlib_texts
 from mechscope.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from mechscope.files import write_json
+from mechscope.progress import progress_bar
 from mechscope.zoo.mixture import TokenStream, synthetic_texts
 from mechscope.zoo.paths import TOKENIZER_DIR, model_dir
 from mechscope.zoo.specs import N_CTX, SPECS, VOCAB_SIZE, ModelSpec
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
 
 
 def build_tokenizer(out: Path = TOKENIZER_DIR) -> Path:
@@ -40,7 +35,7 @@ def build_tokenizer(out: Path = TOKENIZER_DIR) -> Path:
     texts = stdlib_texts("train") + synthetic_texts(random.Random(0), 20_000)
     tok = train_tokenizer(texts, vocab_size=VOCAB_SIZE)
     save_tokenizer(tok, out)
-    _write_json(
+    write_json(
         out / "card.json",
         {
             "name": "tokenizer",
@@ -52,6 +47,7 @@ def build_tokenizer(out: Path = TOKENIZER_DIR) -> Path:
             "python_version": platform.python_version(),
             "command": "mechscope zoo build tokenizer",
         },
+        indent=2,
     )
     return out
 
@@ -59,7 +55,7 @@ def build_tokenizer(out: Path = TOKENIZER_DIR) -> Path:
 def new_model(spec: ModelSpec) -> nn.Module:
     """A freshly initialised, seeded model of `spec`: NativeModel, GPT2LMHeadModel or
     LlamaForCausalLM."""
-    from mechscope.models.architectures import gpt2_config, llama_config, native_config
+    from mechscope.zoo.architectures import gpt2_config, llama_config, native_config
 
     torch.manual_seed(spec.seed)
     if spec.kind == "native":
@@ -192,14 +188,8 @@ def build_model(
     t0 = time.time()
     losses: list[float] = []
     batches = stream.batches(spec.batch_size)
-    with Progress(
-        TextColumn(f"[bold]{name}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-        disable=not sys.stderr.isatty(),
-    ) as progress:
-        bar = progress.add_task(name, total=steps, loss=float("nan"))
+    with progress_bar(sys.stderr.isatty()) as progress:
+        bar = progress.add_task(name, total=steps)
         for step in range(steps):
             if step in spec.checkpoint_steps:
                 save_checkpoint(step)
@@ -211,7 +201,8 @@ def build_model(
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
-            progress.update(bar, advance=1, loss=sum(losses[-50:]) / len(losses[-50:]))
+            mean = sum(losses[-50:]) / len(losses[-50:])
+            progress.update(bar, advance=1, stats=f"loss {mean:.3f}")
             if not sys.stderr.isatty() and step % 250 == 0:
                 print(f"{name} step {step}/{steps} loss {losses[-1]:.3f}", flush=True)
             if step and step % 500 == 0:
@@ -254,7 +245,7 @@ def build_model(
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
     }
-    _write_json(out / "card.json", card)
+    write_json(out / "card.json", card, indent=2)
     return out
 
 
@@ -271,6 +262,6 @@ def _save_final(spec: ModelSpec, model: nn.Module, out: Path) -> None:
         )
     else:
         save_file(_state_dict(model, torch.float16), str(out / "model.safetensors"))
-        from mechscope.models.architectures import native_config_dict
+        from mechscope.zoo.architectures import native_config_dict
 
-        _write_json(out / "config.json", native_config_dict(spec.to_dict()))
+        write_json(out / "config.json", native_config_dict(spec.to_dict()), indent=2)
