@@ -12,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    from mechscope.artefacts import TOKENIZER_DIR
     from mechscope.data import load_tokenizer
-    from mechscope.zoo.paths import TOKENIZER_DIR
 
     return load_tokenizer(TOKENIZER_DIR)
 

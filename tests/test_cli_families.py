@@ -79,7 +79,7 @@ def _bloom(folder):
 
     import transformers
 
-    from mechscope.zoo.paths import TOKENIZER_DIR
+    from mechscope.artefacts import TOKENIZER_DIR
 
     cfg = transformers.BloomConfig(
         vocab_size=4096, hidden_size=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0

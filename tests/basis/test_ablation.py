@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mechscope.artefacts import basis_dir
 from mechscope.basis.ablation import (
     ablate_edges,
     ablated_section,
@@ -22,7 +23,6 @@ from mechscope.basis.cli import basis_app
 from mechscope.basis.edges import compute_edges
 from mechscope.basis.interaction import LayerBasis, build_basis
 from mechscope.basis.models import MLP, MLPConfig, ModAddConfig, ModAddTransformer, NodeLayerModel
-from mechscope.basis.pretrained import PRETRAINED_DIR
 from mechscope.basis.result import BasisAnalysis
 from mechscope.errors import BasisError
 
@@ -285,13 +285,13 @@ def test_cli_ablates_on_the_held_out_split(tmp_path) -> None:
             "--figures",
             str(tmp_path),
             "--weights",
-            str(PRETRAINED_DIR / "digits-mlp"),
+            str(basis_dir("digits-mlp")),
         ],
     )
     assert res.exit_code == 0, res.output
     head = json.loads((tmp_path / "digits-mlp" / "analysis.json").read_text())
     assert head["meta"]["eval_split"] == "test" and head["meta"]["n_eval"] == 450
-    assert head["meta"]["weights"] == str(PRETRAINED_DIR / "digits-mlp")
+    assert head["meta"]["weights"] == str(basis_dir("digits-mlp"))
     assert {k: sorted(v) for k, v in head["ablation"].items()} == {
         k: ["mean", "zero"] for k in ("lib", "pca", "neuron")
     }

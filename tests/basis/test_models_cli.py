@@ -6,9 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mechscope.artefacts import BASIS_DIR
 from mechscope.basis.cli import basis_app
 from mechscope.basis.pretrained import (
-    PRETRAINED_DIR,
     bundled_data,
     card,
     list_bundled,
@@ -31,7 +31,7 @@ def test_bundled_model_matches_card(name: str) -> None:
 
 
 def test_bundled_weights_fit_the_budget() -> None:
-    total = sum(p.stat().st_size for p in PRETRAINED_DIR.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in BASIS_DIR.rglob("*") if p.is_file())
     assert total < 1024**2
     assert list_bundled() == ["digits-mlp", "modadd-1l"]
 

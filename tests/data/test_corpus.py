@@ -17,9 +17,9 @@ def test_heldout_split_is_disjoint_and_small():
 
 
 def test_encoded_stdlib_is_the_tokenizers_encoding_once_per_tokenizer(tokenizer):
+    from mechscope.artefacts import TOKENIZER_DIR
     from mechscope.data import load_tokenizer
     from mechscope.data.corpus import encoded_stdlib, stdlib_texts
-    from mechscope.zoo.paths import TOKENIZER_DIR
 
     ids = encoded_stdlib(tokenizer, "heldout")
     texts = [t for t in stdlib_texts("heldout") if t][:5]

@@ -114,10 +114,10 @@ def test_hub_path_local_hf_gpt2_and_saelens_folder(tmp_path, toks):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import mechscope
+    from mechscope.artefacts import TOKENIZER_DIR
     from mechscope.sae.config import SAEConfig
     from mechscope.sae.model import SparseAutoencoder
     from mechscope.sae.saelens_format import load_saelens, save_saelens
-    from mechscope.zoo.paths import TOKENIZER_DIR
 
     torch.manual_seed(0)
     cfg = GPT2Config(

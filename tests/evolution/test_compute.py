@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mechscope.data.batches import eval_batches
 from mechscope.errors import EvolutionError
 from mechscope.evolution import EvolutionConfig, EvolutionResult, compute_evolution
 from mechscope.evolution.cli import evolution_app
@@ -13,7 +14,6 @@ from mechscope.evolution.collect import layer_codes, stream_codes
 from mechscope.models.lean import as_lean
 from mechscope.sae.activations import collect
 from mechscope.sae.bundled import load_bundled
-from mechscope.sae.sweep import eval_batches
 
 NAMES = [f"blocks.{l}.hook_resid_post__local__l1-1" for l in (0, 1)]
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import mechscope
+from mechscope.artefacts import TOKENIZER_DIR, model_dir
 from mechscope.models import ModelLoadError, revisions
-from mechscope.zoo.paths import TOKENIZER_DIR, model_dir
 
 
 def _native_forward(sd: dict[str, torch.Tensor], cfg: dict, tokens: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ def test_checkpoints_load_and_loss_decreases(name, tokens):
     revs = revisions(name)
     assert len(revs) >= 7 and revs[-1] == "main"
     from mechscope.data import load_tokenizer
-    from mechscope.zoo.mixture import TokenStream
+    from mechscope.data.mixture import TokenStream
 
     stream = TokenStream(load_tokenizer(TOKENIZER_DIR), {"docstring": 0.5, "ioi": 0.5}, 96, seed=99)
     batch = next(stream.batches(16))

@@ -14,11 +14,11 @@ import torch
 
 import mechscope
 from mechscope import metrics
+from mechscope.artefacts import TOKENIZER_DIR, model_dir
 from mechscope.models import ModelLoadError
 from mechscope.models.lean import LeanModel
 from mechscope.patching import patch_task
 from mechscope.tasks import make_task
-from mechscope.zoo.paths import TOKENIZER_DIR, model_dir
 
 PER_MODULE_CPU = {
     "transformer.wte": "cpu",

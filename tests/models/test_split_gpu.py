@@ -150,9 +150,9 @@ def test_directions_on_a_split_model(gpt2_pair, tokenizer):
 
 
 def test_evolution_on_a_split_model(gpt2_pair):
+    from mechscope.data.batches import eval_batches
     from mechscope.evolution import EvolutionConfig, compute_evolution
     from mechscope.sae.bundled import load_bundled
-    from mechscope.sae.sweep import eval_batches
 
     cpu, gpu = gpt2_pair
     names = [f"blocks.{l}.hook_resid_post__local__l1-1" for l in (0, 1)]

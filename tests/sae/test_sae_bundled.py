@@ -9,9 +9,10 @@ import shlex
 import pytest
 import torch
 
+from mechscope.artefacts import sae_dir
 from mechscope.data.corpus import is_heldout, stdlib_files
 from mechscope.sae import SAEError, evaluate_sae
-from mechscope.sae.bundled import PRETRAINED_DIR, bundled_configs, list_bundled, load_bundled
+from mechscope.sae.bundled import bundled_configs, list_bundled, load_bundled
 from mechscope.sae.config import TrainConfig
 
 # model -> (fixture of the loaded model, losses of its bundled SAEs)
@@ -19,7 +20,7 @@ MODELS = {"code-2l": ("gpt2_2l", {"local", "e2e"}), "code-llama-2l": ("llama_2l"
 
 
 def _card(model: str) -> dict:
-    return json.loads((PRETRAINED_DIR / model / "card.json").read_text())
+    return json.loads((sae_dir(model) / "card.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def heldout_tokens(tokenizer) -> list[torch.Tensor]:
 def test_card_lists_every_folder(model) -> None:
     card = _card(model)
     names = {s["name"] for s in card["saes"]}
-    folders = {p.name for p in (PRETRAINED_DIR / model).iterdir() if (p / "cfg.json").exists()}
+    folders = {p.name for p in (sae_dir(model)).iterdir() if (p / "cfg.json").exists()}
     assert card["model"] == model
     assert names == folders and len(names) >= 6
     assert card["command"].startswith(f"mechscope sae build-bundled --model {model}")
@@ -57,7 +58,7 @@ def test_card_command_remakes_the_recipe(model) -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_bundle_is_small(model) -> None:
-    size = sum(p.stat().st_size for p in (PRETRAINED_DIR / model).rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in (sae_dir(model)).rglob("*") if p.is_file())
     assert size < 8 * 2**20
 
 

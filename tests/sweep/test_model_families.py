@@ -11,12 +11,13 @@ import pytest
 import torch
 from rich.console import Console
 
+from mechscope.data.batches import eval_batches
 from mechscope.models.declare import FAMILIES
 from mechscope.models.lean import as_lean
 from mechscope.regions import RegionConfig, SweepResult, analyse
 from mechscope.sae import TrainConfig
 from mechscope.sae.activations import hook_width
-from mechscope.sae.sweep import eval_batches, train_and_save
+from mechscope.sae.sweep import train_and_save
 from mechscope.sweep import SweepConfig, TrialResult, run_sweep
 
 SAE = {"n_steps": 2, "batch_size": 2, "warmup_steps": 1, "expansion": 2, "sparsity_coeff": 0.1}

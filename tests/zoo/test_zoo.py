@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mechscope import zoo
+from mechscope.artefacts import ARTEFACT_DIRS, TOKENIZER_DIR, WEIGHTS_DIR, shipped
 from mechscope.tasks import make_task, run_task
-from mechscope.zoo.paths import TOKENIZER_DIR, WEIGHTS_DIR
 
 CARD_FIELDS = {
     "architecture",
@@ -41,7 +41,7 @@ def test_checkpointed_models_have_six_intermediate_revisions():
 
 
 def test_llama_is_the_asked_architecture_at_code_2l_size():
-    from mechscope.zoo.paths import model_dir
+    from mechscope.artefacts import model_dir
 
     cfg = json.loads((model_dir("code-llama-2l") / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["hidden_act"] == "silu"
@@ -65,9 +65,31 @@ def test_attn4_solves_docstring_on_unseen_prompts(attn4):
 
 
 def test_weights_fit_the_budget():
-    package = WEIGHTS_DIR.parents[1]  # zoo, bundled SAEs, basis models: every shipped weight
-    total = sum(f.stat().st_size for f in package.rglob("*.safetensors"))
+    # zoo, bundled SAEs, basis models: every shipped weight
+    total = sum(f.stat().st_size for d in ARTEFACT_DIRS for f in d.rglob("*.safetensors"))
     assert total < 64 * 2**20, f"{total / 2**20:.1f} MiB of bundled weights"
+
+
+def test_one_registry_lists_what_ships():
+    """`artefacts.shipped()` agrees with what the zoo, the bundled SAEs' cards and the basis
+    package each list, and every shipped weight lies under one of its folders."""
+    from mechscope.basis import pretrained
+    from mechscope.circuits.tracr import TASKS
+    from mechscope.sae.bundled import list_bundled
+
+    found = shipped()
+    assert (
+        found["models"]
+        == zoo.list_models()
+        == ["code-2l", "code-4l", "code-attn4", "code-llama-2l"]
+    )
+    cards = sorted(f"{m}/{e['name']}" for m in found["models"] for e in list_bundled(m))
+    assert found["saes"] == cards and len(cards) >= 9
+    assert found["basis"] == pretrained.list_bundled()
+    assert found["tracr"] == sorted(TASKS)
+    package = WEIGHTS_DIR.parents[1]
+    weights = set(package.rglob("*.safetensors"))
+    assert weights == {f for d in ARTEFACT_DIRS for f in d.rglob("*.safetensors")}
 
 
 @pytest.mark.slow

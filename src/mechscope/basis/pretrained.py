@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mechscope.artefacts import basis_dir
 from mechscope.basis.models import (
     MLP,
     MLPConfig,
@@ -32,8 +33,6 @@ from mechscope.basis.models import (
 from mechscope.errors import BasisError
 from mechscope.files import atomic_write, write_json
 from mechscope.progress import progress_bar
-
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ def build(
     """Train `name` (training seed: the recipe's, or `seed`) and write model.safetensors +
     card.json into `out` (default: the bundled folder)."""
     recipe = _check_name(name, seed)
-    folder = Path(out) if out is not None else PRETRAINED_DIR / name
+    folder = Path(out) if out is not None else basis_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model, metrics = train(name, progress, seed)
@@ -266,7 +265,7 @@ def _data_card(name: str) -> dict[str, Any]:
 def card(name: str) -> dict[str, Any]:
     """The card.json of a bundled model."""
     _check_name(name)
-    path = PRETRAINED_DIR / name / "card.json"
+    path = basis_dir(name) / "card.json"
     if not path.exists():
         raise BasisError(f"{name} has no card at {path}; run `mechscope basis build {name}`")
     return dict(json.loads(path.read_text()))
@@ -277,7 +276,7 @@ def load_bundled(
 ) -> NodeLayerModel:
     """Load a bundled model (eval mode, `dtype`) from its folder (default: the bundled one)."""
     _check_name(name)
-    folder = Path(folder) if folder is not None else PRETRAINED_DIR / name
+    folder = Path(folder) if folder is not None else basis_dir(name)
     weights, card_path = folder / "model.safetensors", folder / "card.json"
     if not weights.exists() or not card_path.exists():
         raise BasisError(

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.artefacts import TRACR_DIR
 from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.metric import CircuitMetric, l2_metric
 from mechscope.circuits.patched import CircuitRunner
@@ -53,7 +54,6 @@ from mechscope.errors import CircuitError
 from mechscope.files import atomic_write, write_json
 from mechscope.models.lean import Hook, LeanModel
 
-TRACR_DIR = Path(__file__).parent / "tracr_models"
 TASKS = ("reverse", "proportion")
 TRUTHS = ("zero", "resample", "resample_shuffled")
 MAX_SEQ_LEN = 5

@@ -149,7 +149,7 @@ def _model(model: Any) -> tuple[LeanModel, str]:
 
 def default_tokens(lean: LeanModel, model_name: str, cfg: DirectionsConfig) -> list[Tensor]:
     """Held-out token batches [batch_size, n_ctx]; a zoo model's own training mixture."""
-    from mechscope.sae.sweep import eval_batches
+    from mechscope.data.batches import eval_batches
     from mechscope.zoo.specs import SPECS
 
     mixture = dict(SPECS[model_name].mixture) if model_name in SPECS else None

@@ -113,10 +113,10 @@ def run_cmd(
     port: Port = 8765,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
+    from mechscope.data.batches import eval_batches
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
-    from mechscope.sae.sweep import eval_batches
 
     try:
         cfg = EvolutionConfig(

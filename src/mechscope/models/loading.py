@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from mechscope.artefacts import TOKENIZER_DIR, model_dir, revisions, zoo_names
 from mechscope.errors import ModelLoadError
-from mechscope.zoo.paths import TOKENIZER_DIR, model_dir, revisions, zoo_names
 
 
 def _available() -> str:

@@ -100,7 +100,7 @@ def toy_model(family: str, seed: int = 0, **overrides: Any) -> Any:
 
 def save_toy(family: str, folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
     """Save a toy model of `family` with the bundled tokenizer in `folder`; returns it."""
-    from mechscope.zoo.paths import TOKENIZER_DIR
+    from mechscope.artefacts import TOKENIZER_DIR
 
     folder = Path(folder)
     toy_model(family, seed, **overrides).save_pretrained(folder)

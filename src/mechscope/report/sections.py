@@ -495,11 +495,11 @@ def evolution_commands(cfg: DemoConfig) -> list[str]:
 
 def evolution_section(cfg: DemoConfig, files: Path) -> Section:
     from mechscope import load_model
+    from mechscope.data.batches import eval_batches
     from mechscope.evolution import EvolutionConfig, compute_evolution
     from mechscope.evolution.classify import sankey_figure
     from mechscope.evolution.page import write_page
     from mechscope.sae.bundled import load_bundled
-    from mechscope.sae.sweep import eval_batches
 
     key, title, question = EVOLUTION
     sec = Section(key, title, question, evolution_commands(cfg))

@@ -2,11 +2,10 @@
 
 from mechscope.sae import TrainConfig, train_sae, evaluate_sae, save_saelens, load_saelens
 result = train_sae(TrainConfig(model="code-2l", hook_name="blocks.0.hook_resid_post"))
-ev = evaluate_sae(model, result.sae, token_batches(...))
+ev = evaluate_sae(model, result.sae, eval_batches(model, 8))  # mechscope.data.batches
 """
 
 from mechscope.errors import SAEError
-from mechscope.sae.activations import token_batches
 from mechscope.sae.config import SAEConfig, TrainConfig
 from mechscope.sae.evaluate import SAEEval, eval_table, evaluate_sae, pareto_figure
 from mechscope.sae.model import SparseAutoencoder
@@ -28,6 +27,5 @@ __all__ = [
     "pareto_figure",
     "resolve",
     "save_saelens",
-    "token_batches",
     "train_sae",
 ]

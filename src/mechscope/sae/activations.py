@@ -1,4 +1,4 @@
-"""Activations for SAEs: token batches from the corpus, hook checks, collection and splicing.
+"""Activations for SAEs: hook checks, collection and splicing (token batches: `data.batches`).
 
 All forwards run on the shared `LeanModel` (the bridge's weights, HookedTransformer hook names).
 Positions holding a special token (BOS, which is also EOS and the document separator) are left out
@@ -9,8 +9,7 @@ SAELens's evaluation does with `exclude_special_tokens`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,42 +17,6 @@ from torch import Tensor
 from mechscope.errors import SAEError
 from mechscope.models.lean import Hook, LeanModel
 from mechscope.sae.model import SparseAutoencoder, check_finite
-
-
-def token_batches(
-    tokenizer: Any,
-    batch_size: int,
-    n_ctx: int,
-    seed: int,
-    mixture: Mapping[str, float] | None = None,
-    split: str = "train",
-) -> Iterator[Tensor]:
-    """Endless deterministic token batches [batch_size, n_ctx] from the offline corpus."""
-    from mechscope.zoo.mixture import TokenStream
-
-    stream = TokenStream(tokenizer, dict(mixture or {"stdlib": 1.0}), n_ctx, seed, split)
-    return stream.batches(batch_size)
-
-
-def source_batches(
-    lean: LeanModel,
-    batch_size: int,
-    seed: int,
-    mixture: Mapping[str, float] | None = None,
-    dataset: str = "",
-    column: str = "text",
-) -> Iterator[Tensor]:
-    """Training token batches [batch_size, n_ctx] for `lean`: one pass over the HF datasets
-    source `dataset` (see `mechscope.data.streams.hf_token_batches`) when given, else the
-    endless corpus stream of `mixture`."""
-    n_ctx = int(lean.cfg.n_ctx)
-    if not dataset:
-        return token_batches(lean.tokenizer, batch_size, n_ctx, seed, mixture)
-    from mechscope.data.streams import hf_token_batches
-
-    if lean.tokenizer is None:
-        raise SAEError(f"the model has no tokenizer to read {dataset!r}; pass token batches")
-    return hf_token_batches(dataset, lean.tokenizer, n_ctx, batch_size, column=column, seed=seed)
 
 
 def special_ids(lean: LeanModel) -> list[int]:

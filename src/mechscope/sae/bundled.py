@@ -15,14 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mechscope.artefacts import sae_dir
+from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens
-from mechscope.sae.sweep import eval_batches, run_name, train_and_save, write_results
+from mechscope.sae.sweep import run_name, train_and_save, write_results
 from mechscope.zoo.specs import SPECS
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 N_EVAL_BATCHES = 16
 
 
@@ -59,7 +60,7 @@ def build_bundled(
     returns the folder."""
     from mechscope import load_model
 
-    folder = Path(out) if out is not None else PRETRAINED_DIR / model
+    folder = Path(out) if out is not None else sae_dir(model)
     bridge = load_model(model)
     cfgs = bundled_configs(model, steps, e2e)
     tokens = eval_batches(bridge, N_EVAL_BATCHES, mixture=cfgs[0].mixture)
@@ -96,7 +97,7 @@ def build_bundled(
 
 def list_bundled(model: str = "code-2l") -> list[dict[str, Any]]:
     """The bundled SAEs of `model` as card entries (name, training config, evaluation)."""
-    card = PRETRAINED_DIR / model / "card.json"
+    card = sae_dir(model) / "card.json"
     if not card.exists():
         return []
     return list(json.loads(card.read_text())["saes"])
@@ -105,7 +106,7 @@ def list_bundled(model: str = "code-2l") -> list[dict[str, Any]]:
 def load_bundled(model: str, name: str) -> SparseAutoencoder:
     """A bundled SAE by model and run name (see `list_bundled`), e.g.
     `load_bundled("code-2l", "blocks.0.hook_resid_post__local__l1-2")`."""
-    folder = PRETRAINED_DIR / model / name
+    folder = sae_dir(model) / name
     if not (folder / CFG_FILE).exists():
         names = [s["name"] for s in list_bundled(model)]
         raise SAEError(

@@ -226,8 +226,8 @@ def store_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
+    from mechscope.data.batches import source_batches
     from mechscope.models.lean import as_lean
-    from mechscope.sae.activations import source_batches
     from mechscope.sae.store import write_store
 
     try:
@@ -262,11 +262,11 @@ def eval_cmd(
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16")] = 8,
 ) -> None:
     """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
+    from mechscope.data.batches import eval_batches as batches
     from mechscope.models.lean import as_lean
     from mechscope.sae.activations import check_sae_fits
     from mechscope.sae.evaluate import eval_table, evaluate_sae
     from mechscope.sae.saelens_format import load_saelens
-    from mechscope.sae.sweep import eval_batches as batches
 
     try:
         sae = load_saelens(path)

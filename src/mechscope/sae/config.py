@@ -60,7 +60,7 @@ class TrainConfig:
     lr, warmup_steps, min_lr_frac: linear warm-up then cosine decay to min_lr_frac * lr.
         (lr 2e-3 suits runs of ~1k steps; Braun et al. use 5e-4 over ~25k steps.)
     dead_window: a latent is dead after this many training tokens without firing.
-    mixture: source weights of the zoo's token stream (`mechscope.zoo.mixture.TokenStream`).
+    mixture: source weights of the zoo's token stream (`mechscope.data.mixture.TokenStream`).
     dataset, dataset_column: train instead on one pass over this HF `datasets` source (a data
         file or glob, a `save_to_disk` folder, a hub name; `mechscope.data.streams`), reading
         text or token ids from that column; it must hold n_steps batches. "" = the mixture.

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
 from mechscope.files import atomic_write, write_json
 from mechscope.models.lean import as_lean
-from mechscope.sae.activations import token_batches
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.evaluate import SAEEval, evaluate_sae, pareto_figure
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens, save_saelens
@@ -32,28 +32,11 @@ from mechscope.sae.train import check_store, train_sae
 if TYPE_CHECKING:
     from mechscope.sae.store import ActivationStore
 
-EVAL_SEED = 12345
-
 
 def run_name(cfg: TrainConfig) -> str:
     """Folder name of one run, e.g. `blocks.0.hook_resid_post__local__l1-3`."""
     sparsity = f"k{cfg.k}" if cfg.architecture == "topk" else f"l1-{cfg.sparsity_coeff:g}"
     return f"{cfg.hook_name}__{cfg.loss}__{sparsity}"
-
-
-def eval_batches(
-    model: Any,
-    n_batches: int,
-    batch_size: int = 16,
-    seed: int = EVAL_SEED,
-    mixture: dict[str, float] | None = None,
-) -> list[Tensor]:
-    """Held-out token batches [batch_size, n_ctx]: held-out stdlib files (and, if the mixture
-    has them, synthetic documents from another seed than training's)."""
-    lean = as_lean(model)
-    n_ctx = int(lean.cfg.n_ctx)
-    it = token_batches(lean.tokenizer, batch_size, n_ctx, seed, mixture, split="heldout")
-    return [next(it) for _ in range(n_batches)]
 
 
 def train_and_save(

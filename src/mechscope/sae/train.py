@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from mechscope.data.batches import source_batches
 from mechscope.errors import SAEError
 from mechscope.files import atomic_write
 from mechscope.models.lean import Hook, LeanModel, as_lean
@@ -33,7 +34,6 @@ from mechscope.sae.activations import (
     downstream_hooks,
     hook_width,
     keep_mask,
-    source_batches,
     special_ids,
     splice_hook,
 )

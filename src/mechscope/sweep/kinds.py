@@ -53,7 +53,7 @@ def cached_lean(name: str, revision: str = "main") -> LeanModel:
 
 
 def _check_revision(model: str, revision: str) -> None:
-    from mechscope.zoo.paths import revisions, zoo_names
+    from mechscope.artefacts import revisions, zoo_names
 
     if model in zoo_names() and revision not in revisions(model):
         raise ValueError(
@@ -159,7 +159,8 @@ class SaeParams(TrainConfig):
 def run_sae(p: SaeParams, folder: Path) -> dict[str, Any]:
     """Train, save (SAELens format, in the folder) and evaluate one SAE; returns its evaluation
     (L0, MSE, explained variance, CE recovered, KL score, dead and dense fractions)."""
-    from mechscope.sae.sweep import eval_batches, train_and_save
+    from mechscope.data.batches import eval_batches
+    from mechscope.sae.sweep import train_and_save
 
     lean = cached_lean(p.model)
     cfg = p.train_config()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mechscope.artefacts import TOKENIZER_DIR, WEIGHTS_DIR, model_dir, revisions, zoo_names
 from mechscope.errors import ModelLoadError
-from mechscope.zoo.paths import TOKENIZER_DIR, WEIGHTS_DIR, model_dir, revisions, zoo_names
 from mechscope.zoo.specs import SPECS
 
 BUILDABLE = ["tokenizer", *SPECS]

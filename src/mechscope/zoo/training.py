@@ -20,12 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mechscope.artefacts import TOKENIZER_DIR, model_dir
 from mechscope.data.corpus import stdlib_texts
+from mechscope.data.mixture import TokenStream, synthetic_texts
 from mechscope.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from mechscope.files import write_json
 from mechscope.progress import progress_bar
-from mechscope.zoo.mixture import TokenStream, synthetic_texts
-from mechscope.zoo.paths import TOKENIZER_DIR, model_dir
 from mechscope.zoo.specs import N_CTX, SPECS, VOCAB_SIZE, ModelSpec
 
 
