@@ -17,7 +17,7 @@ from mechscope.directions import (
     sweep_directions,
 )
 from mechscope.directions.perturb import clean_run, counted_positions
-from mechscope.directions.result import SubstitutionResult, SweepResult
+from mechscope.directions.result import KLCurves, SubstitutionResult
 from mechscope.metrics import kl_div
 from mechscope.sae.activations import splice_hook
 
@@ -57,7 +57,7 @@ def test_results_are_deterministic_and_round_trip(lean2l, toks, sae0, tmp_path):
     assert c.curve("isotropic") != a.curve("isotropic")
     assert a.curve("isotropic")[1] > a.curve("isotropic")[0]
     assert a.kl_at("isotropic", 1.25) == pytest.approx(sum(a.curve("isotropic")) / 2)
-    assert SweepResult.load(a.save(tmp_path / "s.json")) == a
+    assert KLCurves.load(a.save(tmp_path / "s.json")) == a
     sub = error_vs_baselines(lean2l, {"s": sae0}, tokens=toks, cfg=CFG)
     back = SubstitutionResult.load(sub.save(tmp_path / "sub.json"))
     assert back.rows == sub.rows and back.ratios() == sub.ratios()

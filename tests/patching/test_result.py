@@ -27,7 +27,7 @@ def test_save_load_round_trip(attn4, docstring8, tmp_path):
 
 def test_plots_have_token_labels_and_every_shape_draws(attn4, docstring8, tmp_path):
     by_pos = patch_task(attn4, docstring8, "resid_pre", "denoising")
-    fig = by_pos.plot()
+    fig = plot_result(by_pos)
     assert list(fig.data[0].x) == by_pos.labels["pos"]
     assert "def" in "".join(by_pos.labels["pos"])  # token text, not just indices
     heads = patch_task(attn4, docstring8, "z", "denoising", positions="all")

@@ -14,10 +14,10 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import mechscope.sae.sweep as sweep_mod
+import mechscope.sae.hparam_grid as sweep_mod
 from mechscope.sae import SAEError, TrainConfig
 from mechscope.sae.cli import sae_app
-from mechscope.sae.sweep import SEED_METRICS, SeedSweep, check_seeds, run_name, sweep_seeds
+from mechscope.sae.hparam_grid import SEED_METRICS, SeedSweep, check_seeds, run_name, sweep_seeds
 from mechscope.zoo.specs import SPECS
 
 HOOK = "blocks.0.hook_resid_post"

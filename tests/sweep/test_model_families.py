@@ -14,10 +14,10 @@ from rich.console import Console
 from mechscope.data.batches import eval_batches
 from mechscope.models.declare import FAMILIES
 from mechscope.models.lean import as_lean
-from mechscope.regions import RegionConfig, SweepResult, analyse
+from mechscope.regions import RegionConfig, RegionStatsTable, analyse
 from mechscope.sae import TrainConfig
 from mechscope.sae.activations import hook_width
-from mechscope.sae.sweep import train_and_save
+from mechscope.sae.hparam_grid import train_and_save
 from mechscope.sweep import SweepConfig, TrialResult, run_sweep
 
 SAE = {"n_steps": 2, "batch_size": 2, "warmup_steps": 1, "expansion": 2, "sparsity_coeff": 0.1}
@@ -83,7 +83,9 @@ def test_regions_trial_equals_analyse(family, toy_dir, toy_model, tmp_path) -> N
         toy_model(family), "main", RegionConfig(**REGIONS), progress=False, name=model
     )
     want = {
-        k: v for k, v in SweepResult([stats]).table()[0].items() if k not in ("model", "revision")
+        k: v
+        for k, v in RegionStatsTable([stats]).table()[0].items()
+        if k not in ("model", "revision")
     }
     assert_same_results(got, want)
     assert stats.n_pairs == 4 and got["polytope_crossings_median"] is not None  # MLP gates read

@@ -27,7 +27,7 @@ from mechscope.directions.perturb import (
     default_lengths,
     perturbed_kl,
 )
-from mechscope.directions.result import SubstitutionResult, SweepResult
+from mechscope.directions.result import KLCurves, SubstitutionResult
 from mechscope.directions.stats import ActivationStats, activation_stats
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
     "ActivationStats",
     "BatchContext",
     "DirectionsConfig",
+    "KLCurves",
     "SubstitutionResult",
-    "SweepResult",
     "activation_stats",
     "bundled_saes",
     "clean_run",

@@ -43,7 +43,7 @@ from mechscope.directions.perturb import (
     perturbed_kl,
     perturbed_positions,
 )
-from mechscope.directions.result import SubstitutionResult, SweepResult, summarise
+from mechscope.directions.result import KLCurves, SubstitutionResult, summarise
 from mechscope.directions.stats import (
     COV_JITTER,
     ActivationStats,
@@ -264,7 +264,7 @@ def sweep_directions(
     tokens: Sequence[Tensor] | None = None,
     cfg: DirectionsConfig | None = None,
     prep: Prepared | None = None,
-) -> SweepResult:
+) -> KLCurves:
     """KL against length L (absolute) for each family at `hook_name`; families needing an SAE
     (sae_error, feature_*) use `sae`."""
     for f in families:
@@ -289,7 +289,7 @@ def sweep_directions(
             info[f] = {"family": f, "description": fam.description}
             if use is not None and activity is not None:
                 info[f].update(sae=sae_name, l0=activity.l0, error_norm=activity.error_norm)
-    return SweepResult(prep.model_name, hook_name, lengths, rows, info, prep.meta())
+    return KLCurves(prep.model_name, hook_name, lengths, rows, info, prep.meta())
 
 
 def _hook_of(name: str, sae: SparseAutoencoder) -> str:
@@ -378,7 +378,7 @@ def compare_features(
     cfg: DirectionsConfig | None = None,
     losses: Mapping[str, str] | None = None,
     prep: Prepared | None = None,
-) -> SweepResult:
+) -> KLCurves:
     """KL against L for feature directions of several SAEs at one hook (findings b and c), next
     to baseline families. Family labels: "<sae> / <pool>"; pools a SAE lacks (e.g. no dead
     latents) are skipped and listed in meta["skipped"]."""
@@ -441,10 +441,10 @@ def compare_features(
                 )
     meta = prep.meta()
     meta["skipped"] = skipped
-    return SweepResult(prep.model_name, hook, lengths, rows, info, meta)
+    return KLCurves(prep.model_name, hook, lengths, rows, info, meta)
 
 
-def features_by_l0(model: Any, saes: Mapping[str, SparseAutoencoder], **kwargs: Any) -> SweepResult:
+def features_by_l0(model: Any, saes: Mapping[str, SparseAutoencoder], **kwargs: Any) -> KLCurves:
     """Finding (b): feature directions of SAEs of different L0 at one hook, at equal L."""
     return compare_features(model, saes, **kwargs)
 
@@ -454,15 +454,13 @@ def e2e_vs_local(
     e2e: Mapping[str, SparseAutoencoder],
     local: Mapping[str, SparseAutoencoder],
     **kwargs: Any,
-) -> SweepResult:
+) -> KLCurves:
     """Finding (c): feature directions of e2e and local SAEs at one hook, at equal L."""
     losses = {**dict.fromkeys(local, "local"), **dict.fromkeys(e2e, "e2e")}
     return compare_features(model, {**local, **e2e}, losses=losses, **kwargs)
 
 
-def feature_summary(
-    result: SweepResult, length: float, pool: str = "active"
-) -> list[dict[str, Any]]:
+def feature_summary(result: KLCurves, length: float, pool: str = "active") -> list[dict[str, Any]]:
     """Per SAE (one pool): loss, L0 and mean KL at `length`, sorted by L0 (finding b, c)."""
     out = []
     for label, info in result.families.items():
@@ -508,8 +506,8 @@ class PaperResults:
     """
 
     substitution: SubstitutionResult
-    features: dict[str, SweepResult]
-    baselines: dict[str, SweepResult]
+    features: dict[str, KLCurves]
+    baselines: dict[str, KLCurves]
 
     def save(self, folder: str | Path) -> list[Path]:
         folder = Path(folder)
@@ -523,11 +521,11 @@ class PaperResults:
     @classmethod
     def load(cls, folder: str | Path) -> PaperResults:
         folder = Path(folder)
-        prefix: dict[str, dict[str, SweepResult]] = {"features_": {}, "baselines_": {}}
+        prefix: dict[str, dict[str, KLCurves]] = {"features_": {}, "baselines_": {}}
         for f in sorted(folder.glob("*_blocks.*.json")):
             for p, into in prefix.items():
                 if f.name.startswith(p):
-                    into[f.stem[len(p) :]] = SweepResult.load(f)
+                    into[f.stem[len(p) :]] = KLCurves.load(f)
         sub = SubstitutionResult.load(folder / "substitution.json")
         return cls(sub, prefix["features_"], prefix["baselines_"])
 

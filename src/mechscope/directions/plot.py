@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mechscope.directions.result import SubstitutionResult, SweepResult
+from mechscope.directions.result import KLCurves, SubstitutionResult
 from mechscope.regions.plot import write_figure
 
 __all__ = ["curves_figure", "paper_figure", "substitution_figure", "write_figure"]
@@ -16,7 +16,7 @@ __all__ = ["curves_figure", "paper_figure", "substitution_figure", "write_figure
 _DASHED = ("toward_random", "toward_cov", "toward_real")
 
 
-def _curve_traces(result: SweepResult, stat: str = "kl_mean") -> list[go.Scatter]:
+def _curve_traces(result: KLCurves, stat: str = "kl_mean") -> list[go.Scatter]:
     traces = []
     for label in result.labels():
         info = result.families.get(label, {})
@@ -35,7 +35,7 @@ def _curve_traces(result: SweepResult, stat: str = "kl_mean") -> list[go.Scatter
     return traces
 
 
-def _error_line(fig: go.Figure, result: SweepResult, **where: Any) -> None:
+def _error_line(fig: go.Figure, result: KLCurves, **where: Any) -> None:
     """A dotted vertical line at the mean |SAE(x) - x| of the result's SAE, if it has one."""
     for info in result.families.values():
         if "error_norm" in info:
@@ -48,7 +48,7 @@ def _error_line(fig: go.Figure, result: SweepResult, **where: Any) -> None:
             return
 
 
-def curves_figure(result: SweepResult, stat: str = "kl_mean", log_y: bool = True) -> go.Figure:
+def curves_figure(result: KLCurves, stat: str = "kl_mean", log_y: bool = True) -> go.Figure:
     """Mean (or another stat's) KL(P_orig || P_perturbed) against L, one line per family."""
     fig = go.Figure(_curve_traces(result, stat))
     _error_line(fig, result)
@@ -82,8 +82,8 @@ def substitution_figure(result: SubstitutionResult) -> go.Figure:
 
 def paper_figure(
     substitution: SubstitutionResult,
-    curves: Sequence[SweepResult],
-    features: Sequence[SweepResult],
+    curves: Sequence[KLCurves],
+    features: Sequence[KLCurves],
     pool: str = "active",
 ) -> go.Figure:
     """One figure for the three findings: per hook, the baseline curves (with the SAE error) and
@@ -99,7 +99,7 @@ def paper_figure(
             t.legendgroup = t.name
             t.showlegend = i == 1
             fig.add_trace(t, row=i, col=1)
-        keep = SweepResult(
+        keep = KLCurves(
             f.model,
             f.hook_name,
             f.lengths,

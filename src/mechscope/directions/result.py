@@ -1,6 +1,6 @@
 """Results of the sensitive-directions experiments: plain dataclasses, JSON files, tidy tables.
 
-- `SweepResult`: KL against perturbation length for several direction families at one hook
+- `KLCurves`: KL against perturbation length for several direction families at one hook
   (the paper's curves); also the feature comparisons across SAEs (finding b, c).
 - `SubstitutionResult`: the epsilon-substitution comparison: per SAE, KL of SAE(x) against
   x + eps * (isotropic, cov-mixture, real-mixture direction), eps = |SAE(x) - x| (finding a).
@@ -60,7 +60,7 @@ def _save(obj: Any, path: str | Path) -> Path:
 
 
 @dataclass
-class SweepResult:
+class KLCurves:
     """Mean and quantiles of per-token KL against length L for each direction family.
 
     rows: tidy, one per (family, length): family, length, kl_mean, kl_sem, kl_q05 .. kl_q95, n.
@@ -113,7 +113,7 @@ class SweepResult:
         return {"kind": "sweep", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SweepResult:
+    def from_dict(cls, d: dict[str, Any]) -> KLCurves:
         d = {k: v for k, v in d.items() if k != "kind"}
         return cls(**d)
 
@@ -121,7 +121,7 @@ class SweepResult:
         return _save(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepResult:
+    def load(cls, path: str | Path) -> KLCurves:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

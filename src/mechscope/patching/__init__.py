@@ -3,7 +3,7 @@
 >>> from mechscope.patching import patch_task
 >>> result = patch_task(model, task, "z", direction="denoising")   # [layer, pos, head]
 >>> result.normalised()          # 0 = corrupted baseline, 1 = clean baseline
->>> result.plot().write_html("z.html"); result.save("out/z")
+>>> plot_result(result).write_html("z.html"); result.save("out/z")  # patching.plot
 
 Directions: "denoising" (corrupted run, clean activations patched in: sufficient?), "noising"
 (clean run, corrupted activations patched in: necessary?), "zero" and "mean" ablation.

@@ -41,7 +41,7 @@ def patch_command(
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
     from mechscope.patching.metric import task_metric
-    from mechscope.patching.plot import write_html
+    from mechscope.patching.plot import plot_result, write_html
     from mechscope.patching.result import pearson
     from mechscope.patching.sweep import patch_task
     from mechscope.tasks import make_task
@@ -64,7 +64,7 @@ def patch_command(
             r.meta.update(model=model, seed=seed)
             stem = out / f"{c}_{direction}"
             r.save(stem)
-            write_html(r.plot(), stem.with_suffix(".html"))
+            write_html(plot_result(r), stem.with_suffix(".html"))
             eff = r.effect().abs().flatten()
             top = int(eff.argmax())
             at = zip(r.axes, _unravel(top, tuple(r.values.shape)), strict=True)
@@ -81,7 +81,7 @@ def patch_command(
                 est = estimates[c]
                 est.meta.update(model=model, task=task, seed=seed)
                 est.save(out / f"{c}_{direction}_attribution")
-                write_html(est.plot(), out / f"{c}_{direction}_attribution.html")
+                write_html(plot_result(est), out / f"{c}_{direction}_attribution.html")
                 r_val = pearson(est.values, r.values)
                 console.print(f"{c}: attribution vs exact Pearson r = {r_val:.3f}")
     except MechscopeError as e:

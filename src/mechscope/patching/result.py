@@ -92,12 +92,6 @@ class PatchResult:
         head.pop("shape")
         return cls(values=values, axes=tuple(head.pop("axes")), **head)
 
-    def plot(self, normalise: bool = True, title: str | None = None) -> Any:
-        """A plotly figure of the values (see `mechscope.patching.plot.plot_result`)."""
-        from mechscope.patching.plot import plot_result
-
-        return plot_result(self, normalise=normalise, title=title)
-
 
 def position_labels(tokens: Tensor, tokenizer: Any | None) -> list[str]:
     """Position labels "i: token" for the first prompt of tokens [batch, pos]."""

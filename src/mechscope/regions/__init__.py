@@ -7,26 +7,27 @@
 
 Modules: `prompts` (random windows), `interpolate` (paths, running the rest of the model),
 `boundaries` (sharpness, boundary counts), `polytopes` (MLP activation patterns crossed),
-`semantic` (clusters by region), `sweep` (checkpoints and sizes), `result`, `plot`, `cli`.
+`semantic` (clusters by region), `analysis` (one model; its sweep over checkpoints and
+sizes), `result`, `plot`, `cli`.
 """
 
 from mechscope.errors import RegionsError
+from mechscope.regions.analysis import RegionConfig, analyse, sweep
 from mechscope.regions.boundaries import normalise, sharpness
 from mechscope.regions.interpolate import PathCurves, PathRunner, interpolate, interpolate_pairs
 from mechscope.regions.polytopes import polytope_counts
 from mechscope.regions.prompts import sample_prompts
-from mechscope.regions.result import RegionStats, SemanticResult, SweepResult
+from mechscope.regions.result import RegionStats, RegionStatsTable, SemanticResult
 from mechscope.regions.semantic import semantic_alignment
-from mechscope.regions.sweep import RegionConfig, analyse, sweep
 
 __all__ = [
     "PathCurves",
     "PathRunner",
     "RegionConfig",
     "RegionStats",
+    "RegionStatsTable",
     "RegionsError",
     "SemanticResult",
-    "SweepResult",
     "analyse",
     "interpolate",
     "interpolate_pairs",

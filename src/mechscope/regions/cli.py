@@ -63,9 +63,9 @@ def run_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Interpolate between consecutive random prompts of one model; write curves and figures."""
+    from mechscope.regions.analysis import RegionConfig, analyse
     from mechscope.regions.plot import curves_figure, write_figure
     from mechscope.regions.result import save_curves
-    from mechscope.regions.sweep import RegionConfig, analyse
 
     cfg = RegionConfig(
         n_prompts=n_prompts,
@@ -85,9 +85,9 @@ def run_cmd(
     save_curves(real, stem.parent / f"{stem.name}_curves")
     save_curves(iso, stem.parent / f"{stem.name}_isotropic")
     write_figure(curves_figure(real, stats, iso), stem.with_suffix(".html"), cdn)
-    from mechscope.regions.result import SweepResult
+    from mechscope.regions.result import RegionStatsTable
 
-    console.print(_table(SweepResult([stats]).table()))
+    console.print(_table(RegionStatsTable([stats]).table()))
     console.print(f"results: {stem}.json, {stem.name}_curves.*, figure: {stem}.html")
 
 
@@ -112,8 +112,8 @@ def sweep_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
+    from mechscope.regions.analysis import SWEEP_MODELS, RegionConfig, sweep
     from mechscope.regions.plot import sweep_figure, write_figure
-    from mechscope.regions.sweep import SWEEP_MODELS, RegionConfig, sweep
 
     cfg = RegionConfig(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed

@@ -10,10 +10,10 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from mechscope.regions import boundaries as bd
+from mechscope.regions.analysis import final_rows
 from mechscope.regions.interpolate import PathCurves
 from mechscope.regions.polytopes import polytope_counts
-from mechscope.regions.result import RegionStats, SemanticResult, SweepResult
-from mechscope.regions.sweep import final_rows
+from mechscope.regions.result import RegionStats, RegionStatsTable, SemanticResult
 
 
 def write_figure(fig: go.Figure, path: str | Path, cdn: bool = False) -> Path:
@@ -28,7 +28,7 @@ def _err(q: tuple[float, float, float]) -> tuple[float, float]:
     return q[2] - q[1], q[1] - q[0]
 
 
-def sweep_figure(result: SweepResult) -> go.Figure:
+def sweep_figure(result: RegionStatsTable) -> go.Figure:
     """Median d(alpha)/d(1) per checkpoint (one panel per model), median sharpness vs training
     step (IQR error bars; dashed: isotropic control), and vs parameter count (final weights)."""
     models = result.models()

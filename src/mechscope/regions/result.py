@@ -2,7 +2,7 @@
 
 - `RegionStats`: the summary of one model (one checkpoint): sharpness quartiles, median curve,
   boundary and polytope counts, and the isotropic-direction control. JSON.
-- `SweepResult`: `RegionStats` rows over checkpoints and model sizes. JSON.
+- `RegionStatsTable`: `RegionStats` rows over checkpoints and model sizes. JSON.
 - `SemanticResult`: prompts clustered by region, and how clusters relate to predictions. JSON.
 - `PathCurves` (from `interpolate`): every path's curves. `save_curves` writes `<stem>.json` (meta)
   and `<stem>.safetensors` (tensors).
@@ -90,7 +90,7 @@ class RegionStats:
 
 
 @dataclass
-class SweepResult:
+class RegionStatsTable:
     """`RegionStats` of several models and checkpoints, analysed on the same settings."""
 
     rows: list[RegionStats]
@@ -110,7 +110,7 @@ class SweepResult:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepResult:
+    def load(cls, path: str | Path) -> RegionStatsTable:
         d = json.loads(Path(path).read_text())
         return cls([RegionStats.from_dict(r) for r in d["rows"]], d.get("meta", {}))
 

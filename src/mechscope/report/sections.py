@@ -141,6 +141,7 @@ def _patch_model(cfg: DemoConfig, model: str, sec: Section) -> str:
     """Patch `model`'s components both ways into `sec` (numbers[model], figures); the finding."""
     from mechscope import load_model
     from mechscope.patching import patch_task
+    from mechscope.patching.plot import plot_result
     from mechscope.tasks import make_task
 
     bridge = load_model(model)
@@ -165,7 +166,7 @@ def _patch_model(cfg: DemoConfig, model: str, sec: Section) -> str:
                 "top_normalised": val,
             }
             sec.figures.append(
-                r.plot(title=f"{model}: {comp}, {direction} (0 = corrupted, 1 = clean)")
+                plot_result(r, title=f"{model}: {comp}, {direction} (0 = corrupted, 1 = clean)")
             )
         d, n = nums[f"{comp}_denoising"], nums[f"{comp}_noising"]
         parts.append(

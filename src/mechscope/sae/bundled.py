@@ -19,9 +19,9 @@ from mechscope.artefacts import sae_dir
 from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
 from mechscope.sae.config import TrainConfig
+from mechscope.sae.hparam_grid import run_name, train_and_save, write_results
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens
-from mechscope.sae.sweep import run_name, train_and_save, write_results
 from mechscope.zoo.specs import SPECS
 
 N_EVAL_BATCHES = 16

@@ -71,8 +71,8 @@ def train_cmd(
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.hparam_grid import sweep
     from mechscope.sae.store import ActivationStore
-    from mechscope.sae.sweep import sweep
 
     try:
         cfg = TrainConfig(
@@ -133,8 +133,8 @@ def sweep_cmd(
     (with --seeds: one folder per seed, seeds.json and pareto_seeds.html)."""
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
+    from mechscope.sae.hparam_grid import seed_table, sweep, sweep_seeds
     from mechscope.sae.store import ActivationStore
-    from mechscope.sae.sweep import seed_table, sweep, sweep_seeds
 
     try:
         seed_list = _seeds(seeds) if seeds else None
@@ -185,7 +185,7 @@ def sweep_cmd(
 
 def _seeds(spec: str) -> list[int]:
     """Seeds from '0,1,2' (or '0 1 2'); checked by `sweep.check_seeds`."""
-    from mechscope.sae.sweep import check_seeds
+    from mechscope.sae.hparam_grid import check_seeds
 
     parts = spec.replace(",", " ").split()
     try:

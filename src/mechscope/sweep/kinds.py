@@ -3,7 +3,7 @@ function that runs one trial, writing its artifacts into the trial's folder and 
 scalar results. The functions wrap the methods' own APIs; models are loaded once per process.
 
     acdc     `mechscope.circuits.acdc_task` (as `mechscope acdc`)           -> circuit.json
-    sae      `mechscope.sae.sweep.train_and_save` (train, save, evaluate)   -> SAELens folder
+    sae      `mechscope.sae.hparam_grid.train_and_save` (train, save, evaluate)   -> SAELens folder
     regions  `mechscope.regions.analyse` on one checkpoint                  -> stats.json
 """
 
@@ -19,7 +19,7 @@ from mechscope.circuits.acdc import check_tau
 from mechscope.circuits.patched import ABLATIONS
 from mechscope.metrics import check_name
 from mechscope.models.lean import LeanModel
-from mechscope.regions.sweep import RegionConfig
+from mechscope.regions.analysis import RegionConfig
 from mechscope.sae.config import TrainConfig
 
 
@@ -160,7 +160,7 @@ def run_sae(p: SaeParams, folder: Path) -> dict[str, Any]:
     """Train, save (SAELens format, in the folder) and evaluate one SAE; returns its evaluation
     (L0, MSE, explained variance, CE recovered, KL score, dead and dense fractions)."""
     from mechscope.data.batches import eval_batches
-    from mechscope.sae.sweep import train_and_save
+    from mechscope.sae.hparam_grid import train_and_save
 
     lean = cached_lean(p.model)
     cfg = p.train_config()
@@ -187,13 +187,13 @@ class RegionsParams(RegionConfig):
 
 def run_regions(p: RegionsParams, folder: Path) -> dict[str, Any]:
     """Sharpness and boundary statistics of one checkpoint; writes stats.json."""
-    from mechscope.regions.result import SweepResult
-    from mechscope.regions.sweep import analyse
+    from mechscope.regions.analysis import analyse
+    from mechscope.regions.result import RegionStatsTable
 
     model = cached_model(p.model, p.revision)
     stats, _, _ = analyse(model, p.revision, p.region_config(), progress=False, name=p.model)
     stats.save(folder / "stats.json")
-    row = SweepResult([stats]).table()[0]
+    row = RegionStatsTable([stats]).table()[0]
     return {k: v for k, v in row.items() if k not in ("model", "revision")}
 
 

@@ -7,9 +7,7 @@ import math
 import torch
 
 from mechscope.regions import boundaries as bd
-from mechscope.regions.plot import curves_figure, sweep_figure
-from mechscope.regions.result import RegionStats, SweepResult, load_curves, save_curves
-from mechscope.regions.sweep import (
+from mechscope.regions.analysis import (
     SWEEP_MODELS,
     RegionConfig,
     analyse,
@@ -18,6 +16,8 @@ from mechscope.regions.sweep import (
     sweep,
     training_step,
 )
+from mechscope.regions.plot import curves_figure, sweep_figure
+from mechscope.regions.result import RegionStats, RegionStatsTable, load_curves, save_curves
 
 TINY = RegionConfig(n_prompts=6, n_steps=7)
 
@@ -66,7 +66,7 @@ def test_sweep_over_checkpoints_and_sizes(tmp_path):
     alone, _, _ = analyse("code-4l", "step-0", TINY, progress=False)
     assert alone.sharpness == result.rows[2].sharpness
     result.save(tmp_path / "sweep.json")
-    back = SweepResult.load(tmp_path / "sweep.json")
+    back = RegionStatsTable.load(tmp_path / "sweep.json")
     assert back.rows == result.rows
     fig = sweep_figure(result)
     assert len(fig.data) == 2 * 2 + 2 * 2 + 1  # curves, sharpness + isotropic per model, size

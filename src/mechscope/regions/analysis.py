@@ -26,7 +26,7 @@ from mechscope.regions.interpolate import (
 )
 from mechscope.regions.polytopes import crossings_per_layer, polytope_counts
 from mechscope.regions.prompts import consecutive_pairs, sample_prompts
-from mechscope.regions.result import RegionStats, SweepResult
+from mechscope.regions.result import RegionStats, RegionStatsTable
 
 
 @dataclass
@@ -199,7 +199,7 @@ def sweep(
     revisions: Sequence[str] | None = None,
     config: RegionConfig | None = None,
     progress: bool = True,
-) -> SweepResult:
+) -> RegionStatsTable:
     """`analyse` every model (default `SWEEP_MODELS`) at every revision (default: all bundled
     checkpoints), same settings.
 
@@ -231,10 +231,10 @@ def sweep(
             stats, _, _ = analyse(model, rev, cfg, prompts[name], progress=False, name=name)
             rows.append(stats)
             bar.advance(task)
-    return SweepResult(rows, {"config": asdict(cfg), "models": list(models)})
+    return RegionStatsTable(rows, {"config": asdict(cfg), "models": list(models)})
 
 
-def final_rows(result: SweepResult) -> list[RegionStats]:
+def final_rows(result: RegionStatsTable) -> list[RegionStats]:
     """Each model's last checkpoint ("main" where present), ordered by parameter count."""
     last = [result.of(m)[-1] for m in result.models()]
     return sorted(last, key=lambda r: r.n_params or 0)
