@@ -1,4 +1,5 @@
-"""The import graph of src/mechscope: no circles between modules, and no import that runs back up.
+"""The import graph of src/mechscope: no circles between modules or between packages, and no
+import that runs back up.
 
 Every module's imports are read with `ast` (imports inside functions included; those under
 `if TYPE_CHECKING:` are left out, as they never run). An edge goes to the module named
@@ -11,6 +12,7 @@ basis) import no command-line code (cli, cli_common, report, sweep, any `*.cli` 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import networkx as nx
@@ -42,6 +44,7 @@ def _type_checking_only(tree: ast.Module) -> set[int]:
     return skip
 
 
+@functools.cache
 def import_graph() -> nx.DiGraph:
     """module -> every mechscope module it imports (at any depth of its code)."""
     modules = _modules()
@@ -96,6 +99,17 @@ def test_no_circles_between_modules():
     g = import_graph()
     cycles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
     assert cycles == []
+
+
+def test_no_circles_between_packages():
+    """Nor between the top-level packages and modules (sae -> directions, never back)."""
+    g = import_graph()
+    top = nx.DiGraph()
+    for a, b in g.edges:
+        pa, pb = ".".join(a.split(".")[:2]), ".".join(b.split(".")[:2])
+        if pa != pb:
+            top.add_edge(pa, pb)
+    assert [sorted(c) for c in nx.strongly_connected_components(top) if len(c) > 1] == []
 
 
 def test_no_import_runs_back_up():
