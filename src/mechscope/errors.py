@@ -50,3 +50,8 @@ class StoreError(DataError):
 
 class SweepError(ValueError):
     """A sweep config, output folder or backend that cannot be used (with what to do instead)."""
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written (a file where a folder is wanted, a folder where a
+    file is, a read-only or full disk): which path, why, and what to do."""

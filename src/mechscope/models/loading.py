@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mechscope.errors import ModelLoadError
+from mechscope.files import check_finite, read_safetensors
 from mechscope.zoo.paths import TOKENIZER_DIR, model_dir, revisions, zoo_names
 
 
@@ -92,6 +93,7 @@ def load_model(
         if device_map is None and n_devices is None:
             raise
         raise ModelLoadError(f"Could not place {name!r} with device_map={device_map!r}: {e}") from e
+    check_finite(dict(bridge.named_parameters()), name, ModelLoadError, "Retrain or re-download it")
     return _prepare(bridge)
 
 
@@ -153,9 +155,8 @@ def _checkpoint(name: str, revision: str) -> Path:
 
 
 def _state(file: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return {k: v.to(dtype) for k, v in load_file(str(file)).items()}
+    remake = "Rebuild a zoo model with `mechscope zoo build NAME`, or save the folder again"
+    return {k: v.to(dtype) for k, v in read_safetensors(file, ModelLoadError, remake).items()}
 
 
 def _load_zoo(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.errors import SAEError
+from mechscope.files import write_json
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens
@@ -89,7 +90,7 @@ def build_bundled(
             for c, e in zip(cfgs, evals, strict=True)
         ],
     }
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    write_json(folder / "card.json", card, indent=2)
     shutil.rmtree(folder / "_checkpoints", ignore_errors=True)  # optimiser states: not bundled
     return folder
 

@@ -42,7 +42,7 @@ from rich.progress import (
 )
 
 from mechscope.errors import SweepError
-from mechscope.files import write_json
+from mechscope.files import check_writable_dir, write_json
 from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 from mechscope.sweep.results import (
@@ -141,6 +141,7 @@ def run_sweep(
     out = Path(out) if out is not None else config.out
     if out is None:
         raise SweepError(f"{config.source}: no output folder; set `out` in it or pass --out")
+    check_writable_dir(out)
     threads = config.threads if threads is None else threads
     retries = config.retries if retries is None else retries
     if threads < 1 or retries < 0 or (workers is not None and workers < 1):
@@ -242,10 +243,11 @@ def _check_reachable(address: str) -> None:
         return
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
+    except (OSError, OverflowError) as e:  # OverflowError: a port above 65535
         raise SweepError(
-            f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
-            f"`ray start --head --port={port}` there, or drop --address to run Ray on this machine"
+            f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}); start "
+            f"one with `ray start --head --port={port}` there, or drop --address to run Ray on "
+            "this machine"
         ) from e
 
 
