@@ -164,7 +164,8 @@ def check_writable_file(path: Path, option: str = "--out") -> None:
 def _corrupt(
     path: Path, error: type[Exception], what: str, remake: str, cause: object
 ) -> Exception:
-    detail = f" ({cause})" if str(cause) else ""
+    lines = str(cause).strip().splitlines()
+    detail = f" ({lines[0][:160]})" if lines else ""  # one line, whatever the library said
     return error(f"{path}: {what}{detail}. {remake}")
 
 
@@ -237,5 +238,7 @@ def read_torch(path: Path, error: type[Exception], remake: str, map_location: An
         raise _missing(path, error, remake)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    except pickle.UnpicklingError as e:  # torch's refusal of bytes that are no checkpoint
+        raise _corrupt(path, error, "is truncated or corrupt", remake, "not a checkpoint") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise _corrupt(path, error, "is truncated or corrupt", remake, e) from e

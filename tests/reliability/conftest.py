@@ -36,14 +36,14 @@ def failed_cleanly() -> Callable[..., str]:
         assert result.exit_code not in (0, None), out
         assert isinstance(result.exception, SystemExit), (result.exception, out)
         assert "Traceback" not in out, out
-        errors = [line for line in out.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, out
-        assert out.rstrip().endswith(errors[0]), out  # the error is the last thing printed
+        assert out.count("Error:") == 1, out
+        error = out[out.index("Error:") :].strip()  # after any progress bar of the work
+        assert "\n" not in error and "\r" not in error, out  # one line, and the last one
         for f in fragments:
-            assert f in errors[0], (f, errors[0])
+            assert f in error, (f, error)
         if folder is not None:
             assert not temp_leftovers(folder), temp_leftovers(folder)
-        return errors[0]
+        return error
 
     return check
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mechscope.errors import ModelLoadError
-from mechscope.files import check_finite, read_safetensors
+from mechscope.files import check_finite, read_json, read_safetensors
 from mechscope.zoo.paths import TOKENIZER_DIR, model_dir, revisions, zoo_names
 
 
@@ -231,16 +231,23 @@ def _load_local(
             f"{folder} has no config.json: not a model directory. Save an HF model with "
             f"`model.save_pretrained(dir)` and its tokenizer beside it. {_available()}"
         )
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_json(cfg_file, ModelLoadError, "Save the model again (`model.save_pretrained(dir)`)")
     if "model_type" not in cfg:  # a mechscope TL-native folder
         tok_dir = folder if (folder / "tokenizer.json").exists() else None
         _native_split_error(split)
         return _boot_native(cfg, folder / "model.safetensors", device, dtype, _tokenizer(tok_dir))
     _check_architecture(cfg)
+    from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+    try:
+        return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+    except (SafetensorError, OSError) as e:  # a truncated or corrupt weights file
+        raise ModelLoadError(
+            f"{folder}: cannot read its weights ({e}); save the model again "
+            "(`model.save_pretrained(dir)`)"
+        ) from e
 
 
 def _load_hub(
