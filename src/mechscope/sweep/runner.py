@@ -241,13 +241,14 @@ def _check_reachable(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return
+    if not 0 < int(port) <= 65535:
+        raise SweepError(f"--address {address}: port {port} is out of range (1-65535)")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, OverflowError) as e:  # OverflowError: a port above 65535
+    except OSError as e:
         raise SweepError(
-            f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}); start "
-            f"one with `ray start --head --port={port}` there, or drop --address to run Ray on "
-            "this machine"
+            f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+            f"`ray start --head --port={port}` there, or drop --address to run Ray on this machine"
         ) from e
 
 
