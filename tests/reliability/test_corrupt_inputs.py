@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.errors import (
+    BasisError,
     CircuitError,
+    DirectionsError,
     EvolutionError,
     PatchingError,
     RegionsError,
@@ -218,9 +220,28 @@ def _regions(tmp: Path) -> tuple[Path, Callable[[Path], object]]:
     return path, SweepResult.load
 
 
+def _directions(tmp: Path) -> tuple[Path, Callable[[Path], object]]:
+    from mechscope.directions.result import SubstitutionResult
+
+    path = SubstitutionResult(model="code-2l", rows=[]).save(tmp / "substitution.json")
+    return path, SubstitutionResult.load
+
+
+def _basis(tmp: Path) -> tuple[Path, Callable[[Path], object]]:
+    from mechscope.basis.result import BasisAnalysis
+
+    return tmp / "analysis.json", lambda p: BasisAnalysis.load(p.parent)
+
+
 @pytest.mark.parametrize(
     ("make", "error"),
-    [(_patch_result, PatchingError), (_circuit, CircuitError), (_regions, RegionsError)],
+    [
+        (_patch_result, PatchingError),
+        (_circuit, CircuitError),
+        (_regions, RegionsError),
+        (_directions, DirectionsError),
+        (_basis, BasisError),
+    ],
 )
 def test_saved_results_damaged(make, error, tmp_path) -> None:
     path, load = make(tmp_path)
