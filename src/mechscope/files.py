@@ -56,7 +56,7 @@ def _why(path: Path, e: OSError) -> str:
     """One line: which file could not be written, why, and what to do."""
     if e.errno == errno.ENOSPC:
         return f"cannot write {path}: no space left on the device; free space or write elsewhere"
-    if isinstance(e, IsADirectoryError) or path.is_dir():
+    if isinstance(e, IsADirectoryError):
         return f"cannot write {path}: it is a folder; give a file name"
     if isinstance(e, (NotADirectoryError, FileExistsError)):
         return f"cannot write {path}: {_file_above(path) or path.parent} is a file, not a folder"

@@ -26,6 +26,7 @@ FOLDER_OUTPUTS = {
     "basis analyse": ["basis", "analyse", "modadd-1l", "--out", "{out}"],
     "basis analyse --figures": ["basis", "analyse", "modadd-1l", "--figures", "{out}"],
     "evolution run": ["evolution", "run", "--out", "{out}"],
+    "evolution run --checkpoint": ["evolution", "run", "--checkpoint", "{out}"],
     "directions sweep": ["directions", "sweep", "--out", "{out}"],
     "directions error": ["directions", "error", "--out", "{out}"],
     "directions features": ["directions", "features", "--out", "{out}"],

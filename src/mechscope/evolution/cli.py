@@ -118,7 +118,7 @@ def run_cmd(
     port: Port = 8765,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
-    check_outputs(out, html, serve, port)
+    check_outputs(out, html, serve, port, checkpoint)
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
@@ -187,13 +187,17 @@ def page_cmd(
     _page(result, html, serve, port)
 
 
-def check_outputs(out: Path | None, html: Path | None, serve: bool, port: int) -> None:
-    """Fail before the work on an --out or --html that cannot be written, or a --port the page
-    cannot be served on now."""
+def check_outputs(
+    out: Path | None, html: Path | None, serve: bool, port: int, checkpoint: Path | None = None
+) -> None:
+    """Fail before the work on an --out, --checkpoint or --html that cannot be written, or a
+    --port the page cannot be served on now."""
     from mechscope.evolution.page import check_port
 
     if out is not None:
         check_writable_dir(out)
+    if checkpoint is not None:
+        check_writable_dir(checkpoint, "--checkpoint")
     if html is not None:
         check_writable_file(html, "--html")
     if serve:
