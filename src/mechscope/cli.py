@@ -22,9 +22,10 @@ from rich.table import Table
 
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
-from mechscope.cli_common import console, fail, load, placement
+from mechscope.cli_common import ErrorsAsMessages, console, fail, load, placement
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
+from mechscope.files import check_writable_dir, check_writable_file, write_json
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.report.cli import demo_command
@@ -35,6 +36,7 @@ app = typer.Typer(
     help="mechscope: find out what computation a transformer performs, and where.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ErrorsAsMessages,
 )
 
 
@@ -108,6 +110,8 @@ def zoo_build(
     device: Annotated[str, typer.Option(help="train on cpu or cuda")] = "cpu",
 ) -> None:
     """Retrain a bundled model (deterministic, minutes on 2 CPU cores); the tokenizer first."""
+    if out is not None:
+        check_writable_dir(out)
     from mechscope import zoo
     from mechscope.models import ModelLoadError
 
@@ -141,6 +145,8 @@ def run_task_cmd(
     from mechscope.errors import MechscopeError
     from mechscope.tasks import make_task, run_task
 
+    if json_out is not None:
+        check_writable_file(json_out, "--json")
     try:
         m = load(model, revision=revision)
         t = make_task(task, m.tokenizer, n=n, seed=seed)
@@ -159,7 +165,7 @@ def run_task_cmd(
     )
     console.print(table)
     if json_out:
-        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(json_out, result.to_dict(), indent=2)
 
 
 if __name__ == "__main__":

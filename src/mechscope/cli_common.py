@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 console = Console()
 
@@ -67,3 +68,25 @@ def fail(msg: object) -> NoReturn:
     nothing written)."""
     console.print(f"[bold red]Error:[/] {msg}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class ErrorsAsMessages(TyperGroup):
+    """The root command group: a mechscope error raised anywhere in a sub-command (an output
+    path that cannot be written, a full disk, a truncated or corrupt input file) ends the
+    command with `fail`'s one-line message instead of a traceback; Ctrl-C with one line and
+    status 130."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from mechscope.errors import MechscopeError
+
+        try:
+            return super().invoke(ctx)
+        except MechscopeError as e:
+            fail(e)
+        except KeyboardInterrupt:
+            console.print(
+                "[bold red]Error:[/] interrupted; every file written so far is whole (sae train, "
+                "sweep and evolution run --checkpoint go on where they stopped when rerun)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=130) from None

@@ -62,3 +62,8 @@ class SweepError(MechscopeError):
 
 class TaskError(MechscopeError):
     """A task's prompts or answers do not fit the tokenizer (lengths, multi-token answers)."""
+
+
+class OutputError(MechscopeError):
+    """An output path that cannot be written (a file where a folder is wanted, a folder where a
+    file is, a read-only or full disk): which path, why, and what to do."""

@@ -16,6 +16,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mechscope.cli import app
+from mechscope.errors import OutputError
 from mechscope.sweep import KINDS, SweepConfig, SweepError, SweepReport, TrialResult, run_sweep
 from mechscope.sweep.results import summary_figure
 
@@ -116,7 +117,7 @@ def test_result_writes_are_atomic(toy, tmp_path, monkeypatch):
 
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):  # the OSError, naming the file
         run(cfg, tmp_path)
     monkeypatch.setattr(os, "replace", real_replace)
     for t in (first, second):  # no temporary files left, no partial result

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from mechscope.cli_common import console, fail
 from mechscope.errors import BasisError
+from mechscope.files import check_writable_dir
 
 basis_app = typer.Typer(
     help="Degeneracy and the interaction basis (Bushnaq et al. 2024): ranks, bases, edges, modules."
@@ -57,6 +58,8 @@ def build_cmd(
     ] = None,
 ) -> None:
     """Retrain a bundled model from scratch (deterministic on CPU) and write its weights + card."""
+    if out is not None:
+        check_writable_dir(out)
     from mechscope.basis.pretrained import build, card
 
     if seed is not None and out is None:
@@ -101,6 +104,9 @@ def analyse_cmd(
 ) -> None:
     """Degeneracy, interaction / PCA / neuron bases, edge sparsity (edges needed with
     --ablate-on) and modules of a model."""
+    check_writable_dir(out)
+    if figures is not None:
+        check_writable_dir(figures, "--figures")
     from mechscope.basis.analysis import analyse
     from mechscope.basis.pretrained import bundled_data, load_bundled
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope.artefacts import basis_dir
@@ -31,7 +30,7 @@ from mechscope.basis.models import (
     model_from_config,
 )
 from mechscope.errors import BasisError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, read_safetensors, write_json, write_safetensors
 from mechscope.progress import progress_bar
 
 
@@ -203,13 +202,12 @@ def build(
     card.json into `out` (default: the bundled folder)."""
     recipe = _check_name(name, seed)
     folder = Path(out) if out is not None else basis_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model, metrics = train(name, progress, seed)
     seconds = round(time.time() - t0, 1)
     store = torch.float16 if name == "modadd-1l" else torch.float32
     tensors = {k: v.detach().to(store).contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
+    write_safetensors(folder / "model.safetensors", tensors)
     card = {
         "name": name,
         "architecture": config_dict(model),
@@ -282,8 +280,9 @@ def load_bundled(
         raise BasisError(
             f"no weights for {name} in {folder}; run `mechscope basis build {name}` to train them"
         )
-    arch = json.loads(card_path.read_text())["architecture"]
-    return _from_tensors(arch, load_file(str(weights)), dtype)
+    remake = f"Rebuild it with `mechscope basis build {name}`"
+    arch = read_json(card_path, BasisError, remake)["architecture"]
+    return _from_tensors(arch, read_safetensors(weights, BasisError, remake, finite=True), dtype)
 
 
 def _from_tensors(

@@ -7,7 +7,6 @@ Saved as `<folder>/analysis.json` (everything but the matrices, ablation curves 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope.basis.ablation import EdgeAblation
@@ -24,7 +22,7 @@ from mechscope.basis.degeneracy import DegeneracyReport, FiringReport, LayerDege
 from mechscope.basis.edges import Modules, Sparsity, cumulative_mass
 from mechscope.basis.interaction import LayerBasis
 from mechscope.errors import BasisError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, read_safetensors, write_figure, write_json, write_safetensors
 
 KIND_COLOURS = {"lib": "#1f77b4", "pca": "#ff7f0e", "neuron": "#7f7f7f"}
 KIND_NAMES = {"lib": "interaction basis", "pca": "PCA", "neuron": "neurons"}
@@ -54,7 +52,6 @@ class BasisAnalysis:
     def save(self, folder: str | Path) -> Path:
         """Write analysis.json and tensors.safetensors into `folder`; returns the folder."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, Tensor] = {}
         for d in self.degeneracy.layers:
             tensors[f"degeneracy/{d.name}/act"] = d.act_eigenvalues
@@ -83,7 +80,7 @@ class BasisAnalysis:
             "summary": self.summary(),
         }
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        atomic_write(folder / "tensors.safetensors", lambda p: save_file(tensors, p))
+        write_safetensors(folder / "tensors.safetensors", tensors)
         write_json(folder / "analysis.json", head)
         return folder
 
@@ -93,8 +90,9 @@ class BasisAnalysis:
         folder = Path(folder)
         if not (folder / "analysis.json").exists():
             raise BasisError(f"no analysis.json in {folder}; run `mechscope basis analyse` first")
-        head = json.loads((folder / "analysis.json").read_text())
-        t = load_file(str(folder / "tensors.safetensors"))
+        remake = "Rerun `mechscope basis analyse` to write it anew"
+        head = read_json(folder / "analysis.json", BasisError, remake)
+        t = read_safetensors(folder / "tensors.safetensors", BasisError, remake)
         deg = head["degeneracy"]
         layers = [
             LayerDegeneracy(
@@ -500,7 +498,6 @@ class BasisAnalysis:
         """Write <prefix>_spectra.html, _sparsity.html, _graph.html and, when edges were ablated,
         _ablation.html (plotly from CDN)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         out = []
         figs = {"spectra": self.spectra_figure(), "sparsity": self.sparsity_figure()}
         if "lib" in self.bases:
@@ -509,6 +506,6 @@ class BasisAnalysis:
             figs["ablation"] = self.ablation_figure()
         for name, fig in figs.items():
             path = folder / f"{prefix}_{name}.html"
-            fig.write_html(str(path), include_plotlyjs="cdn")
+            write_figure(path, fig, "cdn")
             out.append(path)
         return out

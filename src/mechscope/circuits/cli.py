@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mechscope.cli_common import console, fail, load
+from mechscope.files import check_writable_file, suffixed
 
 if TYPE_CHECKING:
     from mechscope.circuits.result import Circuit
@@ -50,6 +51,7 @@ def acdc_command(
 ) -> None:
     """Find a circuit with ACDC (edges visited / kept shown live) or EAP on the search prompts,
     measure it on held-out test prompts (tracr: on all inputs); save and render it."""
+    check_writable_file(suffixed(out, ".json"))
     from mechscope.circuits.render import write
     from mechscope.errors import CircuitError, MechscopeError
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mechscope.circuits.result import Circuit
+from mechscope.files import suffixed, write_text
 
 
 def _node_style(node: str) -> str:
@@ -97,8 +98,8 @@ def to_html(circuit: Circuit) -> str:
 def write(circuit: Circuit, stem: str | Path) -> list[Path]:
     """Write <stem>.json, <stem>.dot and <stem>.html; returns the paths."""
     stem = Path(stem)
-    json_path = circuit.save(stem.with_suffix(".json"))
-    dot_path, html_path = stem.with_suffix(".dot"), stem.with_suffix(".html")
-    dot_path.write_text(to_dot(circuit))
-    html_path.write_text(to_html(circuit))
+    json_path = circuit.save(suffixed(stem, ".json"))
+    dot_path, html_path = suffixed(stem, ".dot"), suffixed(stem, ".html")
+    write_text(dot_path, to_dot(circuit))
+    write_text(html_path, to_html(circuit))
     return [json_path, dot_path, html_path]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mechscope.circuits.graph import Graph
 from mechscope.errors import CircuitError
-from mechscope.files import write_json
+from mechscope.files import read_json, suffixed, write_json
 
 
 @dataclass
@@ -150,14 +150,14 @@ class Circuit:
     def save(self, path: str | Path) -> Path:
         """Write JSON to `path` (".json" added if missing), atomically."""
         path = Path(path)
-        path = path if path.suffix == ".json" else path.with_suffix(".json")
+        path = path if path.suffix == ".json" else suffixed(path, ".json")
         write_json(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
         try:
-            d = json.loads(Path(path).read_text())
+            d = read_json(Path(path), CircuitError, "Rerun `mechscope acdc --out` to remake it")
             gd = d["graph"]
             graph = Graph(
                 gd["n_layers"],

@@ -37,7 +37,6 @@ attention).
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from mechscope.circuits.graph import LETTERS, Graph
 from mechscope.circuits.metric import CircuitMetric, l2_metric
 from mechscope.circuits.patched import CircuitRunner
 from mechscope.errors import CircuitError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, read_safetensors, write_json, write_safetensors
 from mechscope.models.lean import Hook, LeanModel
 
 TASKS = ("reverse", "proportion")
@@ -464,10 +463,8 @@ PRESET_SEARCH: dict[str, dict[str, Any]] = {
 
 def save_tracr(task: TracrTask, compiled: CompiledProgram, folder: Path) -> Path:
     """Write <folder>/{config.json, model.safetensors, truth.json} (load with `load_tracr`)."""
-    from safetensors.torch import save_file
-
     write_json(folder / "config.json", compiled.config)
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(compiled.state, tmp))
+    write_safetensors(folder / "model.safetensors", compiled.state)
     info = {
         **task.info,
         "task": task.name,
@@ -495,8 +492,6 @@ def build_tracr(out: Path = TRACR_DIR) -> dict[str, Path]:
 def load_tracr(name: str | Path, folder: Path = TRACR_DIR) -> TracrTask:
     """A bundled preset ("reverse", "proportion") or a folder written by save_tracr: model,
     graph (split embeddings), inputs, truths. Needs no tracr."""
-    from safetensors.torch import load_file
-
     path = Path(name) if Path(name).is_dir() else folder / str(name)
     if not path.is_dir() and str(name) not in TASKS:
         raise CircuitError(
@@ -504,9 +499,10 @@ def load_tracr(name: str | Path, folder: Path = TRACR_DIR) -> TracrTask:
         )
     if not (path / "model.safetensors").exists():
         raise CircuitError(f"no tracr model at {path}; rebuild with build_tracr() (needs tracr)")
-    config = json.loads((path / "config.json").read_text())
-    info = json.loads((path / "truth.json").read_text())
-    state = load_file(str(path / "model.safetensors"))
+    remake = "Rebuild it with build_tracr() (needs tracr)"
+    config = read_json(path / "config.json", CircuitError, remake)
+    info = read_json(path / "truth.json", CircuitError, remake)
+    state = read_safetensors(path / "model.safetensors", CircuitError, remake, finite=True)
     graph = graph_of(config)
     truths = {t: graph.mask(names) for t, names in info.pop("true_edges").items()}
     task, tokens, search = info.pop("task"), info.pop("tokens"), info.pop("search")

@@ -8,6 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from mechscope.files import write_files
+
 BOS = "<|endoftext|>"
 
 
@@ -31,7 +33,7 @@ def save_tokenizer(tok: Tokenizer, folder: Path) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=BOS
     )
-    fast.save_pretrained(str(folder))
+    write_files(folder, fast.save_pretrained)
     return fast
 
 

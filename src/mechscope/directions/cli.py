@@ -17,6 +17,7 @@ from rich.table import Table
 
 from mechscope.cli_common import console, fail
 from mechscope.errors import MechscopeError
+from mechscope.files import check_writable_dir, suffixed
 
 if TYPE_CHECKING:
     from mechscope.directions.experiments import DirectionsConfig
@@ -121,6 +122,7 @@ def sweep_cmd(
     cdn: Cdn = False,
 ) -> None:
     """KL(P_orig || P_perturbed) against length L for direction families at one hook."""
+    check_writable_dir(out)
     from mechscope.directions.experiments import sweep_directions
     from mechscope.directions.plot import curves_figure, write_figure
 
@@ -135,8 +137,8 @@ def sweep_cmd(
     except MechscopeError as e:
         fail(e)
     stem = out / f"sweep_{Path(model).name}_{hook}"
-    res.save(stem.with_suffix(".json"))
-    write_figure(curves_figure(res), stem.with_suffix(".html"), cdn)
+    res.save(suffixed(stem, ".json"))
+    write_figure(curves_figure(res), suffixed(stem, ".html"), cdn)
     console.print(res.table())
     console.print(f"results: {stem}.json, figure: {stem}.html")
 
@@ -155,6 +157,7 @@ def error_cmd(
 ) -> None:
     """Finding (a): KL of SAE(x) vs x + eps * (isotropic, cov-mixture, real-mixture), eps =
     |SAE(x) - x|, per SAE at its own hook."""
+    check_writable_dir(out)
     from mechscope.directions.experiments import error_vs_baselines
     from mechscope.directions.plot import substitution_figure, write_figure
 
@@ -164,8 +167,8 @@ def error_cmd(
     except MechscopeError as e:
         fail(e)
     stem = out / f"substitution_{Path(model).name}"
-    res.save(stem.with_suffix(".json"))
-    write_figure(substitution_figure(res), stem.with_suffix(".html"), cdn)
+    res.save(suffixed(stem, ".json"))
+    write_figure(substitution_figure(res), suffixed(stem, ".html"), cdn)
     console.print(res.table())
     console.print(f"results: {stem}.json, figure: {stem}.html")
 
@@ -187,6 +190,7 @@ def features_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Findings (b), (c): feature directions of several SAEs at one hook, at equal L."""
+    check_writable_dir(out)
     from mechscope.directions.experiments import compare_features
     from mechscope.directions.plot import curves_figure, write_figure
 
@@ -197,8 +201,8 @@ def features_cmd(
     except MechscopeError as e:
         fail(e)
     stem = out / f"features_{Path(model).name}_{res.hook_name}"
-    res.save(stem.with_suffix(".json"))
-    write_figure(curves_figure(res), stem.with_suffix(".html"), cdn)
+    res.save(suffixed(stem, ".json"))
+    write_figure(curves_figure(res), suffixed(stem, ".html"), cdn)
     console.print(res.table())
     if res.meta.get("skipped"):
         console.print(f"empty pools skipped: {', '.join(res.meta['skipped'])}")
@@ -217,6 +221,7 @@ def paper_cmd(
     cdn: Cdn = False,
 ) -> None:
     """All three findings on a zoo model's bundled SAEs: results/*.json and paper.html."""
+    check_writable_dir(out)
     from mechscope.directions.experiments import paper_comparisons
     from mechscope.directions.plot import paper_figure, write_figure
 

@@ -11,7 +11,6 @@ over every counted token of every draw. Files are written atomically.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,10 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from mechscope.files import write_json
+from mechscope.errors import DirectionsError
+from mechscope.files import read_json, write_json
+
+_REMAKE = "Rerun the `mechscope directions` command that wrote it"
 
 QUANTILES: dict[str, float] = {
     "kl_q05": 0.05,
@@ -122,7 +124,13 @@ class KLCurves:
 
     @classmethod
     def load(cls, path: str | Path) -> KLCurves:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(
+            read_json(
+                Path(path),
+                DirectionsError,
+                "Rerun the `mechscope directions` command that wrote it",
+            )
+        )
 
 
 @dataclass
@@ -186,7 +194,13 @@ class SubstitutionResult:
 
     @classmethod
     def load(cls, path: str | Path) -> SubstitutionResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(
+            read_json(
+                Path(path),
+                DirectionsError,
+                "Rerun the `mechscope directions` command that wrote it",
+            )
+        )
 
 
 def _spread(n: int, k: int) -> list[int]:

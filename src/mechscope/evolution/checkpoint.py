@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from mechscope.errors import EvolutionError
-from mechscope.files import atomic_write
+from mechscope.files import write_safetensors
 from mechscope.sae.model import SparseAutoencoder
 
 STATE_FILE = "state.safetensors"
@@ -77,7 +76,7 @@ def save_state(folder: str | Path, fp: str, state: StreamState) -> Path:
         "batch": str(state.batch),
         "n_tokens": str(state.n_tokens),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_safetensors(path, tensors, meta)
     return path
 
 
@@ -87,14 +86,20 @@ def load_state(folder: str | Path, fp: str) -> StreamState | None:
     path = Path(folder) / STATE_FILE
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("fingerprint") != fp:
-            raise EvolutionError(
-                f"{path} was written for other token batches, SAEs or settings (rel_threshold, "
-                "n_examples); remove it or give another checkpoint folder"
-            )
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != fp:
+                raise EvolutionError(
+                    f"{path} was written for other token batches, SAEs or settings "
+                    "(rel_threshold, n_examples); remove it or give another checkpoint folder"
+                )
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no dict)
+    except SafetensorError as e:
+        raise EvolutionError(
+            f"{path}: is truncated or not a safetensors file ({e}). Remove it: the run then "
+            "starts from the beginning"
+        ) from e
     if meta.get("stage") not in STAGES:
         raise EvolutionError(f"{path}: unknown stage {meta.get('stage')!r}; remove it")
     return StreamState(meta["stage"], int(meta["batch"]), int(meta["n_tokens"]), tensors)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from mechscope.cli_common import console, fail, load
 from mechscope.errors import EvolutionError, MechscopeError
+from mechscope.files import check_writable_dir, check_writable_file, write_text
 
 evolution_app = typer.Typer(
     help="Feature evolution across layers: cross-layer SAE feature statistics, graph, page.",
@@ -113,6 +114,7 @@ def run_cmd(
     port: Port = 8765,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
+    check_outputs(out, html, serve, port, checkpoint)
     from mechscope.data.batches import eval_batches
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
@@ -169,6 +171,7 @@ def page_cmd(
     port: Port = 8765,
 ) -> None:
     """Write (--html) or serve (--serve) the interactive page of a saved result."""
+    check_outputs(None, html, serve, port)
     from mechscope.evolution.result import EvolutionResult
 
     try:
@@ -180,14 +183,30 @@ def page_cmd(
     _page(result, html, serve, port)
 
 
+def check_outputs(
+    out: Path | None, html: Path | None, serve: bool, port: int, checkpoint: Path | None = None
+) -> None:
+    """Fail before the work on an --out, --checkpoint or --html that cannot be written, or a
+    --port the page cannot be served on now."""
+    from mechscope.evolution.page import check_port
+
+    if out is not None:
+        check_writable_dir(out)
+    if checkpoint is not None:
+        check_writable_dir(checkpoint, "--checkpoint")
+    if html is not None:
+        check_writable_file(html, "--html")
+    if serve:
+        check_port(port)
+
+
 def _page(result: object, html: Path | None, serve: bool, port: int) -> None:
     from mechscope.evolution.page import HOST, page_html
     from mechscope.evolution.page import serve as serve_page
 
     text = page_html(result)  # type: ignore[arg-type]
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(text, encoding="utf-8")
+        write_text(html, text)
         console.print(f"page: {html}")
     if serve:
         console.print(f"serving on http://{HOST}:{port}/ (Ctrl-C stops)")

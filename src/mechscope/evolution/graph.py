@@ -8,7 +8,6 @@ optionally only the top-k next-layer neighbours of each feature. Communities: Lo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import torch
 
 from mechscope.errors import EvolutionError
 from mechscope.evolution.stats import SparseSimilarity
+from mechscope.files import atomic_write, write_json
 
 Algorithm = Literal["louvain", "leiden", "leiden-cpm"]
 ALGORITHMS: tuple[str, ...] = ("louvain", "leiden", "leiden-cpm")
@@ -180,16 +180,15 @@ def write_graph(
 ) -> Path:
     """Write the graph as node-link JSON (`.json`) or GraphML (`.graphml`), with communities."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(json.dumps(graph_json(g, parts)))
+        write_json(path, graph_json(g, parts), indent=None)
     elif path.suffix == ".graphml":
         h = g.copy()
         for algo, ps in (parts or {}).items():
             for i, p in enumerate(ps):
                 for n in p:
                     h.nodes[n][f"community_{algo}"] = i
-        nx.write_graphml(h, path)
+        atomic_write(path, lambda tmp: nx.write_graphml(h, tmp))
     else:
         raise EvolutionError(f"graph files are .json or .graphml, got {path.name!r}")
     return path

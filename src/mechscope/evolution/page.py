@@ -20,6 +20,7 @@ from typing import Any
 from mechscope.errors import EvolutionError
 from mechscope.evolution.result import EvolutionResult
 from mechscope.evolution.template import CSS, HTML, JS
+from mechscope.files import write_text
 
 HOST = "127.0.0.1"  # never another interface: the page is for the local user
 
@@ -108,8 +109,7 @@ def page_html(
 
 def write_page(result: EvolutionResult, path: str | Path, **kwargs: Any) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page_html(result, **kwargs), encoding="utf-8")
+    write_text(path, page_html(result, **kwargs))
     return path
 
 
@@ -131,7 +131,19 @@ def make_server(html: str, port: int = 8765) -> http.server.ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
-    return http.server.ThreadingHTTPServer((HOST, port), Handler)
+    if not 0 <= port <= 65535:
+        raise EvolutionError(f"--port {port} is out of range: give 1-65535 (0: any free port)")
+    try:
+        return http.server.ThreadingHTTPServer((HOST, port), Handler)
+    except OSError as e:
+        raise EvolutionError(
+            f"cannot serve on {HOST}:{port}: {e.strerror or e}; give another --port"
+        ) from e
+
+
+def check_port(port: int) -> None:
+    """EvolutionError unless the page could be served on `port` now (call before the work)."""
+    make_server("", port).server_close()
 
 
 def serve(html: str, port: int = 8765, block: bool = True) -> http.server.ThreadingHTTPServer:

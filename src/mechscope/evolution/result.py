@@ -8,21 +8,19 @@ per-feature active-token counts the AND / OR support floor reads).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope.errors import EvolutionError
 from mechscope.evolution.classify import PairClassification, counts_table
 from mechscope.evolution.graph import build_graph, community_stats
 from mechscope.evolution.stats import SparseSimilarity
-from mechscope.files import atomic_write
+from mechscope.files import read_json, read_safetensors, write_json, write_safetensors
 
 RESULT_FILE = "evolution.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -139,7 +137,6 @@ class EvolutionResult:
     # -- files ----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, Tensor] = {}
         for i, l in enumerate(self.layers):
             tensors[f"layer{i}.freq"] = l.freq.float()
@@ -156,7 +153,7 @@ class EvolutionResult:
             tensors[f"pair{i}.and_gates"] = c.and_gates.long()
             tensors[f"pair{i}.or_gates"] = c.or_gates.long()
         tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
-        atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(tensors, tmp))
+        write_safetensors(folder / TENSORS_FILE, tensors)
         doc = {
             "format": FORMAT,
             "model": self.model,
@@ -186,8 +183,7 @@ class EvolutionResult:
             "counts": self.counts(),
             "community_stats": self.community_stats(),
         }
-        text = json.dumps(doc)
-        atomic_write(folder / RESULT_FILE, lambda tmp: Path(tmp).write_text(text))
+        write_json(folder / RESULT_FILE, doc, indent=None)
         return folder
 
     @classmethod
@@ -197,57 +193,64 @@ class EvolutionResult:
             raise EvolutionError(
                 f"no {RESULT_FILE} in {folder}; write one with `mechscope evolution run --out`"
             )
-        doc = json.loads((folder / RESULT_FILE).read_text())
+        remake = "Rerun `mechscope evolution run --out` to write the result anew."
+        doc = read_json(folder / RESULT_FILE, EvolutionError, remake)
         if doc.get("format") != FORMAT:
             raise EvolutionError(
                 f"{folder}: result format {doc.get('format')!r}, expected {FORMAT}; rerun "
                 "`mechscope evolution run` to write it anew"
             )
-        t = load_file(folder / TENSORS_FILE)
-        layers = [
-            LayerInfo(
-                hook=d["hook"],
-                sae=d["sae"],
-                freq=t[f"layer{i}.freq"],
-                max_act=t[f"layer{i}.max_act"],
-                active=t[f"layer{i}.active"],
-                examples=[[(e[0], e[1], e[2], e[3]) for e in ex] for ex in d["examples"]],
-                labels=list(d["labels"]),
-                neuronpedia=d.get("neuronpedia"),
-            )
-            for i, d in enumerate(doc["layers"])
-        ]
-        sizes = [l.n_features for l in layers]
-        pairs = []
-        for i, d in enumerate(doc["pairs"]):
-            sims = {
-                m: SparseSimilarity(
-                    t[f"pair{i}.{m}.rows"],
-                    t[f"pair{i}.{m}.cols"],
-                    t[f"pair{i}.{m}.values"],
-                    (sizes[i], sizes[i + 1]),
+        t = read_safetensors(folder / TENSORS_FILE, EvolutionError, remake)
+        try:
+            layers = [
+                LayerInfo(
+                    hook=d["hook"],
+                    sae=d["sae"],
+                    freq=t[f"layer{i}.freq"],
+                    max_act=t[f"layer{i}.max_act"],
+                    active=t[f"layer{i}.active"],
+                    examples=[[(e[0], e[1], e[2], e[3]) for e in ex] for ex in d["examples"]],
+                    labels=list(d["labels"]),
+                    neuronpedia=d.get("neuronpedia"),
                 )
-                for m in d["measures"]
-            }
-            cls_ = PairClassification(
-                layer=i,
-                tau=d["tau"],
-                gate_threshold=d["gate_threshold"],
-                min_support=int(d["min_support"]),
-                best_next=t[f"pair{i}.best_next"],
-                best_next_idx=t[f"pair{i}.best_next_idx"],
-                best_prev=t[f"pair{i}.best_prev"],
-                best_prev_idx=t[f"pair{i}.best_prev_idx"],
-                and_gates=t[f"pair{i}.and_gates"],
-                or_gates=t[f"pair{i}.or_gates"],
+                for i, d in enumerate(doc["layers"])
+            ]
+            sizes = [l.n_features for l in layers]
+            pairs = []
+            for i, d in enumerate(doc["pairs"]):
+                sims = {
+                    m: SparseSimilarity(
+                        t[f"pair{i}.{m}.rows"],
+                        t[f"pair{i}.{m}.cols"],
+                        t[f"pair{i}.{m}.values"],
+                        (sizes[i], sizes[i + 1]),
+                    )
+                    for m in d["measures"]
+                }
+                cls_ = PairClassification(
+                    layer=i,
+                    tau=d["tau"],
+                    gate_threshold=d["gate_threshold"],
+                    min_support=int(d["min_support"]),
+                    best_next=t[f"pair{i}.best_next"],
+                    best_next_idx=t[f"pair{i}.best_next_idx"],
+                    best_prev=t[f"pair{i}.best_prev"],
+                    best_prev_idx=t[f"pair{i}.best_prev_idx"],
+                    and_gates=t[f"pair{i}.and_gates"],
+                    or_gates=t[f"pair{i}.or_gates"],
+                )
+                pairs.append(PairResult(sims, cls_))
+            return cls(
+                model=doc["model"],
+                layers=layers,
+                pairs=pairs,
+                communities={k: [list(p) for p in v] for k, v in doc["communities"].items()},
+                config=doc["config"],
+                n_tokens=int(doc["n_tokens"]),
+                meta=doc.get("meta", {}),
             )
-            pairs.append(PairResult(sims, cls_))
-        return cls(
-            model=doc["model"],
-            layers=layers,
-            pairs=pairs,
-            communities={k: [list(p) for p in v] for k, v in doc["communities"].items()},
-            config=doc["config"],
-            n_tokens=int(doc["n_tokens"]),
-            meta=doc.get("meta", {}),
-        )
+        except (KeyError, IndexError, TypeError) as e:
+            raise EvolutionError(
+                f"{folder}: {RESULT_FILE} and {TENSORS_FILE} do not fit together (missing {e}). "
+                f"{remake}"
+            ) from e

@@ -25,6 +25,7 @@ import torch
 
 from mechscope.artefacts import TOKENIZER_DIR, model_dir, revisions, zoo_names
 from mechscope.errors import ModelLoadError
+from mechscope.files import check_finite, read_json, read_safetensors
 
 
 def _available() -> str:
@@ -92,6 +93,7 @@ def load_model(
         if device_map is None and n_devices is None:
             raise
         raise ModelLoadError(f"Could not place {name!r} with device_map={device_map!r}: {e}") from e
+    check_finite(dict(bridge.named_parameters()), name, ModelLoadError, "Retrain or re-download it")
     return _prepare(bridge)
 
 
@@ -153,9 +155,8 @@ def _checkpoint(name: str, revision: str) -> Path:
 
 
 def _state(file: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return {k: v.to(dtype) for k, v in load_file(str(file)).items()}
+    remake = "Rebuild a zoo model with `mechscope zoo build NAME`, or save the folder again"
+    return {k: v.to(dtype) for k, v in read_safetensors(file, ModelLoadError, remake).items()}
 
 
 def _load_zoo(
@@ -230,16 +231,23 @@ def _load_local(
             f"{folder} has no config.json: not a model directory. Save an HF model with "
             f"`model.save_pretrained(dir)` and its tokenizer beside it. {_available()}"
         )
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_json(cfg_file, ModelLoadError, "Save the model again (`model.save_pretrained(dir)`)")
     if "model_type" not in cfg:  # a mechscope TL-native folder
         tok_dir = folder if (folder / "tokenizer.json").exists() else None
         _native_split_error(split)
         return _boot_native(cfg, folder / "model.safetensors", device, dtype, _tokenizer(tok_dir))
     _check_architecture(cfg)
+    from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+    try:
+        return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+    except (SafetensorError, OSError) as e:  # a truncated or corrupt weights file
+        raise ModelLoadError(
+            f"{folder}: cannot read its weights ({e}); save the model again "
+            "(`model.save_pretrained(dir)`)"
+        ) from e
 
 
 def _load_hub(

@@ -10,11 +10,12 @@ tokens, so prompts longer than that exercise them.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mechscope.files import copy_file, write_files
 
 VOCAB = 4096  # the bundled tokenizer's
 _IDS = {"bos_token_id": 0, "eos_token_id": 0}
@@ -103,7 +104,8 @@ def save_toy(family: str, folder: str | Path, seed: int = 0, **overrides: Any) -
     from mechscope.artefacts import TOKENIZER_DIR
 
     folder = Path(folder)
-    toy_model(family, seed, **overrides).save_pretrained(folder)
+    model = toy_model(family, seed, **overrides)
+    write_files(folder, model.save_pretrained)
     for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / f, folder / f)
+        copy_file(TOKENIZER_DIR / f, folder / f)
     return folder

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail, load
+from mechscope.files import check_writable_dir, suffixed
 
 
 def patch_command(
@@ -37,6 +38,7 @@ def patch_command(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
+    check_writable_dir(out)
     from mechscope.errors import MechscopeError
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
@@ -64,7 +66,7 @@ def patch_command(
             r.meta.update(model=model, seed=seed)
             stem = out / f"{c}_{direction}"
             r.save(stem)
-            write_html(plot_result(r), stem.with_suffix(".html"))
+            write_html(plot_result(r), suffixed(stem, ".html"))
             eff = r.effect().abs().flatten()
             top = int(eff.argmax())
             at = zip(r.axes, _unravel(top, tuple(r.values.shape)), strict=True)

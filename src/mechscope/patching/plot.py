@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from mechscope.files import write_figure
 from mechscope.patching.result import PatchResult
 from mechscope.patching.specs import PatchingError
 
@@ -82,6 +83,5 @@ def plot_result(result: PatchResult, normalise: bool = True, title: str | None =
 def write_html(fig: go.Figure, path: str | Path) -> Path:
     """Write a self-contained HTML file (plotly.js inlined, so it opens offline)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    write_figure(path, fig)
     return path

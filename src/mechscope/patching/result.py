@@ -6,17 +6,16 @@ Saved as two files side by side: `<stem>.json` (axes, labels, baselines, metadat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope import metrics
-from mechscope.files import atomic_write
+from mechscope.errors import PatchingError
+from mechscope.files import read_json, read_safetensors, suffixed, write_json, write_safetensors
 
 
 @dataclass
@@ -62,7 +61,6 @@ class PatchResult:
     def save(self, stem: str | Path) -> tuple[Path, Path]:
         """Write `<stem>.json` and `<stem>.safetensors`; returns both paths."""
         stem = Path(stem)
-        stem.parent.mkdir(parents=True, exist_ok=True)
         head = {
             "axes": list(self.axes),
             "shape": list(self.values.shape),
@@ -75,10 +73,9 @@ class PatchResult:
             "method": self.method,
             "meta": self.meta,
         }
-        js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        atomic_write(js, lambda p: Path(p).write_text(json.dumps(head, indent=2)))
-        values = self.values.detach().float().cpu().contiguous()
-        atomic_write(st, lambda p: save_file({"values": values}, p))
+        js, st = suffixed(stem, ".json"), suffixed(stem, ".safetensors")
+        write_json(js, head, indent=2)
+        write_safetensors(st, {"values": self.values.detach().float().cpu().contiguous()})
         return js, st
 
     @classmethod
@@ -87,8 +84,9 @@ class PatchResult:
         stem = Path(stem)
         if stem.suffix in (".json", ".safetensors"):
             stem = stem.with_suffix("")
-        head = json.loads(stem.with_suffix(".json").read_text())
-        values = load_file(str(stem.with_suffix(".safetensors")))["values"]
+        remake = "Rerun `mechscope patch` to write it anew."
+        head = read_json(suffixed(stem, ".json"), PatchingError, remake)
+        values = read_safetensors(suffixed(stem, ".safetensors"), PatchingError, remake)["values"]
         head.pop("shape")
         return cls(values=values, axes=tuple(head.pop("axes")), **head)
 

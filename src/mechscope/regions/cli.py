@@ -15,6 +15,7 @@ from rich.table import Table
 
 from mechscope.cli_common import console, fail
 from mechscope.errors import MechscopeError
+from mechscope.files import check_writable_dir, suffixed
 
 regions_app = typer.Typer(
     help="Stable regions in the residual stream: interpolate between prompts' activations.",
@@ -63,6 +64,7 @@ def run_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Interpolate between consecutive random prompts of one model; write curves and figures."""
+    check_writable_dir(out)
     from mechscope.regions.analysis import RegionConfig, analyse
     from mechscope.regions.plot import curves_figure, write_figure
     from mechscope.regions.result import save_curves
@@ -81,10 +83,10 @@ def run_cmd(
     except MechscopeError as e:
         fail(e)
     stem = out / f"{Path(model).name}@{revision or 'main'}"
-    stats.save(stem.with_suffix(".json"))
+    stats.save(suffixed(stem, ".json"))
     save_curves(real, stem.parent / f"{stem.name}_curves")
     save_curves(iso, stem.parent / f"{stem.name}_isotropic")
-    write_figure(curves_figure(real, stats, iso), stem.with_suffix(".html"), cdn)
+    write_figure(curves_figure(real, stats, iso), suffixed(stem, ".html"), cdn)
     from mechscope.regions.result import RegionStatsTable
 
     console.print(_table(RegionStatsTable([stats]).table()))
@@ -112,6 +114,7 @@ def sweep_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
+    check_writable_dir(out)
     from mechscope.regions.analysis import SWEEP_MODELS, RegionConfig, sweep
     from mechscope.regions.plot import sweep_figure, write_figure
 
@@ -141,6 +144,7 @@ def semantic_cmd(
     cdn: Cdn = False,
 ) -> None:
     """Cluster prompts by stable region and relate the clusters to their predictions."""
+    check_writable_dir(out)
     from mechscope.regions.plot import semantic_figure, write_figure
     from mechscope.regions.semantic import semantic_alignment
 
@@ -157,8 +161,8 @@ def semantic_cmd(
     except MechscopeError as e:
         fail(e)
     stem = out / f"semantic_{Path(model).name}@{revision or 'main'}"
-    res.save(stem.with_suffix(".json"))
-    write_figure(semantic_figure(res), stem.with_suffix(".html"), cdn)
+    res.save(suffixed(stem, ".json"))
+    write_figure(semantic_figure(res), suffixed(stem, ".html"), cdn)
     table = Table("quantity", "value")
     table.add_row("clusters", str(len(set(res.labels))))
     for k, v in res.rates.items():

@@ -9,6 +9,7 @@ import torch
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from mechscope import files
 from mechscope.regions import boundaries as bd
 from mechscope.regions.analysis import final_rows
 from mechscope.regions.interpolate import PathCurves
@@ -19,8 +20,7 @@ from mechscope.regions.result import RegionStats, RegionStatsTable, SemanticResu
 def write_figure(fig: go.Figure, path: str | Path, cdn: bool = False) -> Path:
     """Write fig as HTML: plotly.js inlined (opens offline) or, with cdn, loaded from the web."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs="cdn" if cdn else True, full_html=True)
+    files.write_figure(path, fig, "cdn" if cdn else True)
     return path
 
 

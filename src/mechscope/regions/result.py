@@ -12,15 +12,15 @@ All files are written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
-
-from mechscope.files import atomic_write, write_json
+from mechscope.errors import RegionsError
+from mechscope.files import read_json, read_safetensors, suffixed, write_json, write_safetensors
 from mechscope.regions.interpolate import PathCurves
+
+_REMAKE = "Rerun the `mechscope regions` command that wrote it"
 
 Quartiles = tuple[float, float, float]
 
@@ -86,7 +86,7 @@ class RegionStats:
 
     @classmethod
     def load(cls, path: str | Path) -> RegionStats:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(Path(path), RegionsError, _REMAKE))
 
 
 @dataclass
@@ -111,7 +111,7 @@ class RegionStatsTable:
 
     @classmethod
     def load(cls, path: str | Path) -> RegionStatsTable:
-        d = json.loads(Path(path).read_text())
+        d = read_json(Path(path), RegionsError, _REMAKE)
         return cls([RegionStats.from_dict(r) for r in d["rows"]], d.get("meta", {}))
 
     def table(self) -> list[dict[str, Any]]:
@@ -168,16 +168,16 @@ class SemanticResult:
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticResult:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**read_json(Path(path), RegionsError, _REMAKE))
 
 
 def save_curves(curves: PathCurves, stem: str | Path) -> tuple[Path, Path]:
     """Write `<stem>.json` (gate layers, meta) and `<stem>.safetensors` (the tensors)."""
     stem = Path(stem)
-    js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    js, st = suffixed(stem, ".json"), suffixed(stem, ".safetensors")
     write_json(js, {"gate_layers": curves.gate_layers, "meta": curves.meta}, indent=2)
     tensors = {k: v.detach().cpu().contiguous() for k, v in curves.tensors().items()}
-    atomic_write(st, lambda p: save_file(tensors, p))
+    write_safetensors(st, tensors)
     return js, st
 
 
@@ -186,6 +186,8 @@ def load_curves(stem: str | Path) -> PathCurves:
     stem = Path(stem)
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
-    head = json.loads(stem.with_suffix(".json").read_text())
-    tensors: dict[str, Any] = load_file(str(stem.with_suffix(".safetensors")))
+    head = read_json(suffixed(stem, ".json"), RegionsError, _REMAKE)
+    tensors: dict[str, Any] = read_safetensors(
+        suffixed(stem, ".safetensors"), RegionsError, _REMAKE
+    )
     return PathCurves(**tensors, **head)

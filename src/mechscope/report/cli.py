@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail
+from mechscope.files import check_writable_file
 
 
 def demo_command(
@@ -32,6 +33,7 @@ def demo_command(
     ] = None,
 ) -> None:
     """Run mechscope's methods on the bundled models; write one self-contained HTML report."""
+    check_writable_file(out)
     from mechscope.report.demo import STAGE_NAMES, run_demo
 
     bad = [s for s in only or [] if s not in STAGE_NAMES]

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from mechscope.files import write_text
 from mechscope.report import sections as S
 from mechscope.report.render import jsonable, report_json, write_report
 from mechscope.report.sections import DemoConfig, Section
@@ -108,9 +109,7 @@ def run_demo(
         total = time.perf_counter() - t_start
         write_report(out, done, meta, total)
         data = report_json(done, meta, total)
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-        tmp.replace(json_path)
+        write_text(json_path, json.dumps(data, indent=1, allow_nan=False))
 
     columns = (
         SpinnerColumn(),

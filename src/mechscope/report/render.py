@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mechscope.files import write_text
 from mechscope.report.sections import Section
 
 _CSS = """
@@ -149,10 +150,7 @@ def write_report(
 ) -> Path:
     """Write the HTML report to `path` (atomically: a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(sections, meta, total_seconds), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, render_report(sections, meta, total_seconds))
     return path
 
 

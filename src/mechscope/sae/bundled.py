@@ -18,6 +18,7 @@ from typing import Any
 from mechscope.artefacts import sae_dir
 from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
+from mechscope.files import write_json
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.hparam_grid import run_name, train_and_save, write_results
 from mechscope.sae.model import SparseAutoencoder
@@ -90,7 +91,7 @@ def build_bundled(
             for c, e in zip(cfgs, evals, strict=True)
         ],
     }
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    write_json(folder / "card.json", card, indent=2)
     shutil.rmtree(folder / "_checkpoints", ignore_errors=True)  # optimiser states: not bundled
     return folder
 

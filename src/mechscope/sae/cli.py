@@ -19,6 +19,7 @@ import typer
 
 from mechscope.cli_common import check_hooks, console, fail, load
 from mechscope.errors import SAEError
+from mechscope.files import check_writable_dir
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
 
@@ -69,6 +70,7 @@ def train_cmd(
     out: Out = Path("runs/sae"),
 ) -> None:
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
+    check_writable_dir(out)
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.hparam_grid import sweep
@@ -131,6 +133,7 @@ def sweep_cmd(
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT
     (with --seeds: one folder per seed, seeds.json and pareto_seeds.html)."""
+    check_writable_dir(out)
     from mechscope.sae.config import TrainConfig
     from mechscope.sae.evaluate import eval_table
     from mechscope.sae.hparam_grid import seed_table, sweep, sweep_seeds
@@ -226,6 +229,7 @@ def store_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
+    check_writable_dir(out)
     from mechscope.data.batches import source_batches
     from mechscope.models.lean import as_lean
     from mechscope.sae.store import write_store
@@ -286,6 +290,8 @@ def build_bundled_cmd(
     e2e: Annotated[bool, typer.Option(help="also the two e2e SAEs at layer 0")] = True,
 ) -> None:
     """Rebuild the bundled SAEs of a zoo model (deterministic) and their card."""
+    if out is not None:
+        check_writable_dir(out)
     from mechscope.sae.bundled import build_bundled
 
     folder = build_bundled(model, out, steps, e2e=e2e)

@@ -11,7 +11,6 @@ run and, per configuration, mean, std, min and max over seeds) and `pareto_seeds
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, write_figure, write_json
 from mechscope.models.lean import as_lean
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.evaluate import SAEEval, evaluate_sae, pareto_figure
@@ -54,7 +53,8 @@ def train_and_save(
     name = run_name(cfg)
     folder = out / name
     if (folder / CFG_FILE).exists():
-        meta = json.loads((folder / CFG_FILE).read_text())["metadata"]
+        remake = f"Delete {folder} to train it again"
+        meta = read_json(folder / CFG_FILE, SAEError, remake).get("metadata", {})
         training = meta.get("mechscope", {}).get("training")
         if training and TrainConfig.from_dict(training) == cfg and "evaluation" in meta:
             return SAEEval(**meta["evaluation"])
@@ -128,16 +128,12 @@ def write_results(
     out = Path(out)
     write_json(out / "results.json", [e.to_dict() for e in evals], indent=2)
     groups = groups or [_group(e.name) for e in evals]
-    _write_html(pareto_figure(evals, groups), out / "pareto.html")
+    write_figure(out / "pareto.html", pareto_figure(evals, groups), "cdn")
 
 
 def _group(name: str) -> str:
     """A run's family for the figures: its hook and loss (`blocks.0.hook_resid_post__local`)."""
     return "__".join(name.split("__")[:2])
-
-
-def _write_html(fig: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn"))
 
 
 # -- seeds -----------------------------------------------------------------------------------
@@ -232,7 +228,7 @@ def sweep_seeds(
     summary = [seed_summary([runs[s][i] for s in seeds], seeds) for i in range(len(configs))]
     result = SeedSweep(seeds=seeds, runs=runs, summary=summary)
     write_json(out / "seeds.json", result.to_dict(), indent=2)
-    _write_html(seed_pareto_figure(summary), out / "pareto_seeds.html")
+    write_figure(out / "pareto_seeds.html", seed_pareto_figure(summary), "cdn")
     return result
 
 

@@ -10,15 +10,13 @@ activation_fn "topk" with activation_fn_kwargs.k). mechscope does not import sae
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from mechscope.errors import SAEError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, read_safetensors, write_json, write_safetensors
 from mechscope.sae.config import Architecture, SAEConfig
 from mechscope.sae.model import SparseAutoencoder
 
@@ -47,7 +45,6 @@ def save_saelens(
     if dtype not in _DTYPES:
         raise SAEError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     c = sae.cfg
     params = dict(sae.named_parameters())
     weights = {
@@ -77,7 +74,7 @@ def save_saelens(
     }
     if c.architecture == "topk":
         cfg |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    write_safetensors(folder / WEIGHTS_FILE, weights)
     write_json(folder / CFG_FILE, cfg, indent=2)  # last: a folder with cfg.json is complete
     return folder
 
@@ -122,8 +119,16 @@ def load_saelens(path: str | Path, dtype: torch.dtype = torch.float32) -> Sparse
     for f in (CFG_FILE, WEIGHTS_FILE):
         if not (folder / f).exists():
             raise SAEError(f"{folder} has no {f}: not a SAELens-format SAE folder")
-    cfg = _config_from_saelens(json.loads((folder / CFG_FILE).read_text()), str(folder))
-    state = load_file(str(folder / WEIGHTS_FILE))
+    remake = "Retrain it (`mechscope sae train --out`) or copy the folder again"
+    raw = read_json(folder / CFG_FILE, SAEError, remake)
+    missing = [k for k in ("d_in", "d_sae") if k not in raw] if isinstance(raw, dict) else []
+    if not isinstance(raw, dict) or missing:
+        raise SAEError(
+            f"{folder / CFG_FILE} lacks {', '.join(missing) or 'a JSON object'}: "
+            f"not a SAELens cfg.json. {remake}"
+        )
+    cfg = _config_from_saelens(raw, str(folder))
+    state = read_safetensors(folder / WEIGHTS_FILE, SAEError, remake, finite=True)
     want = _weight_names(cfg.architecture)
     if set(state) != want:
         raise SAEError(f"{folder / WEIGHTS_FILE} holds {sorted(state)}, expected {sorted(want)}")

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from mechscope.errors import StoreError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import write_json, write_safetensors
 from mechscope.models.lean import as_lean
 from mechscope.progress import progress_bar
 from mechscope.sae.activations import collect_many, hook_width, special_ids
@@ -92,7 +91,7 @@ class _ShardWriter:
         name = SHARD.format(len(self.shards))
         file = self.folder / name
         tensors = {key: t[:n].contiguous() for key, t in joined.items()}
-        atomic_write(file, lambda tmp: save_file(tensors, tmp, {"format": FORMAT}))
+        write_safetensors(file, tensors, {"format": FORMAT})
         self.shards.append(
             {"file": name, "n_seq": n, "bytes": file.stat().st_size, "sha256": _sha256(file)}
         )

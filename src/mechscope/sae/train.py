@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mechscope.data.batches import source_batches
 from mechscope.errors import SAEError
-from mechscope.files import atomic_write
+from mechscope.files import read_torch, write_torch
 from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.progress import progress_bar
 from mechscope.sae.activations import (
@@ -133,7 +133,6 @@ def _save_checkpoint(
     opt: torch.optim.Optimizer,
     history: list[dict[str, float]],
 ) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     state = {
         "config": cfg.to_dict(),
         "sae_config": sae.cfg.to_dict(),
@@ -142,7 +141,7 @@ def _save_checkpoint(
         "optimizer": opt.state_dict(),
         "history": history,
     }
-    atomic_write(folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    write_torch(folder / CHECKPOINT, state)
 
 
 def check_store(cfg: TrainConfig, store: ActivationStore) -> tuple[int, list[int]]:
@@ -233,7 +232,8 @@ def train_sae(
     start = 0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / CHECKPOINT).exists():
-        state = torch.load(folder / CHECKPOINT, map_location=device, weights_only=False)
+        remake = "Delete it to train from the start, or use another checkpoint_dir"
+        state = read_torch(folder / CHECKPOINT, SAEError, remake, map_location=device)
         if TrainConfig.from_dict(state["config"]) != cfg:  # fields added later take defaults
             raise SAEError(
                 f"{folder / CHECKPOINT} was written by a different config; use another "

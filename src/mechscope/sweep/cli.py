@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechscope.cli_common import console, fail
+from mechscope.files import check_writable_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +45,8 @@ def sweep_command(
     progress: Annotated[bool, typer.Option(help="show a progress bar over the trials")] = True,
 ) -> None:
     """Run every trial of a sweep config not finished yet in the output folder; merge results."""
+    if out is not None:
+        check_writable_dir(out)
     from mechscope.sweep.config import SweepError, load_config
     from mechscope.sweep.kinds import KINDS
     from mechscope.sweep.results import results_table

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from mechscope.files import atomic_write, write_json
+from mechscope.files import atomic_write, write_figure, write_json, write_text
 from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 
@@ -154,9 +154,8 @@ def write_outputs(config: SweepConfig, out: Path) -> list[Path]:
     table = results_table(config, out)
     paths = [out / "results.parquet", out / "results.csv", out / "summary.html"]
     atomic_write(paths[0], lambda tmp: table.to_parquet(tmp, index=False))
-    atomic_write(paths[1], lambda tmp: table.to_csv(tmp, index=False))
-    fig = summary_figure(config, table)
-    atomic_write(paths[2], lambda tmp: fig.write_html(tmp, include_plotlyjs=True))
+    write_text(paths[1], table.to_csv(index=False))
+    write_figure(paths[2], summary_figure(config, table))
     return paths
 
 

@@ -42,7 +42,7 @@ from rich.progress import (
 )
 
 from mechscope.errors import SweepError
-from mechscope.files import write_json
+from mechscope.files import check_writable_dir, write_json
 from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 from mechscope.sweep.results import (
@@ -141,6 +141,7 @@ def run_sweep(
     out = Path(out) if out is not None else config.out
     if out is None:
         raise SweepError(f"{config.source}: no output folder; set `out` in it or pass --out")
+    check_writable_dir(out)
     threads = config.threads if threads is None else threads
     retries = config.retries if retries is None else retries
     if threads < 1 or retries < 0 or (workers is not None and workers < 1):
@@ -240,6 +241,8 @@ def _check_reachable(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return
+    if not 0 < int(port) <= 65535:
+        raise SweepError(f"--address {address}: port {port} is out of range (1-65535)")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mechscope.artefacts import TOKENIZER_DIR, model_dir
 from mechscope.data.corpus import stdlib_texts
 from mechscope.data.mixture import TokenStream, synthetic_texts
 from mechscope.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from mechscope.files import write_json
+from mechscope.files import write_files, write_json, write_safetensors
 from mechscope.progress import progress_bar
 from mechscope.zoo.specs import N_CTX, SPECS, VOCAB_SIZE, ModelSpec
 
@@ -180,7 +180,7 @@ def build_model(
 
     def save_checkpoint(step: int) -> None:
         ckpt_dir.mkdir(exist_ok=True)
-        save_file(_state_dict(model, torch.float16), str(ckpt_dir / f"step-{step}.safetensors"))
+        write_safetensors(ckpt_dir / f"step-{step}.safetensors", _state_dict(model, torch.float16))
         checkpoints.append(
             {"revision": f"step-{step}", "step": step, **evaluate(model, tokenizer, heldout)}
         )
@@ -252,16 +252,16 @@ def build_model(
 def _save_final(spec: ModelSpec, model: nn.Module, out: Path) -> None:
     """Final weights in fp16 (the zoo's ~64 MB budget); loaders cast to the dtype asked for."""
     if spec.kind in ("gpt2", "llama"):  # HF models: config.json + model.safetensors
-        model.save_pretrained(str(out))  # type: ignore[operator]
+        write_files(out, model.save_pretrained)  # type: ignore[arg-type]
         (out / "generation_config.json").unlink(missing_ok=True)
         weights = out / "model.safetensors"
-        save_file(
+        write_safetensors(
+            weights,
             {k: v.half().contiguous() for k, v in load_file(str(weights)).items()},
-            str(weights),
-            metadata={"format": "pt"},
+            {"format": "pt"},
         )
     else:
-        save_file(_state_dict(model, torch.float16), str(out / "model.safetensors"))
+        write_safetensors(out / "model.safetensors", _state_dict(model, torch.float16))
         from mechscope.zoo.architectures import native_config_dict
 
         write_json(out / "config.json", native_config_dict(spec.to_dict()), indent=2)
