@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
 from mechscope.cli_common import console, fail, load, placement
@@ -52,6 +53,8 @@ def main(
     ] = None,
 ) -> None:
     """mechscope: find out what computation a transformer performs, and where."""
+    with V.options():
+        V.dtype("--dtype", dtype)
     placement.device_map, placement.dtype = device_map, dtype
 
 
@@ -111,6 +114,10 @@ def zoo_build(
     from mechscope import zoo
     from mechscope.models import ModelLoadError
 
+    with V.options():
+        V.choice("NAME", name, zoo.BUILDABLE)
+        V.integer("--steps", steps, lo=1)
+        V.device("--device", device)
     kwargs: dict = {}
     if out is not None:
         kwargs["out"] = out
@@ -139,9 +146,15 @@ def run_task_cmd(
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
     from mechscope.errors import MetricError
+    from mechscope.metrics import NAMES
     from mechscope.models import ModelLoadError
-    from mechscope.tasks import TaskError, make_task, run_task
+    from mechscope.tasks import TASKS, TaskError, make_task, run_task
 
+    with V.options():
+        V.choice("--task", task, TASKS)
+        V.integer("--n", n, lo=1)
+        V.seed("--seed", seed)
+        V.choice("--metric", metric, NAMES)
     try:
         m = load(model, revision=revision)
         t = make_task(task, m.tokenizer, n=n, seed=seed)

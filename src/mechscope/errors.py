@@ -50,3 +50,8 @@ class StoreError(DataError):
 
 class SweepError(ValueError):
     """A sweep config, output folder or backend that cannot be used (with what to do instead)."""
+
+
+class OptionError(ValueError):
+    """A command-line option out of range, not finite, not one of its choices, or too big for
+    this machine's memory (the message names the option, the value and what is accepted)."""

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail, load
 from mechscope.errors import DataError, EvolutionError, ModelLoadError, SAEError
 
@@ -120,8 +121,23 @@ def run_cmd(
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
+    from mechscope.evolution.page import HOST
+    from mechscope.evolution.stats import MEASURES
     from mechscope.sae.sweep import eval_batches
 
+    with V.options():
+        V.number("--coeff", coeff, lo=0, lo_open=True)
+        V.integer("--batches", batches, lo=1)
+        V.integer("--batch-size", batch_size, lo=1)
+        V.number("--tau", tau, lo=-1, hi=1)
+        V.number("--rel-threshold", rel_threshold, lo=0, hi=1)
+        V.integer("--min-support", min_support, lo=0)
+        V.choice("--measure", measure, MEASURES)
+        V.number("--threshold", threshold, lo=0)
+        V.device("--device", device)
+        V.integer("--checkpoint-every", checkpoint_every, lo=1)
+        if serve:
+            V.port("--port", port, HOST)
     try:
         cfg = EvolutionConfig(
             tau=tau,
@@ -173,8 +189,12 @@ def page_cmd(
     port: Port = 8765,
 ) -> None:
     """Write (--html) or serve (--serve) the interactive page of a saved result."""
+    from mechscope.evolution.page import HOST
     from mechscope.evolution.result import EvolutionResult
 
+    with V.options():
+        if serve:
+            V.port("--port", port, HOST)
     try:
         result = EvolutionResult.load(result_dir)
     except EvolutionError as e:
