@@ -40,7 +40,7 @@ def test_bad_inputs_exit_2_with_a_message():
     r = runner.invoke(app, ["run-task", "--model", "no-such-model-x", "--n", "2"])
     assert r.exit_code == 2 and "Bundled models" in " ".join(r.output.split())
     r = runner.invoke(app, ["run-task", "--model", "code-2l", "--task", "nope", "--n", "2"])
-    assert r.exit_code == 2 and "Available tasks" in " ".join(r.output.split())
+    assert r.exit_code == 2 and "choose one of docstring" in " ".join(r.output.split())
     r = runner.invoke(app, ["zoo", "info", "nope"])
     assert r.exit_code == 2 and "No bundled model" in " ".join(r.output.split())
 

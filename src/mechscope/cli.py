@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
 from mechscope.cli_common import ErrorsAsMessages, console, fail, load, placement
@@ -54,6 +55,8 @@ def main(
     ] = None,
 ) -> None:
     """mechscope: find out what computation a transformer performs, and where."""
+    with V.options():
+        V.dtype("--dtype", dtype)
     placement.device_map, placement.dtype = device_map, dtype
 
 
@@ -115,6 +118,10 @@ def zoo_build(
     from mechscope import zoo
     from mechscope.models import ModelLoadError
 
+    with V.options():
+        V.choice("NAME", name, zoo.BUILDABLE)
+        V.integer("--steps", steps, lo=1)
+        V.device("--device", device)
     kwargs: dict = {}
     if out is not None:
         kwargs["out"] = out
@@ -143,8 +150,14 @@ def run_task_cmd(
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
     from mechscope.errors import MechscopeError
-    from mechscope.tasks import make_task, run_task
+    from mechscope.metrics import NAMES
+    from mechscope.tasks import TASKS, make_task, run_task
 
+    with V.options():
+        V.choice("--task", task, TASKS)
+        V.integer("--n", n, lo=1)
+        V.seed("--seed", seed)
+        V.choice("--metric", metric, NAMES)
     if json_out is not None:
         check_writable_file(json_out, "--json")
     try:

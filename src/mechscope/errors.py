@@ -67,3 +67,8 @@ class TaskError(MechscopeError):
 class OutputError(MechscopeError):
     """An output path that cannot be written (a file where a folder is wanted, a folder where a
     file is, a read-only or full disk): which path, why, and what to do."""
+
+
+class OptionError(MechscopeError):
+    """A command-line option out of range, not finite, not one of its choices, or too big for
+    this machine's memory (the message names the option, the value and what is accepted)."""

@@ -40,4 +40,4 @@ def test_bad_layer_is_a_clear_error(tmp_path):
         regions_app, ["run", "--model", "code-2l", "--layer", "5", "--out", str(tmp_path)]
     )
     assert res.exit_code == 2
-    assert "layer 5 is outside" in res.output
+    assert "--layer must be an integer in [-1, 1], got 5" in res.output

@@ -33,7 +33,7 @@ def test_port_in_use(command, busy_port, tmp_path, mechscope_cli, failed_cleanly
     t0 = time.perf_counter()
     result = mechscope_cli(command(tmp_path, busy_port))
     assert time.perf_counter() - t0 < 5  # before the model loads
-    failed_cleanly(result, f"cannot serve on {HOST}:{busy_port}", "give another --port")
+    failed_cleanly(result, f"--port {busy_port} cannot be used on {HOST}", "give another port")
     assert not (tmp_path / "out").exists()
 
 
@@ -41,7 +41,7 @@ def test_port_in_use(command, busy_port, tmp_path, mechscope_cli, failed_cleanly
 @pytest.mark.parametrize("command", [_page, _run])
 def test_port_out_of_range(command, port, tmp_path, mechscope_cli, failed_cleanly) -> None:
     result = mechscope_cli(command(tmp_path, port))
-    failed_cleanly(result, f"--port {port} is out of range: give 1-65535")
+    failed_cleanly(result, "--port must be an integer in [1, 65535]")
 
 
 @pytest.mark.parametrize("port", [65536, 99999])
@@ -55,12 +55,13 @@ def test_serving_a_page_still_works(tmp_path) -> None:
     """The check does not hold the port: the page is served on it afterwards."""
     import urllib.request
 
-    from mechscope.evolution.page import check_port, serve
+    from mechscope.evolution.page import serve
+    from mechscope.validate import port as check_port
 
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
-    check_port(port)
+    check_port("--port", port, HOST)
     server = serve("<html>ok</html>", port, block=False)
     try:
         with urllib.request.urlopen(f"http://{HOST}:{port}/") as r:

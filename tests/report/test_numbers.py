@@ -7,6 +7,7 @@ result files compared with the numbers the quick demo wrote to its JSON.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def test_circuits_match_cli(numbers, tmp_path) -> None:
     for cmd in tracr:
         name = cmd.split("--tracr ")[1].split()[0]
         nums = sec["numbers"][f"tracr_{name}"]
-        tau, n_edges = nums["taus"][1], nums["n_edges"][1]
-        _run(cmd, tmp_path, TAU=f"{tau:g}")
-        got = json.loads((tmp_path / f"acdc-{name}.json").read_text())
+        tau, n_edges = f"{nums['taus'][1]:g}", nums["n_edges"][1]
+        loop = re.fullmatch(r"for tau in ([^;]+); do (.+); done", cmd)  # one run of the loop
+        assert loop is not None and tau in loop[1].split(), cmd
+        _run(loop[2].replace("$tau", tau), tmp_path)
+        got = json.loads((tmp_path / f"acdc-{name}" / f"tau-{tau}" / "circuit.json").read_text())
         assert got["n_edges"] == n_edges
 
 

@@ -37,7 +37,7 @@ def test_eval_width_mismatch(tmp_path, gpt2_2l) -> None:
 def test_train_bad_loss() -> None:
     args = ["sae", "train", "--hook", "blocks.0.hook_resid_post", "--loss", "mse"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "unknown loss" in result.output
+    assert result.exit_code == 2 and "--loss 'mse' is unknown" in result.output
 
 
 @pytest.mark.slow

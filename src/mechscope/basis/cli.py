@@ -16,6 +16,7 @@ import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail
 from mechscope.errors import BasisError
 from mechscope.files import check_writable_dir
@@ -60,8 +61,11 @@ def build_cmd(
     """Retrain a bundled model from scratch (deterministic on CPU) and write its weights + card."""
     if out is not None:
         check_writable_dir(out)
-    from mechscope.basis.pretrained import build, card
+    from mechscope.basis.pretrained import build, card, list_bundled
 
+    with V.options():
+        V.choice("NAME", name, list_bundled())
+        V.seed("--seed", seed)
     if seed is not None and out is None:
         fail("--seed trains another model than the bundled one: give it an --out folder")
     try:
@@ -108,8 +112,18 @@ def analyse_cmd(
     if figures is not None:
         check_writable_dir(figures, "--figures")
     from mechscope.basis.analysis import analyse
-    from mechscope.basis.pretrained import bundled_data, load_bundled
+    from mechscope.basis.pretrained import bundled_data, list_bundled, load_bundled
 
+    with V.options():
+        V.choice("NAME", name, list_bundled())
+        V.choice("--split", split, ("train", "test", "all"))
+        V.choice("--ablate-on", ablate_on, ("train", "test", "all"))
+        V.number("--tau", tau, lo=0)
+        V.number("--rtol", rtol, lo=0)
+        V.number("--resolution", resolution, lo=0, lo_open=True)
+        V.number("--acc-bound", acc_bound, lo=0, hi=1)
+        V.number("--loss-bound", loss_bound, lo=0)
+        V.integer("--batch-size", batch_size, lo=1)
     if ablate_on is not None and ("all" in (split, ablate_on) or ablate_on == split):
         fail(
             f"--ablate-on {ablate_on} is not held out from --split {split}: fit on train and "
@@ -156,6 +170,9 @@ def modular_cmd(
     from mechscope.basis.handbuilt import block_diagonal_mlp, block_product_inputs, feature_blocks
     from mechscope.basis.interaction import BASIS_KINDS, build_basis
 
+    with V.options():
+        V.seed("--seed", seed)
+        V.number("--resolution", resolution, lo=0, lo_open=True)
     mlp, x = block_diagonal_mlp(seed=seed), block_product_inputs(seed=seed)
     table = Table("basis", "modules", "blocks of each module's directions", "modularity Q")
     for kind in BASIS_KINDS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,15 @@ class BasisAnalysis:
         )
         return fig
 
+    def _pair_titles(self) -> list[str]:
+        """ "a →<br>b" per consecutive pair of node layers: two lines, so that long hook names
+        (blocks.0.hook_resid_pre) do not run into the next panel's title."""
+        return [f"{a} →<br>{b}" for a, b in pairwise(self.node_layers)]
+
     def sparsity_figure(self) -> go.Figure:
         """Per layer pair: fraction of total edge strength in the k largest edges vs k (log x)."""
         n_pairs = len(self.node_layers) - 1
-        titles = [f"{self.node_layers[i]} → {self.node_layers[i + 1]}" for i in range(n_pairs)]
+        titles = self._pair_titles()
         fig = make_subplots(rows=1, cols=n_pairs, subplot_titles=titles)
         for kind, edges in self.edges.items():
             for li, E in enumerate(edges):
@@ -360,6 +366,7 @@ class BasisAnalysis:
             "(higher and further left = sparser)",
             height=400,
             width=380 * n_pairs + 120,
+            margin={"t": 120},  # room for two-line subplot titles
             template="plotly_white",
         )
         return fig
@@ -374,7 +381,7 @@ class BasisAnalysis:
                 "test)"
             )
         n_pairs = len(self.node_layers) - 1
-        titles = [f"{self.node_layers[i]} → {self.node_layers[i + 1]}" for i in range(n_pairs)]
+        titles = self._pair_titles()
         fig = make_subplots(rows=2, cols=n_pairs, subplot_titles=titles, vertical_spacing=0.12)
         for kind, by_abl in self.ablation.items():
             for abl, results in by_abl.items():
@@ -430,6 +437,7 @@ class BasisAnalysis:
             "(stars: edges needed)",
             height=720,
             width=380 * n_pairs + 220,
+            margin={"t": 120},  # room for two-line subplot titles
             template="plotly_white",
         )
         return fig

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail, load
 from mechscope.files import check_writable_file, suffixed
 
@@ -52,14 +53,25 @@ def acdc_command(
     """Find a circuit with ACDC (edges visited / kept shown live) or EAP on the search prompts,
     measure it on held-out test prompts (tracr: on all inputs); save and render it."""
     check_writable_file(suffixed(out, ".json"))
+    from mechscope.circuits.patched import ABLATIONS
     from mechscope.circuits.render import write
-    from mechscope.errors import CircuitError, MechscopeError
+    from mechscope.errors import MechscopeError
+    from mechscope.metrics import NAMES
+    from mechscope.tasks import TASKS
 
+    with V.options():
+        V.choice("--method", method, ("acdc", "acdc-reference", "eap", "eap-ig"))
+        V.choice("--task", task, TASKS)
+        V.choice("--metric", metric, NAMES)
+        V.choice("--ablation", ablation, ABLATIONS)
+        V.number("--tau", tau, lo=0)
+        V.integer("--k", k, lo=1)
+        V.integer("--n", n, lo=1)
+        V.integer("--n-test", n_test, lo=1)
+        V.seed("--seed", seed)
+        V.seed("--test-seed", test_seed)
+        V.integer("--batch-size", batch_size, lo=1)
     try:
-        if method not in ("acdc", "acdc-reference", "eap", "eap-ig"):
-            raise CircuitError(
-                f"Unknown method {method!r}; choose acdc, acdc-reference, eap, eap-ig"
-            )
         if tracr is not None:
             c = _on_tracr(tracr, tau, ablation, method, k, batch_size)
             c.meta.update(model=f"tracr-{tracr}", task=tracr, seed=seed)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
@@ -62,14 +63,14 @@ def _config(
     from mechscope.directions.experiments import DirectionsConfig
     from mechscope.directions.stats import COV_JITTER
 
-    try:
-        lens = None if lengths is None else tuple(float(v) for v in lengths.split(",") if v.strip())
-    except ValueError:
-        fail(f"--lengths must be comma-separated numbers, got {lengths!r}")
-    if lens is not None and not lens:
-        fail("--lengths is empty; give e.g. --lengths 0.5,1,2 or leave it out")
-    if abs_jitter is not None and not abs_jitter >= 0:
-        fail(f"--abs-jitter must be >= 0, got {abs_jitter}")
+    with V.options():
+        lens = None if lengths is None else tuple(V.numbers("--lengths", lengths, lo=0))
+        if lens is not None and not lens:
+            fail("--lengths is empty; give e.g. --lengths 0.5,1,2 or leave it out")
+        V.number("--abs-jitter", abs_jitter, lo=0)
+        V.integer("--batches", batches, lo=1)
+        V.integer("--batch-size", batch_size, lo=1)
+        V.seed("--seed", seed)
     return DirectionsConfig(
         n_batches=batches,
         batch_size=batch_size,
@@ -124,10 +125,13 @@ def sweep_cmd(
     """KL(P_orig || P_perturbed) against length L for direction families at one hook."""
     check_writable_dir(out)
     from mechscope.directions.experiments import sweep_directions
+    from mechscope.directions.families import FAMILIES
     from mechscope.directions.plot import curves_figure, write_figure
 
     cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
+    with V.options():
+        V.choices("--family", fams, FAMILIES)
     if sae is not None and "sae_error" not in fams:
         fams.append("sae_error")
     try:
@@ -191,10 +195,12 @@ def features_cmd(
 ) -> None:
     """Findings (b), (c): feature directions of several SAEs at one hook, at equal L."""
     check_writable_dir(out)
-    from mechscope.directions.experiments import compare_features
+    from mechscope.directions.experiments import FEATURE_POOLS, compare_features
     from mechscope.directions.plot import curves_figure, write_figure
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
+    with V.options():
+        V.choices("--pool", pool, FEATURE_POOLS)
     try:
         saes = load_saes(model, sae, hook)
         res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)

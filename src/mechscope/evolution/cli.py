@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail, load
 from mechscope.errors import EvolutionError, MechscopeError
 from mechscope.files import check_writable_dir, check_writable_file, write_text
@@ -114,12 +115,27 @@ def run_cmd(
     port: Port = 8765,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
-    check_outputs(out, html, serve, port, checkpoint)
+    check_outputs(out, html, checkpoint)
     from mechscope.data.batches import eval_batches
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
+    from mechscope.evolution.page import HOST
+    from mechscope.evolution.stats import MEASURES
 
+    with V.options():
+        V.number("--coeff", coeff, lo=0, lo_open=True)
+        V.integer("--batches", batches, lo=1)
+        V.integer("--batch-size", batch_size, lo=1)
+        V.number("--tau", tau, lo=-1, hi=1)
+        V.number("--rel-threshold", rel_threshold, lo=0, hi=1)
+        V.integer("--min-support", min_support, lo=0)
+        V.choice("--measure", measure, MEASURES)
+        V.number("--threshold", threshold, lo=0)
+        V.device("--device", device)
+        V.integer("--checkpoint-every", checkpoint_every, lo=1)
+        if serve:
+            V.port("--port", port, HOST)
     try:
         cfg = EvolutionConfig(
             tau=tau,
@@ -171,9 +187,13 @@ def page_cmd(
     port: Port = 8765,
 ) -> None:
     """Write (--html) or serve (--serve) the interactive page of a saved result."""
-    check_outputs(None, html, serve, port)
+    check_outputs(None, html)
+    from mechscope.evolution.page import HOST
     from mechscope.evolution.result import EvolutionResult
 
+    with V.options():
+        if serve:
+            V.port("--port", port, HOST)
     try:
         result = EvolutionResult.load(result_dir)
     except EvolutionError as e:
@@ -183,21 +203,15 @@ def page_cmd(
     _page(result, html, serve, port)
 
 
-def check_outputs(
-    out: Path | None, html: Path | None, serve: bool, port: int, checkpoint: Path | None = None
-) -> None:
-    """Fail before the work on an --out, --checkpoint or --html that cannot be written, or a
-    --port the page cannot be served on now."""
-    from mechscope.evolution.page import check_port
-
+def check_outputs(out: Path | None, html: Path | None, checkpoint: Path | None = None) -> None:
+    """Fail before the work on an --out, --checkpoint or --html that cannot be written (the
+    --port is checked with the other options)."""
     if out is not None:
         check_writable_dir(out)
     if checkpoint is not None:
         check_writable_dir(checkpoint, "--checkpoint")
     if html is not None:
         check_writable_file(html, "--html")
-    if serve:
-        check_port(port)
 
 
 def _page(result: object, html: Path | None, serve: bool, port: int) -> None:

@@ -141,11 +141,6 @@ def make_server(html: str, port: int = 8765) -> http.server.ThreadingHTTPServer:
         ) from e
 
 
-def check_port(port: int) -> None:
-    """EvolutionError unless the page could be served on `port` now (call before the work)."""
-    make_server("", port).server_close()
-
-
 def serve(html: str, port: int = 8765, block: bool = True) -> http.server.ThreadingHTTPServer:
     """Serve the page on http://127.0.0.1:port/ (blocks until Ctrl-C unless block=False, where it
     runs in a daemon thread; call .shutdown() to stop)."""

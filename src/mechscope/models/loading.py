@@ -255,6 +255,7 @@ def _load_hub(
 ) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
+    _check_hub_reachable(name, revision)
     try:
         return TransformerBridge.boot_transformers(
             name, device=device, dtype=dtype, revision=revision, **split
@@ -263,6 +264,39 @@ def _load_hub(
         raise ModelLoadError(
             f"Could not load {name!r} from the model hub ({type(e).__name__}: {e}). {_available()}"
         ) from e
+
+
+def _check_hub_reachable(name: str, revision: str | None) -> None:
+    """Fail at once, not after the hub client's retries, for a hub name that is not in the local
+    HF cache when offline mode is set (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) or the hub does
+    not answer within 3 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from mechscope.validate import env_flag
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except ValueError as e:  # not a valid hub id
+        raise ModelLoadError(f"{name!r} is not a model name ({e}). {_available()}") from None
+    if isinstance(cached, str):
+        return
+    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if env_flag(v)]
+    if offline:
+        raise ModelLoadError(
+            f"{name!r} is not a bundled model, a local folder or in the local HF cache, and "
+            f"{' / '.join(offline)} is set, so the hub is not asked. {_available()}"
+        )
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{name!r} is not a bundled model, a local folder or in the local HF cache, and the "
+            f"hub ({constants.ENDPOINT}) cannot be reached ({e}). {_available()}"
+        ) from None
 
 
 def supported_architectures() -> list[str]:

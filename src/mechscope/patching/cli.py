@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail, load
 from mechscope.files import check_writable_dir, suffixed
 
@@ -39,19 +40,38 @@ def patch_command(
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
     check_writable_dir(out)
+    from rich.progress import track
+
     from mechscope.errors import MechscopeError
+    from mechscope.metrics import NAMES
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
+    from mechscope.patching.engine import DIRECTIONS
     from mechscope.patching.metric import task_metric
     from mechscope.patching.plot import plot_result, write_html
     from mechscope.patching.result import pearson
+    from mechscope.patching.specs import COMPONENTS
     from mechscope.patching.sweep import patch_task
-    from mechscope.tasks import make_task
+    from mechscope.tasks import TASKS, make_task
 
     components = component or ["resid_pre", "z"]
+    with V.options():
+        V.choice("--task", task, TASKS)
+        V.choices("--component", components, COMPONENTS)
+        V.choice("--direction", direction, DIRECTIONS)
+        V.choice("--metric", metric, NAMES)
+        V.choice("--positions", positions, ("each", "all"))
+        V.integer("--n", n, lo=1)
+        V.seed("--seed", seed)
+        V.number("--memory-mb", memory_mb, lo=0, lo_open=True)
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
     try:
         bridge = load(model)
+        with V.options():  # prompt length from one prompt, before making n of them
+            seq_len = int(make_task(task, bridge.tokenizer, n=1, seed=seed).clean_tokens.shape[1])
+            if dims := V.model_dims(bridge):
+                need = V.patch_bytes(dims, n, seq_len) + int(memory_mb * 2**20)
+                V.check_memory(f"patching {n} prompt pairs", need, "--n or --memory-mb")
         t = make_task(task, bridge.tokenizer, n=n, seed=seed)
         lean = as_lean(bridge)
         estimates = {}
@@ -61,7 +81,8 @@ def patch_command(
             estimates = attribution_patch(
                 lean, t.clean_tokens, t.corrupt_tokens, m, components, direction, positions
             )
-        for c in components:
+        bar = track(components, f"patching ({direction})", console=console, transient=True)
+        for c in bar:
             r = patch_task(lean, t, c, direction, metric, positions, memory_mb=memory_mb)
             r.meta.update(model=model, seed=seed)
             stem = out / f"{c}_{direction}"

@@ -23,6 +23,15 @@ def _values(result: PatchResult, normalise: bool) -> tuple[Tensor, str, float]:
     return result.values, result.metric, base
 
 
+def centred_range(vals: Tensor, mid: float) -> dict[str, float]:
+    """zmin / zmax symmetric about `mid`, so `mid` is the colour scale's centre (white in RdBu):
+    plotly ignores zmid once zmin and zmax are set."""
+    finite = vals[vals.isfinite()]
+    half = float((finite - mid).abs().max()) if finite.numel() else 0.0
+    half = half or 1.0  # all values at mid: any range centred there
+    return {"zmin": mid - half, "zmax": mid + half}
+
+
 def plot_result(result: PatchResult, normalise: bool = True, title: str | None = None) -> go.Figure:
     """A heatmap (or bar chart for a single axis) of `result`, labelled with its axis labels."""
     vals, cbar, mid = _values(result, normalise)
@@ -31,7 +40,8 @@ def plot_result(result: PatchResult, normalise: bool = True, title: str | None =
         f"({result.meta.get('task', '')} {result.metric})"
     )
     lab = result.labels
-    style: dict[str, Any] = {"colorscale": "RdBu", "zmid": mid, "colorbar": {"title": cbar}}
+    style: dict[str, Any] = {"colorscale": "RdBu", "colorbar": {"title": cbar}}
+    style.update(centred_range(vals, mid))
     axes = result.axes
     if len(axes) > 3:
         raise PatchingError(
@@ -58,15 +68,12 @@ def plot_result(result: PatchResult, normalise: bool = True, title: str | None =
             shared_xaxes=True,
             subplot_titles=[f"layer {x}" for x in lab.get("layer", [str(i) for i in range(n)])],
         )
-        lo, hi = float(vals.nan_to_num().min()), float(vals.nan_to_num().max())
-        for i in range(n):
+        for i in range(n):  # one colour scale over all panels, centred on mid
             fig.add_trace(
                 go.Heatmap(
                     z=vals[i].tolist(),
                     x=lab.get("pos"),
                     y=lab.get("head"),
-                    zmin=min(lo, mid),
-                    zmax=max(hi, mid),
                     showscale=i == 0,
                     **style,
                 ),

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
@@ -29,6 +30,27 @@ Layer = Annotated[int, typer.Option(help="write after this block (-1: the embedd
 Threshold = Annotated[float, typer.Option(help="slope d'(alpha)/d(1) that counts as a boundary")]
 Out = Annotated[Path, typer.Option(help="output folder")]
 Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
+
+
+def _check(
+    models: list[str], n_prompts: int, n_steps: int, layer: int, threshold: float, seed: int
+) -> None:
+    """The options every regions command shares, and the memory of the interpolation (pairs of
+    consecutive prompts) per model."""
+    from mechscope.regions.sweep import RegionConfig
+
+    V.integer("--n-prompts", n_prompts, lo=2)
+    V.integer("--n-steps", n_steps, lo=2)
+    V.number("--threshold", threshold, lo=0, lo_open=True)
+    V.seed("--seed", seed)
+    cfg = RegionConfig()
+    for m in models:
+        if dims := V.model_dims(m):
+            V.integer("--layer", layer, -1, dims.n_layers - 1)
+            need = V.regions_bytes(dims, n_prompts - 1, n_steps, cfg.seq_len, cfg.batch_size)
+            V.check_memory(f"interpolating on {m}", need, "--n-steps or --n-prompts")
+        else:
+            V.integer("--layer", layer, lo=-1)
 
 
 def _table(rows: list[dict]) -> Table:
@@ -66,9 +88,14 @@ def run_cmd(
     """Interpolate between consecutive random prompts of one model; write curves and figures."""
     check_writable_dir(out)
     from mechscope.regions.analysis import RegionConfig, analyse
+    from mechscope.regions.interpolate import PATHS
     from mechscope.regions.plot import curves_figure, write_figure
     from mechscope.regions.result import save_curves
 
+    with V.options():
+        _check([model], n_prompts, n_steps, layer, threshold, seed)
+        V.choice("--path", path, PATHS)
+        V.choice("--read", read, ("normalized", "logits"))
     cfg = RegionConfig(
         n_prompts=n_prompts,
         n_steps=n_steps,
@@ -118,6 +145,8 @@ def sweep_cmd(
     from mechscope.regions.analysis import SWEEP_MODELS, RegionConfig, sweep
     from mechscope.regions.plot import sweep_figure, write_figure
 
+    with V.options():
+        _check(model or list(SWEEP_MODELS), n_prompts, n_steps, layer, threshold, seed)
     cfg = RegionConfig(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
     )
@@ -148,6 +177,11 @@ def semantic_cmd(
     from mechscope.regions.plot import semantic_figure, write_figure
     from mechscope.regions.semantic import semantic_alignment
 
+    with V.options():  # every pair of prompts: n (n - 1) paths
+        _check([model], n_prompts, n_steps, layer, threshold, seed)
+        if dims := V.model_dims(model):
+            need = V.regions_bytes(dims, n_prompts * (n_prompts - 1), n_steps, 10, 2048)
+            V.check_memory(f"interpolating on {model}", need, "--n-steps or --n-prompts")
     try:
         res = semantic_alignment(
             model,

@@ -30,10 +30,27 @@ def _err(q: tuple[float, float, float]) -> tuple[float, float]:
 
 def sweep_figure(result: RegionStatsTable) -> go.Figure:
     """Median d(alpha)/d(1) per checkpoint (one panel per model), median sharpness vs training
-    step (IQR error bars; dashed: isotropic control), and vs parameter count (final weights)."""
+    step (IQR error bars; dashed: isotropic control), and vs parameter count (final weights).
+
+    Two rows (the models' curves above, the two summaries below) and no fixed width, so the
+    figure fits its page; the legend sits below the panels."""
     models = result.models()
-    titles = [f"model={m}" for m in models] + ["sharpness vs training", "sharpness vs size"]
-    fig = make_subplots(rows=1, cols=len(models) + 2, subplot_titles=titles)
+    cols = max(2, len(models))
+    half = cols // 2
+    below = [{"colspan": half}, *[None] * (half - 1), {"colspan": cols - half}]
+    below += [None] * (cols - half - 1)
+    fig = make_subplots(
+        rows=2,
+        cols=cols,
+        specs=[[{} if i < len(models) else None for i in range(cols)], below],
+        subplot_titles=[
+            *(f"model={m}" for m in models),
+            "sharpness vs training",
+            "sharpness vs size",
+        ],
+        vertical_spacing=0.18,
+    )
+    training, size = {"row": 2, "col": 1}, {"row": 2, "col": half + 1}
     for col, m in enumerate(models, start=1):
         rows = result.of(m)
         shades = [i / max(1, len(rows) - 1) for i in range(len(rows))]
@@ -63,8 +80,7 @@ def sweep_figure(result: RegionStatsTable) -> go.Figure:
                 name=m,
                 error_y={"type": "data", "array": list(up), "arrayminus": list(down)},
             ),
-            row=1,
-            col=len(models) + 1,
+            **training,
         )
         fig.add_trace(
             go.Scatter(
@@ -74,11 +90,10 @@ def sweep_figure(result: RegionStatsTable) -> go.Figure:
                 line={"dash": "dash"},
                 name=f"{m} isotropic",
             ),
-            row=1,
-            col=len(models) + 1,
+            **training,
         )
-    fig.update_xaxes(title_text="training step", row=1, col=len(models) + 1)
-    fig.update_yaxes(title_text="median max_alpha d'(alpha)/d(1)", row=1, col=len(models) + 1)
+    fig.update_xaxes(title_text="training step", **training)
+    fig.update_yaxes(title_text="median max_alpha d'(alpha)/d(1)", **training)
     last = final_rows(result)
     up, down = zip(*(_err(r.sharpness) for r in last), strict=True)
     fig.add_trace(
@@ -91,12 +106,13 @@ def sweep_figure(result: RegionStatsTable) -> go.Figure:
             error_y={"type": "data", "array": list(up), "arrayminus": list(down)},
             name="final checkpoints",
         ),
-        row=1,
-        col=len(models) + 2,
+        **size,
     )
-    fig.update_xaxes(title_text="number of parameters", row=1, col=len(models) + 2)
+    fig.update_xaxes(title_text="number of parameters", **size)
     fig.update_layout(
-        title="Stable regions: sharpness over training and size", width=420 * (len(models) + 2)
+        title="Stable regions: sharpness over training and size",
+        height=900,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.08, "x": 0},
     )
     return fig
 

@@ -59,7 +59,7 @@ def _meta(cfg: DemoConfig, only: Sequence[str] | None) -> dict[str, Any]:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}",
-        "stages": ", ".join(only) if only else "all",
+        "stages": list(only or S.STAGES),  # planned; the report says which of them ran
         "config": asdict(cfg),
     }
 

@@ -28,7 +28,9 @@ table.timings{border-collapse:collapse;margin:1em 0}
 pre.cmd{background:#f6f6f6;padding:.5em .8em;overflow-x:auto} .meta{color:#666;font-size:.9em}
 details pre{max-height:30em;overflow:auto;background:#fafafa;padding:.5em;font-size:.8em}
 .figure{margin:1em 0}
+.incomplete{background:#fff4e5;border-left:4px solid #b54708;padding:.5em .8em}
 """
+PAGE_WIDTH = 1200  # px of content (body max-width); wider figures are drawn at this width
 
 
 def jsonable(x: Any) -> Any:
@@ -58,7 +60,10 @@ def plotly_js() -> str:
 
 
 def figure_div(fig: Any, div_id: str) -> str:
-    """One figure as a div plus its script; plotly.js itself is not included."""
+    """One figure as a div plus its script; plotly.js itself is not included. A figure with a
+    fixed width wider than the page is drawn at the page's width instead (no sideways scroll)."""
+    if (fig.layout.width or 0) > PAGE_WIDTH:
+        fig = type(fig)(fig).update_layout(width=None, autosize=True)
     return str(
         fig.to_html(
             full_html=False,
@@ -113,6 +118,21 @@ def _section(s: Section) -> str:
     return "\n".join(parts)
 
 
+def run_state(sections: Sequence[Section], meta: dict[str, Any]) -> tuple[bool, str]:
+    """(complete?, one sentence): which of the planned stages (`meta["stages"]`) have run, and
+    which have not when the run stopped early (interrupted, or still running)."""
+    planned = list(meta.get("stages") or [s.key for s in sections])
+    ran = [s.key for s in sections]
+    missing = [k for k in planned if k not in ran]
+    if not missing:
+        return True, f"stages: {', '.join(ran)} (all {len(planned)} planned stages ran)"
+    return False, (
+        f"Incomplete: {len(ran)} of {len(planned)} stages ran ({', '.join(ran) or 'none'}); "
+        f"not run: {', '.join(missing)}. The run was interrupted (or is still running); run the "
+        "same `mechscope demo` command again for the whole report."
+    )
+
+
 def render_report(
     sections: Sequence[Section], meta: dict[str, Any], total_seconds: float | None = None
 ) -> str:
@@ -120,8 +140,12 @@ def render_report(
     total = sum(s.seconds for s in sections) if total_seconds is None else total_seconds
     mode = "quick (CI settings)" if meta.get("quick") else "full"
     info = ", ".join(
-        f"{k}: {v}" for k, v in meta.items() if k not in ("quick", "config") and v is not None
+        f"{k}: {v}"
+        for k, v in meta.items()
+        if k not in ("quick", "config", "stages") and v is not None
     )
+    complete, state = run_state(sections, meta)
+    state_class = "meta" if complete else "incomplete"
     body = "\n".join(_section(s) for s in sections)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -132,6 +156,7 @@ def render_report(
 </head><body>
 <h1>mechscope report</h1>
 <p class="meta">{_e(mode)} run; {_e(info)}</p>
+<p class="{state_class}" id="run-state">{_e(state)}</p>
 <p>Every method of mechscope on the bundled models. Each section says what was asked, what was
 found, and the command that reruns it alone with the same settings; all numbers are also in the
 JSON file next to this page. Wall time depends on whatever else the machine runs; CPU time is
@@ -161,6 +186,7 @@ def report_json(
     return jsonable(
         {
             "meta": meta,
+            "complete": run_state(sections, meta)[0],
             "total_seconds": total_seconds,
             "sections": {
                 s.key: {

@@ -215,10 +215,10 @@ def circuits_commands(cfg: DemoConfig) -> list[str]:
         f"--n {cfg.acdc_n} --seed {cfg.seed} --test-seed {cfg.seed + 1} --out out/acdc-docstring"
     ]
     taus = _tracr_taus(cfg)
-    for name in cfg.tracr_tasks:
+    for name in cfg.tracr_tasks:  # a loop over the tau grid that pastes into a shell as it is
         cmds.append(
-            f"mechscope acdc --tracr {name} --ablation zero --tau TAU --out out/acdc-{name}"
-            f"   # TAU in {', '.join(f'{t:g}' for t in taus)}"
+            f"for tau in {' '.join(f'{t:g}' for t in taus)}; do mechscope acdc --tracr {name} "
+            f"--ablation zero --tau $tau --out out/acdc-{name}/tau-$tau/circuit; done"
         )
     return cmds
 
@@ -268,7 +268,7 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
     fig = make_subplots(
         rows=1,
         cols=len(cfg.tracr_tasks) + 1,
-        subplot_titles=["docstring, held-out prompts: KL to the full model (lower is better)"]
+        subplot_titles=["docstring, held-out prompts:<br>KL to the full model (lower is better)"]
         + [f"tracr {n}: edge ROC over tau" for n in cfg.tracr_tasks],
     )
     fig.add_trace(

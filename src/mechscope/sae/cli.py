@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
+from mechscope import validate as V
 from mechscope.cli_common import check_hooks, console, fail, load
-from mechscope.errors import SAEError
+from mechscope.errors import OptionError, SAEError
 from mechscope.files import check_writable_dir
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
@@ -39,6 +40,35 @@ StoreDir = Annotated[
     Path | None,
     typer.Option(help="train from this activation store (`sae store`; local loss only)"),
 ]
+
+
+def _check_training(
+    model: str,
+    loss: str,
+    arch: str,
+    ks: list[int],
+    expansion: int,
+    steps: int,
+    batch_size: int,
+    eval_batches: int,
+) -> None:
+    """The training options shared by `sae train` and `sae sweep`, and the memory they need."""
+    from mechscope.sae.config import LOSS_KINDS
+
+    V.choice("--loss", loss, LOSS_KINDS)
+    V.choice("--arch", arch, ("standard", "topk"))
+    V.integer("--expansion", expansion, lo=1)
+    V.integer("--steps", steps, lo=1)
+    V.integer("--batch-size", batch_size, lo=1)
+    V.integer("--eval-batches", eval_batches, lo=1)
+    dims = V.model_dims(model)
+    for k in ks:
+        V.integer("--k", k, 1, expansion * dims.d_model if dims else None)
+    if arch == "topk" and not ks:
+        raise OptionError("--arch topk needs --k (the number of latents kept per token)")
+    if dims:
+        need = V.sae_bytes(dims, batch_size, expansion)
+        V.check_memory("SAE training", need, "--batch-size or --expansion")
 
 
 def _hooks(spec: str, n_layers: int) -> list[str]:
@@ -76,6 +106,14 @@ def train_cmd(
     from mechscope.sae.hparam_grid import sweep
     from mechscope.sae.store import ActivationStore
 
+    with V.options():
+        _check_training(
+            model, loss, arch, [k] if k else [], expansion, steps, batch_size, eval_batches
+        )
+        V.number("--coeff", coeff, lo=0)
+        V.number("--lr", lr, lo=0, lo_open=True)
+        V.seed("--seed", seed)
+        V.integer("--checkpoint-every", checkpoint_every, lo=0)
     try:
         cfg = TrainConfig(
             model=model,
@@ -139,6 +177,12 @@ def sweep_cmd(
     from mechscope.sae.hparam_grid import seed_table, sweep, sweep_seeds
     from mechscope.sae.store import ActivationStore
 
+    with V.options():
+        k_values = [int(k) for k in V.numbers("--ks", ks, lo=1, integers=True)]
+        _check_training(model, loss, arch, k_values, expansion, steps, batch_size, eval_batches)
+        V.numbers("--coeffs", coeffs, lo=0)
+        V.choice("--mixture", mixture, ("stdlib", "model"))
+        V.seed("--seed", seed)
     try:
         seed_list = _seeds(seeds) if seeds else None
         if seed_list is not None and store is not None:
@@ -234,6 +278,12 @@ def store_cmd(
     from mechscope.models.lean import as_lean
     from mechscope.sae.store import write_store
 
+    with V.options():
+        V.integer("--n-tokens", n_tokens, lo=1)
+        V.integer("--batch-size", batch_size, lo=1)
+        V.seed("--seed", seed)
+        V.choice("--dtype", dtype, ("float32", "float16", "bfloat16"))
+        V.integer("--shard-tokens", shard_tokens, lo=1)
     try:
         lean = as_lean(load(model))
         source = {"dataset": dataset, "column": column} if dataset else {"mixture": {"stdlib": 1.0}}
@@ -272,6 +322,8 @@ def eval_cmd(
     from mechscope.sae.evaluate import eval_table, evaluate_sae
     from mechscope.sae.saelens_format import load_saelens
 
+    with V.options():
+        V.integer("--eval-batches", eval_batches, lo=1)
     try:
         sae = load_saelens(path)
         lean = as_lean(load(model))
@@ -294,6 +346,8 @@ def build_bundled_cmd(
         check_writable_dir(out)
     from mechscope.sae.bundled import build_bundled
 
+    with V.options():
+        V.integer("--steps", steps, lo=1)
     folder = build_bundled(model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")
 

@@ -175,8 +175,17 @@ def eval_table(evals: Sequence[SAEEval]) -> Any:
     return table
 
 
+def group_colour(i: int) -> str:
+    """The i-th colour of plotly's default sequence: one colour per group across panels (plotly
+    would otherwise colour every trace anew, so one group's panels would differ)."""
+    from plotly.colors import qualitative
+
+    return str(qualitative.Plotly[i % len(qualitative.Plotly)])
+
+
 def pareto_figure(evals: Sequence[SAEEval], groups: Sequence[str] | None = None) -> Any:
-    """Plotly figure: CE loss recovered and explained variance against L0, one trace per group.
+    """Plotly figure: CE loss recovered and explained variance against L0, one trace per group
+    in each panel, a group's two traces in one colour under one legend entry.
 
     groups: a label per evaluation (e.g. "local L0", "e2e L0"); default: the hook name.
     """
@@ -185,7 +194,7 @@ def pareto_figure(evals: Sequence[SAEEval], groups: Sequence[str] | None = None)
 
     labels = list(groups) if groups is not None else [e.hook_name for e in evals]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("CE loss recovered", "explained variance"))
-    for label in dict.fromkeys(labels):
+    for i, label in enumerate(dict.fromkeys(labels)):
         rows = sorted(
             (e for e, g in zip(evals, labels, strict=True) if g == label), key=lambda e: e.l0
         )
@@ -198,6 +207,8 @@ def pareto_figure(evals: Sequence[SAEEval], groups: Sequence[str] | None = None)
                     name=label,
                     legendgroup=label,
                     showlegend=col == 1,
+                    line={"color": group_colour(i)},
+                    marker={"color": group_colour(i)},
                     text=[e.name for e in rows],
                 ),
                 row=1,

@@ -24,7 +24,7 @@ from mechscope.errors import SAEError
 from mechscope.files import read_json, write_figure, write_json
 from mechscope.models.lean import as_lean
 from mechscope.sae.config import TrainConfig
-from mechscope.sae.evaluate import SAEEval, evaluate_sae, pareto_figure
+from mechscope.sae.evaluate import SAEEval, evaluate_sae, group_colour, pareto_figure
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens, save_saelens
 from mechscope.sae.train import check_store, train_sae
 
@@ -256,7 +256,7 @@ def seed_pareto_figure(summary: Sequence[SeedSummary]) -> Any:
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("CE loss recovered", "explained variance"))
     groups = [_group(s.name) for s in summary]
-    for label in dict.fromkeys(groups):
+    for i, label in enumerate(dict.fromkeys(groups)):
         rows = sorted(
             (s for s, g in zip(summary, groups, strict=True) if g == label),
             key=lambda s: s.stats["l0"]["mean"],
@@ -274,6 +274,8 @@ def seed_pareto_figure(summary: Sequence[SeedSummary]) -> Any:
                     name=label,
                     legendgroup=label,
                     showlegend=col == 1,
+                    line={"color": group_colour(i)},
+                    marker={"color": group_colour(i)},
                     text=[f"{s.name} ({len(s.seeds)} seeds)" for s in rows],
                 ),
                 row=1,

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from mechscope import validate as V
 from mechscope.cli_common import console, fail
 from mechscope.files import check_writable_dir
 
@@ -50,8 +51,13 @@ def sweep_command(
     from mechscope.sweep.config import SweepError, load_config
     from mechscope.sweep.kinds import KINDS
     from mechscope.sweep.results import results_table
-    from mechscope.sweep.runner import run_sweep
+    from mechscope.sweep.runner import BACKENDS, run_sweep
 
+    with V.options():
+        V.choice("--backend", backend, BACKENDS)
+        V.integer("--workers", workers, lo=1)
+        V.integer("--threads", threads, lo=1)
+        V.integer("--retries", retries, lo=0)
     try:
         cfg = load_config(config)
         report = run_sweep(

@@ -1,0 +1,277 @@
+"""Command-line options checked before any model loads: each check names the option, the value
+and what is accepted, and raises `OptionError` (the CLI turns it into a one-line error, exit 2).
+
+    with options():                       # in a command, before `load(...)`
+        integer("--n", n, lo=1)
+        number("--coeff", coeff, lo=0)
+        choice("--direction", direction, DIRECTIONS)
+
+Memory: `check_memory` refuses work whose estimated peak (`patch_bytes`, `regions_bytes`,
+`sae_bytes`, from the model's sizes in `model_dims`) exceeds the memory available now, naming the
+estimate and the option that shrinks it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mechscope.errors import OptionError
+
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32 - 1]
+
+
+@contextmanager
+def options() -> Iterator[None]:
+    """Run option checks: the first `OptionError` prints its one-line message and exits 2."""
+    from mechscope.cli_common import fail
+
+    try:
+        yield
+    except OptionError as e:
+        fail(e)
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {_num(lo)}"
+    return f"<= {_num(hi)}" if hi is not None else "any value"
+
+
+def integer(option: str, value: int | None, lo: int | None = None, hi: int | None = None) -> None:
+    """`value` (None: not given, fine) is an integer in [lo, hi]."""
+    if value is None:
+        return
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise OptionError(f"{option} must be an integer {_range(lo, hi)}, got {value}")
+
+
+def seed(option: str, value: int | None) -> None:
+    """A seed in [0, 2**32 - 1] (what numpy and torch both accept)."""
+    integer(option, value, 0, SEED_MAX)
+
+
+def number(
+    option: str,
+    value: float | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> None:
+    """`value` (None: not given) is finite and in [lo, hi] ((lo, hi] with lo_open)."""
+    if value is None:
+        return
+    bad = not math.isfinite(value)
+    bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
+    bad = bad or (hi is not None and value > hi)
+    if bad:
+        raise OptionError(
+            f"{option} must be a finite number {_range(lo, hi, lo_open)}, got {value:g}"
+        )
+
+
+def numbers(
+    option: str, spec: str, lo: float | None = None, hi: float | None = None, integers: bool = False
+) -> list[float]:
+    """The comma-separated numbers of `spec` ("1,3,10"), each checked like `number`."""
+    kind = "integers" if integers else "numbers"
+    try:
+        values = [(int if integers else float)(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise OptionError(f"{option} takes comma-separated {kind}, got {spec!r}") from None
+    for v in values:
+        try:
+            number(option, v, lo, hi)
+        except OptionError:
+            raise OptionError(
+                f"{option} takes finite {kind} {_range(lo, hi)}, got {v:g} in {spec!r}"
+            ) from None
+    return values
+
+
+def choice(option: str, value: str | None, allowed: Iterable[str]) -> None:
+    """`value` (None: not given) is one of `allowed`."""
+    allowed = list(allowed)
+    if value is not None and value not in allowed:
+        raise OptionError(f"{option} {value!r} is unknown; choose one of {', '.join(allowed)}")
+
+
+def choices(option: str, values: Sequence[str] | None, allowed: Iterable[str]) -> None:
+    """Every value of a repeated option is one of `allowed`."""
+    for v in values or []:
+        choice(option, v, allowed)
+
+
+def dtype(option: str, value: str | None) -> None:
+    """A model dtype mechscope computes in (float8 and integer types are refused)."""
+    if value is not None:
+        choice(option, value.removeprefix("torch."), DTYPES)
+
+
+def device(option: str, value: str | None) -> None:
+    """A torch device that exists here: `cuda` needs `torch.cuda.is_available()`."""
+    if value is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise OptionError(
+            f"{option} must be a torch device (cpu, cuda, cuda:1, mps), got {value!r}"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise OptionError(
+                f"{option} {value}: this machine has no CUDA device (torch.cuda.is_available() "
+                "is False); use --device cpu, or install the CUDA build of torch (README)"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise OptionError(f"{option} {value}: there are {n} CUDA device(s), cuda:0-{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError(f"{option} {value}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"{option} must be cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def port(option: str, value: int, host: str = "127.0.0.1") -> None:
+    """A port in [1, 65535] that nothing on `host` listens on yet."""
+    integer(option, value, 1, 65535)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, value))
+        except OSError as e:
+            raise OptionError(
+                f"{option} {value} cannot be used on {host} ({e.strerror}); give another port"
+            ) from None
+
+
+# -- memory --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of a model that memory estimates need."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+
+
+_KEYS = {
+    "n_layers": ("n_layers", "n_layer", "num_hidden_layers"),
+    "d_model": ("d_model", "n_embd", "hidden_size"),
+    "d_mlp": ("d_mlp", "n_inner", "intermediate_size"),
+    "d_vocab": ("d_vocab", "vocab_size"),
+    "n_ctx": ("n_ctx", "n_positions", "max_position_embeddings"),
+}
+
+
+def model_dims(model: Any) -> Dims | None:
+    """The sizes of a loaded model (its `cfg`), or of a zoo name or local HF folder read from its
+    config.json without loading it; None where they cannot be known without loading."""
+    cfg: dict[str, Any]
+    if not isinstance(model, str | Path):
+        c = model.cfg
+        cfg = {k: getattr(c, k, None) for k in _KEYS}
+    else:
+        from mechscope.zoo.paths import model_dir, zoo_names
+
+        name = str(model)
+        folder = model_dir(name) if name in zoo_names() else Path(name).expanduser()
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+    found: dict[str, int] = {}
+    for field, keys in _KEYS.items():
+        v = next((cfg[k] for k in keys if cfg.get(k) is not None), None)
+        found[field] = int(v) if v is not None else 0
+    if not (found["n_layers"] and found["d_model"] and found["d_vocab"]):
+        return None
+    found["d_mlp"] = found["d_mlp"] or 4 * found["d_model"]
+    found["n_ctx"] = found["n_ctx"] or 1024
+    return Dims(**found)
+
+
+def patch_bytes(dims: Dims, n: int, seq_len: int) -> int:
+    """Peak bytes of a patching sweep over n prompt pairs of seq_len tokens (float32): the clean
+    and corrupted caches of every hook (about 6 d_model-sized and 2 d_mlp-sized per layer) and
+    one patched run's activations and logits."""
+    per_token_layer = 6 * dims.d_model + 2 * dims.d_mlp
+    caches = 2 * n * seq_len * dims.n_layers * per_token_layer
+    run = n * seq_len * (dims.n_layers * per_token_layer + 2 * dims.d_vocab)
+    return 4 * (caches + run)
+
+
+def regions_bytes(dims: Dims, n_paths: int, n_steps: int, seq_len: int, batch: int) -> int:
+    """Peak bytes of an interpolation over n_paths paths of n_steps points: every path point
+    [paths, S, d] (real and isotropic paths) and one batch of rows (at least one whole path,
+    seq_len tokens each) through the model."""
+    points = 2 * n_paths * n_steps * dims.d_model
+    rows = max(n_steps, (batch // n_steps) * n_steps)
+    per_row = seq_len * dims.n_layers * (6 * dims.d_model + 2 * dims.d_mlp) + 3 * dims.d_vocab
+    return 4 * (points + rows * per_row)
+
+
+def sae_bytes(dims: Dims, batch_size: int, expansion: int) -> int:
+    """Peak bytes of SAE training: encoder and decoder with gradients and Adam moments, the
+    batch's codes with their gradients, and the model's forward on the batch."""
+    d_sae = expansion * dims.d_model
+    params = 4 * 2 * dims.d_model * d_sae
+    tokens = batch_size * dims.n_ctx
+    codes = 3 * tokens * d_sae
+    forward = tokens * (dims.n_layers * (6 * dims.d_model + 2 * dims.d_mlp) + 2 * dims.d_vocab)
+    return 4 * (params + codes + forward)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (psutil, else /proc/meminfo's MemAvailable); 0 if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def check_memory(what: str, nbytes: int, shrink: str, available: int | None = None) -> None:
+    """Refuse `what` when its estimated peak `nbytes` exceeds the memory available (unknown
+    available memory: no check); `shrink` names the option(s) that make it smaller."""
+    free = available_memory() if available is None else available
+    if free and nbytes > free:
+        raise OptionError(
+            f"{what} would need about {_gb(nbytes)} of memory and {_gb(free)} is available; "
+            f"lower {shrink}"
+        )
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
