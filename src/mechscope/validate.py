@@ -190,7 +190,7 @@ def model_dims(model: Any) -> Dims | None:
         c = model.cfg
         cfg = {k: getattr(c, k, None) for k in _KEYS}
     else:
-        from mechscope.zoo.paths import model_dir, zoo_names
+        from mechscope.artefacts import model_dir, zoo_names
 
         name = str(model)
         folder = model_dir(name) if name in zoo_names() else Path(name).expanduser()

@@ -37,7 +37,7 @@ def _check(
 ) -> None:
     """The options every regions command shares, and the memory of the interpolation (pairs of
     consecutive prompts) per model."""
-    from mechscope.regions.sweep import RegionConfig
+    from mechscope.regions.analysis import RegionConfig
 
     V.integer("--n-prompts", n_prompts, lo=2)
     V.integer("--n-steps", n_steps, lo=2)
