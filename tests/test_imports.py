@@ -4,7 +4,8 @@ import that runs back up.
 Every module's imports are read with `ast` (imports inside functions included; those under
 `if TYPE_CHECKING:` are left out, as they never run). An edge goes to the module named
 (`from mechscope.a import b` reaches `mechscope.a.b` when that is a module, else `mechscope.a`).
-Layers, bottom up: the core (models, data, tasks, metrics, files, errors, progress, artefacts)
+Layers, bottom up: the core (models, data, tasks, metrics, files, errors, progress, artefacts,
+validate)
 imports only the core; the methods (zoo, patching, circuits, sae, directions, evolution, regions,
 basis) import no command-line code (cli, cli_common, report, sweep, any `*.cli` module).
 """
@@ -20,7 +21,17 @@ import networkx as nx
 import mechscope
 
 ROOT = Path(mechscope.__file__).parent
-CORE = {"models", "data", "tasks", "metrics", "files", "errors", "progress", "artefacts"}
+CORE = {
+    "models",
+    "data",
+    "tasks",
+    "metrics",
+    "files",
+    "errors",
+    "progress",
+    "artefacts",
+    "validate",
+}
 METHODS = {"zoo", "patching", "circuits", "sae", "directions", "evolution", "regions", "basis"}
 TOP = {"cli", "cli_common", "report", "sweep"}
 
@@ -72,6 +83,8 @@ def import_graph() -> nx.DiGraph:
             for t in targets:
                 if t in modules and t != name:
                     g.add_edge(name, t)
+                elif t.split(".")[0] == "mechscope" and t not in modules:
+                    g.graph.setdefault("missing", []).append(f"{name} imports {t}")
     return g
 
 
@@ -86,6 +99,11 @@ def _layer(module: str) -> str:
 
 def test_every_module_has_a_layer():
     assert [m for m in import_graph() if _layer(m) == "unknown"] == []
+
+
+def test_every_import_names_a_module():
+    """A renamed module leaves no import of its old name behind (in function bodies too)."""
+    assert import_graph().graph.get("missing", []) == []
 
 
 def test_the_graph_reads_imports_inside_functions():

@@ -23,7 +23,7 @@ from rich.table import Table
 from mechscope import validate as V
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
-from mechscope.cli_common import ErrorsAsMessages, console, fail, load, placement
+from mechscope.cli_common import ErrorsAsMessages, console, fail, load, option_checks, placement
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.files import check_writable_dir, check_writable_file, write_json
@@ -55,7 +55,7 @@ def main(
     ] = None,
 ) -> None:
     """mechscope: find out what computation a transformer performs, and where."""
-    with V.options():
+    with option_checks():
         V.dtype("--dtype", dtype)
     placement.device_map, placement.dtype = device_map, dtype
 
@@ -118,7 +118,7 @@ def zoo_build(
     from mechscope import zoo
     from mechscope.models import ModelLoadError
 
-    with V.options():
+    with option_checks():
         V.choice("NAME", name, zoo.BUILDABLE)
         V.integer("--steps", steps, lo=1)
         V.device("--device", device)
@@ -153,7 +153,7 @@ def run_task_cmd(
     from mechscope.metrics import NAMES
     from mechscope.tasks import TASKS, make_task, run_task
 
-    with V.options():
+    with option_checks():
         V.choice("--task", task, TASKS)
         V.integer("--n", n, lo=1)
         V.seed("--seed", seed)

@@ -5,7 +5,8 @@ bfloat16 patch ...`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -90,3 +91,15 @@ class ErrorsAsMessages(TyperGroup):
                 soft_wrap=True,
             )
             raise typer.Exit(code=130) from None
+
+
+@contextmanager
+def option_checks() -> Iterator[None]:
+    """Run `mechscope.validate` checks of a command's options: the first `OptionError` prints
+    its one-line message and exits 2 (before any model loads)."""
+    from mechscope.errors import OptionError
+
+    try:
+        yield
+    except OptionError as e:
+        fail(e)

@@ -17,8 +17,7 @@ import json
 import math
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,6 @@ from mechscope.errors import OptionError
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32 - 1]
-
-
-@contextmanager
-def options() -> Iterator[None]:
-    """Run option checks: the first `OptionError` prints its one-line message and exits 2."""
-    from mechscope.cli_common import fail
-
-    try:
-        yield
-    except OptionError as e:
-        fail(e)
 
 
 def _num(x: float) -> str:

@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, option_checks
 from mechscope.errors import BasisError
 from mechscope.files import check_writable_dir
 
@@ -63,7 +63,7 @@ def build_cmd(
         check_writable_dir(out)
     from mechscope.basis.pretrained import build, card, list_bundled
 
-    with V.options():
+    with option_checks():
         V.choice("NAME", name, list_bundled())
         V.seed("--seed", seed)
     if seed is not None and out is None:
@@ -114,7 +114,7 @@ def analyse_cmd(
     from mechscope.basis.analysis import analyse
     from mechscope.basis.pretrained import bundled_data, list_bundled, load_bundled
 
-    with V.options():
+    with option_checks():
         V.choice("NAME", name, list_bundled())
         V.choice("--split", split, ("train", "test", "all"))
         V.choice("--ablate-on", ablate_on, ("train", "test", "all"))
@@ -170,7 +170,7 @@ def modular_cmd(
     from mechscope.basis.handbuilt import block_diagonal_mlp, block_product_inputs, feature_blocks
     from mechscope.basis.interaction import BASIS_KINDS, build_basis
 
-    with V.options():
+    with option_checks():
         V.seed("--seed", seed)
         V.number("--resolution", resolution, lo=0, lo_open=True)
     mlp, x = block_diagonal_mlp(seed=seed), block_product_inputs(seed=seed)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import console, fail, load, option_checks
 from mechscope.files import check_writable_file, suffixed
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def acdc_command(
     from mechscope.metrics import NAMES
     from mechscope.tasks import TASKS
 
-    with V.options():
+    with option_checks():
         V.choice("--method", method, ("acdc", "acdc-reference", "eap", "eap-ig"))
         V.choice("--task", task, TASKS)
         V.choice("--metric", metric, NAMES)

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, option_checks
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
 
@@ -63,7 +63,7 @@ def _config(
     from mechscope.directions.experiments import DirectionsConfig
     from mechscope.directions.stats import COV_JITTER
 
-    with V.options():
+    with option_checks():
         lens = None if lengths is None else tuple(V.numbers("--lengths", lengths, lo=0))
         if lens is not None and not lens:
             fail("--lengths is empty; give e.g. --lengths 0.5,1,2 or leave it out")
@@ -130,7 +130,7 @@ def sweep_cmd(
 
     cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
-    with V.options():
+    with option_checks():
         V.choices("--family", fams, FAMILIES)
     if sae is not None and "sae_error" not in fams:
         fams.append("sae_error")
@@ -199,7 +199,7 @@ def features_cmd(
     from mechscope.directions.plot import curves_figure, write_figure
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
-    with V.options():
+    with option_checks():
         V.choices("--pool", pool, FEATURE_POOLS)
     try:
         saes = load_saes(model, sae, hook)

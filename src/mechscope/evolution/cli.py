@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import console, fail, load, option_checks
 from mechscope.errors import EvolutionError, MechscopeError
 from mechscope.files import check_writable_dir, check_writable_file, write_text
 
@@ -123,7 +123,7 @@ def run_cmd(
     from mechscope.evolution.page import HOST
     from mechscope.evolution.stats import MEASURES
 
-    with V.options():
+    with option_checks():
         V.number("--coeff", coeff, lo=0, lo_open=True)
         V.integer("--batches", batches, lo=1)
         V.integer("--batch-size", batch_size, lo=1)
@@ -191,7 +191,7 @@ def page_cmd(
     from mechscope.evolution.page import HOST
     from mechscope.evolution.result import EvolutionResult
 
-    with V.options():
+    with option_checks():
         if serve:
             V.port("--port", port, HOST)
     try:

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import console, fail, load, option_checks
 from mechscope.files import check_writable_dir, suffixed
 
 
@@ -55,7 +55,7 @@ def patch_command(
     from mechscope.tasks import TASKS, make_task
 
     components = component or ["resid_pre", "z"]
-    with V.options():
+    with option_checks():
         V.choice("--task", task, TASKS)
         V.choices("--component", components, COMPONENTS)
         V.choice("--direction", direction, DIRECTIONS)
@@ -67,7 +67,7 @@ def patch_command(
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
     try:
         bridge = load(model)
-        with V.options():  # prompt length from one prompt, before making n of them
+        with option_checks():  # prompt length from one prompt, before making n of them
             seq_len = int(make_task(task, bridge.tokenizer, n=1, seed=seed).clean_tokens.shape[1])
             if dims := V.model_dims(bridge):
                 need = V.patch_bytes(dims, n, seq_len) + int(memory_mb * 2**20)

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, option_checks
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
 
@@ -92,7 +92,7 @@ def run_cmd(
     from mechscope.regions.plot import curves_figure, write_figure
     from mechscope.regions.result import save_curves
 
-    with V.options():
+    with option_checks():
         _check([model], n_prompts, n_steps, layer, threshold, seed)
         V.choice("--path", path, PATHS)
         V.choice("--read", read, ("normalized", "logits"))
@@ -145,7 +145,7 @@ def sweep_cmd(
     from mechscope.regions.analysis import SWEEP_MODELS, RegionConfig, sweep
     from mechscope.regions.plot import sweep_figure, write_figure
 
-    with V.options():
+    with option_checks():
         _check(model or list(SWEEP_MODELS), n_prompts, n_steps, layer, threshold, seed)
     cfg = RegionConfig(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
@@ -177,7 +177,7 @@ def semantic_cmd(
     from mechscope.regions.plot import semantic_figure, write_figure
     from mechscope.regions.semantic import semantic_alignment
 
-    with V.options():  # every pair of prompts: n (n - 1) paths
+    with option_checks():  # every pair of prompts: n (n - 1) paths
         _check([model], n_prompts, n_steps, layer, threshold, seed)
         if dims := V.model_dims(model):
             need = V.regions_bytes(dims, n_prompts * (n_prompts - 1), n_steps, 10, 2048)

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from mechscope import validate as V
-from mechscope.cli_common import check_hooks, console, fail, load
+from mechscope.cli_common import check_hooks, console, fail, load, option_checks
 from mechscope.errors import OptionError, SAEError
 from mechscope.files import check_writable_dir
 
@@ -106,7 +106,7 @@ def train_cmd(
     from mechscope.sae.hparam_grid import sweep
     from mechscope.sae.store import ActivationStore
 
-    with V.options():
+    with option_checks():
         _check_training(
             model, loss, arch, [k] if k else [], expansion, steps, batch_size, eval_batches
         )
@@ -177,7 +177,7 @@ def sweep_cmd(
     from mechscope.sae.hparam_grid import seed_table, sweep, sweep_seeds
     from mechscope.sae.store import ActivationStore
 
-    with V.options():
+    with option_checks():
         k_values = [int(k) for k in V.numbers("--ks", ks, lo=1, integers=True)]
         _check_training(model, loss, arch, k_values, expansion, steps, batch_size, eval_batches)
         V.numbers("--coeffs", coeffs, lo=0)
@@ -278,7 +278,7 @@ def store_cmd(
     from mechscope.models.lean import as_lean
     from mechscope.sae.store import write_store
 
-    with V.options():
+    with option_checks():
         V.integer("--n-tokens", n_tokens, lo=1)
         V.integer("--batch-size", batch_size, lo=1)
         V.seed("--seed", seed)
@@ -322,7 +322,7 @@ def eval_cmd(
     from mechscope.sae.evaluate import eval_table, evaluate_sae
     from mechscope.sae.saelens_format import load_saelens
 
-    with V.options():
+    with option_checks():
         V.integer("--eval-batches", eval_batches, lo=1)
     try:
         sae = load_saelens(path)
@@ -346,7 +346,7 @@ def build_bundled_cmd(
         check_writable_dir(out)
     from mechscope.sae.bundled import build_bundled
 
-    with V.options():
+    with option_checks():
         V.integer("--steps", steps, lo=1)
     folder = build_bundled(model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import console, fail, option_checks
 from mechscope.files import check_writable_dir
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def sweep_command(
     from mechscope.sweep.results import results_table
     from mechscope.sweep.runner import BACKENDS, run_sweep
 
-    with V.options():
+    with option_checks():
         V.choice("--backend", backend, BACKENDS)
         V.integer("--workers", workers, lo=1)
         V.integer("--threads", threads, lo=1)
