@@ -61,10 +61,10 @@ def test_rerun_skips_finished_trials_and_resumes_after_a_crash(toy, tmp_path, mo
     keys = [t.key for t in cfg.trials()]
     kind = KINDS["toy"]
 
-    def crash_on_third(p, folder):
+    def crash_on_third(p, folder, placement):
         if len(toy) == 2:
             raise KeyboardInterrupt  # the sweep process dies in the third trial
-        return kind.run(p, folder)
+        return kind.run(p, folder, placement)
 
     monkeypatch.setitem(KINDS, "toy", replace(kind, run=crash_on_third))
     with pytest.raises(KeyboardInterrupt):

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load
 from mechscope.errors import DirectionsError, ModelLoadError, SAEError
+from mechscope.models.placement import Placement
 
 if TYPE_CHECKING:
     from mechscope.directions.experiments import DirectionsConfig
@@ -81,22 +82,24 @@ def _config(
     )
 
 
-def load_saes(model: str, specs: list[str] | None, hook: str | None = None) -> dict[str, Any]:
-    """SAEs by bundled run name (of a zoo model) or SAELens folder; default: all bundled (at
-    `hook`, if given)."""
+def load_saes(
+    model: str, specs: list[str] | None, hook: str | None = None, device: Any = None
+) -> dict[str, Any]:
+    """SAEs by bundled run name (of a zoo model) or SAELens folder, on `device` (the model's);
+    default: all bundled (at `hook`, if given)."""
     from mechscope.directions.experiments import bundled_saes
     from mechscope.sae.bundled import list_bundled, load_bundled
     from mechscope.sae.saelens_format import load_saelens
 
     if not specs:
-        return bundled_saes(Path(model).name, hook)
+        return bundled_saes(Path(model).name, hook, device=device)
     bundled = {e["name"] for e in list_bundled(Path(model).name)}
     out = {}
     for s in specs:
         if s in bundled:
-            out[s] = load_bundled(Path(model).name, s)
+            out[s] = load_bundled(Path(model).name, s, device)
         elif Path(s).is_dir():
-            out[Path(s).name] = load_saelens(s)
+            out[Path(s).name] = load_saelens(s, device=device)
         else:
             known = ", ".join(sorted(bundled)) or "none"
             raise DirectionsError(
@@ -133,19 +136,24 @@ def sweep_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """KL(P_orig || P_perturbed) against length L for direction families at one hook."""
     from mechscope.directions.experiments import sweep_directions
     from mechscope.directions.plot import curves_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
     if sae is not None and "sae_error" not in fams:
         fams.append("sae_error")
     try:
-        saes = load_saes(model, [sae]) if sae is not None else {}
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        saes = load_saes(model, [sae], device=lean.device) if sae is not None else {}
         ((name, s),) = saes.items() if saes else (("", None),)
-        res = sweep_directions(model, hook, fams, sae=s, sae_name=name, cfg=cfg)
+        res = sweep_directions(lean, hook, fams, sae=s, sae_name=name, cfg=cfg)
     except Errors as e:
         fail(e)
     stem = out / f"sweep_{Path(model).name}_{hook}"
@@ -166,15 +174,20 @@ def error_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Finding (a): KL of SAE(x) vs x + eps * (isotropic, cov-mixture, real-mixture), eps =
     |SAE(x) - x|, per SAE at its own hook."""
     from mechscope.directions.experiments import error_vs_baselines
     from mechscope.directions.plot import substitution_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, None, position, seed, abs_jitter)
     try:
-        res = error_vs_baselines(model, load_saes(model, sae), cfg=cfg)
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        res = error_vs_baselines(lean, load_saes(model, sae, device=lean.device), cfg=cfg)
     except Errors as e:
         fail(e)
     stem = out / f"substitution_{Path(model).name}"
@@ -199,15 +212,20 @@ def features_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Findings (b), (c): feature directions of several SAEs at one hook, at equal L."""
     from mechscope.directions.experiments import compare_features
     from mechscope.directions.plot import curves_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
-        saes = load_saes(model, sae, hook)
-        res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        saes = load_saes(model, sae, hook, lean.device)
+        res = compare_features(lean, saes, pools=pool or ["active"], cfg=cfg)
     except Errors as e:
         fail(e)
     stem = out / f"features_{Path(model).name}_{res.hook_name}"
@@ -229,6 +247,9 @@ def paper_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """All three findings on a zoo model's bundled SAEs: results/*.json and paper.html."""
     from mechscope.directions.experiments import paper_comparisons
@@ -236,7 +257,7 @@ def paper_cmd(
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
-        res = paper_comparisons(model, cfg)
+        res = paper_comparisons(load(model, None, Placement(device, device_map, dtype)), cfg)
     except Errors as e:
         fail(e)
     res.save(out)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load
 from mechscope.errors import DataError, EvolutionError, ModelLoadError, SAEError
+from mechscope.models.placement import Placement
 
 evolution_app = typer.Typer(
     help="Feature evolution across layers: cross-layer SAE feature statistics, graph, page.",
@@ -55,7 +56,10 @@ def communities_table(result: object) -> Table:
     return table
 
 
-def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tuple[list, list[str]]:
+def _load_saes(
+    model: str, specs: list[str], coeff: float, n_layers: int, device: Any
+) -> tuple[list, list[str]]:
+    """The per-layer SAEs (bundled at `coeff`, or `specs`) on `device` (the model's)."""
     from mechscope.sae.bundled import list_bundled, load_bundled
     from mechscope.sae.saelens_format import load_saelens
 
@@ -67,11 +71,13 @@ def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tup
                 f"no bundled SAEs at every layer of {model!r} (lambda {coeff:g}); pass one --sae "
                 "per layer (SAELens folders, e.g. from `mechscope sae sweep`)"
             )
-        return [load_bundled(model, n) for n in names], names
+        return [load_bundled(model, n, device) for n in names], names
     saes, names = [], []
     for s in specs:
         p = Path(s)
-        saes.append(load_saelens(p) if p.exists() else load_bundled(model, s))
+        saes.append(
+            load_saelens(p, device=device) if p.exists() else load_bundled(model, s, device)
+        )
         names.append(p.name)
     return saes, names
 
@@ -101,7 +107,6 @@ def run_cmd(
     neuronpedia: Annotated[
         str | None, typer.Option(help="SAELens release or Neuronpedia source with {layer}")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if any)")] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -115,11 +120,15 @@ def run_cmd(
     html: Html = None,
     serve: Serve = False,
     port: Port = 8765,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
     from mechscope.data.streams import hf_token_batches
     from mechscope.evolution.compute import EvolutionConfig, compute_evolution
     from mechscope.evolution.graph import write_graph
+    from mechscope.models.lean import as_lean
     from mechscope.sae.sweep import eval_batches
 
     try:
@@ -130,8 +139,9 @@ def run_cmd(
             graph_measure=measure,
             graph_threshold=threshold,
         )
-        bridge = load(model)
-        saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers))
+        bridge = load(model, None, Placement(device, device_map, dtype))
+        home = as_lean(bridge).device  # the SAEs and the statistics live with the model
+        saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers), home)
         if dataset:
             stream = hf_token_batches(
                 dataset, bridge.tokenizer, int(bridge.cfg.n_ctx), batch_size, column=column
@@ -147,7 +157,7 @@ def run_cmd(
             names=names,
             model_name=model,
             neuronpedia=neuronpedia,
-            device=device,
+            device=home,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             progress=True,

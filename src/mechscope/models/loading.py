@@ -177,9 +177,11 @@ def _load_zoo(
     with tempfile.TemporaryDirectory() as tmp:
         os.symlink((folder / "config.json").resolve(), Path(tmp) / "config.json")
         os.symlink(weights.resolve(), Path(tmp) / "model.safetensors")
-        return TransformerBridge.boot_transformers(
+        bridge = TransformerBridge.boot_transformers(
             tmp, tokenizer=_tokenizer(), dtype=dtype, **split
         )
+    bridge.cfg.model_name = str(folder)  # as unsplit (not the temporary folder's name)
+    return bridge
 
 
 def _boot_native(cfg: dict, weights: Path, device: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
@@ -238,8 +240,11 @@ def _load_local(
     _check_architecture(cfg)
     from transformer_lens.model_bridge import TransformerBridge
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+    # an absolute path is never a hub id: config, weights and tokenizer are read from the folder
+    # alone (no process-wide HF_HUB_OFFLINE needed)
+    return TransformerBridge.boot_transformers(
+        str(folder.resolve()), device=device, dtype=dtype, **split
+    )
 
 
 def _load_hub(

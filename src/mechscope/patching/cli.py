@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail, load
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load
+from mechscope.models.placement import Placement
 
 
 def patch_command(
@@ -35,6 +36,9 @@ def patch_command(
     ] = False,
     memory_mb: Annotated[float, typer.Option(help="activation memory budget per chunk")] = 512.0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
     from mechscope.errors import MetricError
@@ -51,7 +55,7 @@ def patch_command(
     components = component or ["resid_pre", "z"]
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
     try:
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         t = make_task(task, bridge.tokenizer, n=n, seed=seed)
         lean = as_lean(bridge)
         estimates = {}

@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load
 from mechscope.errors import ModelLoadError, RegionsError
+from mechscope.models.placement import Placement
 
 regions_app = typer.Typer(
     help="Stable regions in the residual stream: interpolate between prompts' activations.",
@@ -61,6 +62,9 @@ def run_cmd(
     seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Interpolate between consecutive random prompts of one model; write curves and figures."""
     from mechscope.regions.plot import curves_figure, write_figure
@@ -77,7 +81,8 @@ def run_cmd(
         seed=seed,
     )
     try:
-        stats, real, iso = analyse(model, revision, cfg)
+        bridge = load(model, revision, Placement(device, device_map, dtype))
+        stats, real, iso = analyse(bridge, revision, cfg, name=model)
     except (ModelLoadError, RegionsError) as e:
         fail(e)
     stem = out / f"{Path(model).name}@{revision or 'main'}"
@@ -110,6 +115,9 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
     from mechscope.regions.plot import sweep_figure, write_figure
@@ -119,7 +127,8 @@ def sweep_cmd(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
     )
     try:
-        result = sweep(model or list(SWEEP_MODELS), revision, cfg)
+        placement = Placement(device, device_map, dtype)
+        result = sweep(model or list(SWEEP_MODELS), revision, cfg, placement=placement)
     except (ModelLoadError, RegionsError) as e:
         fail(e)
     result.save(out / "sweep.json")
@@ -139,6 +148,9 @@ def semantic_cmd(
     seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Cluster prompts by stable region and relate the clusters to their predictions."""
     from mechscope.regions.plot import semantic_figure, write_figure
@@ -146,13 +158,14 @@ def semantic_cmd(
 
     try:
         res = semantic_alignment(
-            model,
+            load(model, revision, Placement(device, device_map, dtype)),
             revision,
             n_prompts,
             n_steps=n_steps,
             layer=layer,
             threshold=threshold,
             seed=seed,
+            name=model,
         )
     except (ModelLoadError, RegionsError) as e:
         fail(e)

@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli_common import check_hooks, console, fail, load
+from mechscope.cli_common import Device, DeviceMap, Dtype, check_hooks, console, fail, load
 from mechscope.errors import SAEError
+from mechscope.models.placement import Placement
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
 
@@ -67,6 +68,9 @@ def train_cmd(
     column: Column = "text",
     store: StoreDir = None,
     out: Out = Path("runs/sae"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
     from mechscope.sae.config import TrainConfig
@@ -91,7 +95,7 @@ def train_cmd(
             dataset=dataset,
             dataset_column=column,
         )
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         check_hooks(bridge, [hook])
         acts = ActivationStore(store) if store is not None else None
         evals = sweep(cfg, out, model=bridge, n_eval_batches=eval_batches, store=acts)
@@ -128,6 +132,9 @@ def sweep_cmd(
     column: Column = "text",
     store: StoreDir = None,
     out: Out = Path("runs/sae-sweep"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT
     (with --seeds: one folder per seed, seeds.json and pareto_seeds.html)."""
@@ -143,7 +150,7 @@ def sweep_cmd(
                 "--seeds cannot train from --store: a store's sequence order is fixed, so the "
                 "seed would change only the SAE's init. Train live (drop --store) for seeds."
             )
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         check_hooks(bridge, _hooks(hooks, int(bridge.cfg.n_layers)))
         k_list = [int(x) for x in ks.split(",") if x.strip()]
         cfg = TrainConfig(
@@ -221,9 +228,14 @@ def store_cmd(
         int, typer.Option(help="sequences per forward; train with the same for identical SAEs")
     ] = 32,
     seed: Annotated[int, typer.Option(help="seed of the data order")] = 0,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+    store_dtype: Annotated[
+        str, typer.Option(help="dtype of the stored activations: float32, float16 or bfloat16")
+    ] = "float32",
     shard_tokens: Annotated[int, typer.Option(help="tokens per shard file")] = 65_536,
     overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
     from mechscope.models.lean import as_lean
@@ -231,7 +243,7 @@ def store_cmd(
     from mechscope.sae.store import write_store
 
     try:
-        lean = as_lean(load(model))
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
         source = {"dataset": dataset, "column": column} if dataset else {"mixture": {"stdlib": 1.0}}
         acts = write_store(
             lean,
@@ -239,7 +251,7 @@ def store_cmd(
             source_batches(lean, batch_size, seed, None, dataset, column),
             out,
             n_tokens=n_tokens,
-            dtype=dtype,
+            dtype=store_dtype,
             shard_tokens=shard_tokens,
             model_name=model,
             source=source | {"seed": seed, "batch_size": batch_size},
@@ -260,6 +272,9 @@ def eval_cmd(
     model: Model = "code-2l",
     hook: Annotated[str | None, typer.Option(help="hook (default: the SAE's own)")] = None,
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16")] = 8,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
     from mechscope.models.lean import as_lean
@@ -269,8 +284,8 @@ def eval_cmd(
     from mechscope.sae.sweep import eval_batches as batches
 
     try:
-        sae = load_saelens(path)
-        lean = as_lean(load(model))
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        sae = load_saelens(path, device=lean.device)
         check_sae_fits(lean, sae, hook or sae.cfg.hook_name)
         ev = evaluate_sae(lean, sae, batches(lean, eval_batches), hook, name=path.name)
     except (SAEError, ValueError) as e:
@@ -284,11 +299,19 @@ def build_bundled_cmd(
     steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1200,
     out: Annotated[Path | None, typer.Option(help="output (default: the package)")] = None,
     e2e: Annotated[bool, typer.Option(help="also the two e2e SAEs at layer 0")] = True,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Rebuild the bundled SAEs of a zoo model (deterministic) and their card."""
+    from mechscope.errors import ModelLoadError
     from mechscope.sae.bundled import build_bundled
 
-    folder = build_bundled(model, out, steps, e2e=e2e)
+    try:
+        bridge = load(model, None, Placement(device, device_map, dtype))
+    except ModelLoadError as e:
+        fail(e)
+    folder = build_bundled(bridge, model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")
 
 

@@ -129,11 +129,9 @@ def sweep(
 
 
 def _model_and_tokens(base: TrainConfig, model: Any, n_eval_batches: int) -> tuple[Any, list]:
-    """The model (loaded from `base.model` if None) as a LeanModel, and the held-out batches."""
+    """The loaded model as a LeanModel, and the held-out batches."""
     if model is None:
-        from mechscope import load_model
-
-        model = load_model(base.model)
+        raise SAEError(f"pass the loaded model (mechscope.load_model({base.model!r}))")
     lean = as_lean(model)
     return lean, eval_batches(lean, n_eval_batches, mixture=base.mixture)
 
