@@ -140,7 +140,7 @@ def run_cmd(
             graph_threshold=threshold,
         )
         bridge = load(model, None, Placement(device, device_map, dtype))
-        home = as_lean(bridge).device  # the SAEs and the statistics live with the model
+        home = as_lean(bridge).device  # the SAEs (and the statistics) live with the model
         saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers), home)
         if dataset:
             stream = hf_token_batches(
@@ -157,7 +157,6 @@ def run_cmd(
             names=names,
             model_name=model,
             neuronpedia=neuronpedia,
-            device=home,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             progress=True,

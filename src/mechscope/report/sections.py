@@ -516,7 +516,7 @@ def evolution_section(cfg: DemoConfig, files: Path) -> Section:
     key, title, question = EVOLUTION
     sec = Section(key, title, question, evolution_commands(cfg))
     bridge = cfg.placement.load(EVOLUTION_MODEL)
-    home = as_lean(bridge).device  # the SAEs and the statistics live with the model
+    home = as_lean(bridge).device  # the SAEs (and the statistics) live with the model
     n_layers = int(bridge.cfg.n_layers)
     names = [
         f"blocks.{layer}.hook_resid_post__local__l1-{cfg.evolution_coeff:g}"
@@ -525,13 +525,7 @@ def evolution_section(cfg: DemoConfig, files: Path) -> Section:
     saes = [load_bundled(EVOLUTION_MODEL, n, home) for n in names]
     tokens = eval_batches(bridge, cfg.evolution_batches, batch_size=cfg.evolution_batch_size)
     result = compute_evolution(
-        bridge,
-        saes,
-        tokens,
-        EvolutionConfig(),
-        names=names,
-        model_name=EVOLUTION_MODEL,
-        device=home,
+        bridge, saes, tokens, EvolutionConfig(), names=names, model_name=EVOLUTION_MODEL
     )
     page = write_page(result, files / "evolution.html")
     sec.links.append(("the interactive feature-evolution page", f"{files.name}/{page.name}"))

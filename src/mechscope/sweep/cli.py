@@ -48,7 +48,8 @@ def sweep_command(
     dtype: Dtype = None,
 ) -> None:
     """Run every trial of a sweep config not finished yet in the output folder; merge results.
-    Every trial loads its model with --device / --device-map / --dtype."""
+    Every trial loads its model with --device / --device-map / --dtype (given any of
+    them; else the config's `placement`)."""
     from mechscope.errors import ModelLoadError
     from mechscope.sweep.config import SweepError, load_config
     from mechscope.sweep.kinds import KINDS
@@ -58,6 +59,8 @@ def sweep_command(
     try:
         cfg = load_config(config)
         placement = Placement(device, device_map, dtype)  # a bad --device-map fails here
+        if placement == Placement():  # no option given: the config's
+            placement = cfg.placement
         report = run_sweep(
             cfg, out, backend, address, workers, threads, retries, progress, console, placement
         )

@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,9 +145,9 @@ def run_sweep(
     backend: "ray" (embedded, or the cluster at `address`), "serial", or "auto" (Ray when it is
     installed, else serial with a notice). workers: trials at once on Ray (default: this
     machine's CPUs // threads; on a cluster: as many as it schedules). threads, retries: override
-    the config's. placement: where every trial loads its model (default: CPU, float32).
+    the config's. placement: where every trial loads its model (default: the config's).
     """
-    placement = placement or Placement()
+    placement = placement or config.placement
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     out = Path(out) if out is not None else config.out
@@ -162,7 +162,7 @@ def run_sweep(
     done = {t.key for t in trials if finished(out, t) is not None}
     todo = [t for t in trials if t.key not in done]
     report = SweepReport(out, backend, 1, skipped=[t.key for t in trials if t.key in done])
-    write_json(out / "sweep.json", config.to_dict())
+    write_json(out / "sweep.json", replace(config, placement=placement).to_dict())  # as run
     if backend == "ray" and not address:
         workers = workers or max(1, (os.cpu_count() or 1) // threads)
     with ExitStack() as stack:
