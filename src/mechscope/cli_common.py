@@ -14,19 +14,27 @@ from mechscope.models.placement import Placement
 
 console = Console()
 
+PANEL = "Model placement"
 Device = Annotated[
     str | None,
-    typer.Option(help="load the model on this device: cpu, cuda, cuda:1, ... (any model)"),
+    typer.Option(
+        help="load the model on this device: cpu, cuda, cuda:1, ... (any model)",
+        rich_help_panel=PANEL,
+    ),
 ]
 DeviceMap = Annotated[
     str | None,
     typer.Option(
         help="split an HF-architecture model over devices: auto, balanced, cpu or a JSON map "
-        "(module -> device); exclusive with --device"
+        "(module -> device); exclusive with --device",
+        rich_help_panel=PANEL,
     ),
 ]
 Dtype = Annotated[
-    str | None, typer.Option(help="model dtype, e.g. bfloat16 (metrics stay in float32)")
+    str | None,
+    typer.Option(
+        help="model dtype, e.g. bfloat16 (metrics stay in float32)", rich_help_panel=PANEL
+    ),
 ]
 
 

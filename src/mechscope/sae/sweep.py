@@ -78,7 +78,7 @@ def train_and_save(
     ckpt = out / "_checkpoints" / name
     result = train_sae(cfg, model, checkpoint_dir=ckpt, progress=progress, store=store)
     save_saelens(result.sae, folder, dtype=dtype)
-    saved = load_saelens(folder).to(result.sae.W_dec.device)  # what was written (fp16)
+    saved = load_saelens(folder, device=result.sae.W_dec.device)  # what was written (fp16)
     ev = evaluate_sae(model, saved, eval_tokens, name=name)
     ev_dict = ev.to_dict()
     meta = {"evaluation": ev_dict, "train_seconds": round(result.seconds, 1)}
