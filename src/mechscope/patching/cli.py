@@ -44,8 +44,7 @@ def patch_command(
     from mechscope.errors import MetricError
     from mechscope.models import ModelLoadError
     from mechscope.models.lean import as_lean
-    from mechscope.patching.attribution import attribution_patch
-    from mechscope.patching.metric import task_metric
+    from mechscope.patching.attribution import attribution_task
     from mechscope.patching.plot import write_html
     from mechscope.patching.result import pearson
     from mechscope.patching.specs import PatchingError
@@ -60,11 +59,7 @@ def patch_command(
         lean = as_lean(bridge)
         estimates = {}
         if attribution:
-            clean_logits = lean(t.clean_tokens, logit_pos=(-1,)) if metric == "kl" else None
-            m = task_metric(t, metric, clean_logits)
-            estimates = attribution_patch(
-                lean, t.clean_tokens, t.corrupt_tokens, m, components, direction, positions
-            )
+            estimates = attribution_task(lean, t, components, direction, metric, positions)
         for c in components:
             r = patch_task(lean, t, c, direction, metric, positions, memory_mb=memory_mb)
             r.meta.update(model=model, seed=seed)
