@@ -56,22 +56,20 @@ def test_zoo_build_on_a_missing_gpu_says_what_to_do(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_root_placement_options_reach_the_loader(monkeypatch, tmp_path):
-    from mechscope import cli_common
-
-    for field in ("device_map", "dtype"):  # restored after the test: nothing leaks to others
-        monkeypatch.setattr(cli_common.placement, field, None)
+def test_placement_options_reach_the_loader(tmp_path):
     base = ["run-task", "--model", "code-2l", "--task", "ioi", "--n", "8", "--json"]
     r = runner.invoke(app, [*base, str(tmp_path / "fp32.json")])
     assert r.exit_code == 0, r.output
     mapped = '{"transformer": "cpu", "lm_head": "cpu"}'
-    args = ["--device-map", mapped, "--dtype", "bfloat16", *base, str(tmp_path / "bf16.json")]
+    args = [*base, str(tmp_path / "bf16.json"), "--device-map", mapped, "--dtype", "bfloat16"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     fp32, bf16 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("fp32", "bf16"))
     assert bf16["clean"] != fp32["clean"]  # the bf16 weights were used ...
     assert abs(bf16["clean"] - fp32["clean"]) < 0.1 * abs(fp32["clean"])  # ... and are close
-    r = runner.invoke(app, ["--device-map", "{bad", *base, str(tmp_path / "x.json")])
+    r = runner.invoke(app, [*base, str(tmp_path / "x.json"), "--device-map", "{bad"])
     assert r.exit_code == 2 and "not valid JSON" in r.output
-    r = runner.invoke(app, ["--device-map", '{"transformer": "disk"}', *base, "x.json"])
+    r = runner.invoke(app, [*base, "x.json", "--device-map", '{"transformer": "disk"}'])
     assert r.exit_code == 2 and "not supported" in " ".join(r.output.split())
+    r = runner.invoke(app, [*base, "x.json", "--device", "cpu", "--device-map", "cpu"])
+    assert r.exit_code == 2 and "not both" in r.output

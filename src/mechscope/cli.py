@@ -8,7 +8,8 @@ mechscope acdc --model code-attn4 --task docstring --tau 0.01   # a circuit, JSO
 mechscope regions sweep -m code-2l -m code-4l   # stable regions over checkpoints and sizes
 mechscope demo                          # the whole programme on the bundled models
 mechscope sweep examples/sweeps/acdc.yaml   # a grid of method calls on Ray (resumable)
-mechscope --device-map auto --dtype bfloat16 patch --model facebook/opt-6.7b ...  # big models
+mechscope patch --model facebook/opt-6.7b --device-map auto --dtype bfloat16 ...  # big models
+mechscope acdc --model code-attn4 --device cuda        # any model-loading command: one GPU
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ from rich.table import Table
 from mechscope import validate as V
 from mechscope.basis.cli import basis_app
 from mechscope.circuits.cli import acdc_command
-from mechscope.cli_common import ErrorsAsMessages, console, fail, load, option_checks, placement
+from mechscope.cli_common import (
+    Device,
+    DeviceMap,
+    Dtype,
+    ErrorsAsMessages,
+    console,
+    fail,
+    load,
+    option_checks,
+)
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.files import check_writable_dir, check_writable_file, write_json
+from mechscope.models.placement import Placement
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.report.cli import demo_command
@@ -42,22 +53,8 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(
-    device_map: Annotated[
-        str | None,
-        typer.Option(
-            help="split models over devices: auto, balanced, cpu or a JSON map "
-            "(module -> device), for the commands that load a model"
-        ),
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="model dtype, e.g. bfloat16 (metrics stay in float32)")
-    ] = None,
-) -> None:
+def main() -> None:
     """mechscope: find out what computation a transformer performs, and where."""
-    with option_checks():
-        V.dtype("--dtype", dtype)
-    placement.device_map, placement.dtype = device_map, dtype
 
 
 zoo_app = typer.Typer(help="The bundled model zoo: list, inspect and rebuild models.")
@@ -147,6 +144,9 @@ def run_task_cmd(
     metric: Annotated[str | None, typer.Option(help="logit_diff, logprob, prob or kl")] = None,
     revision: Annotated[str | None, typer.Option(help="checkpoint, e.g. step-500")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Run a task on a model and print its clean and corrupted baselines."""
     from mechscope.errors import MechscopeError
@@ -161,7 +161,7 @@ def run_task_cmd(
     if json_out is not None:
         check_writable_file(json_out, "--json")
     try:
-        m = load(model, revision=revision)
+        m = load(model, revision, Placement(device, device_map, dtype))
         t = make_task(task, m.tokenizer, n=n, seed=seed)
         result = run_task(m, t, metric=metric)
     except MechscopeError as e:

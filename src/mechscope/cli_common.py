@@ -1,49 +1,49 @@
-"""What every `mechscope` sub-command shares: the console, the one way to fail, and model
-loading with the placement given to the root command (`mechscope --device-map auto --dtype
-bfloat16 patch ...`)."""
+"""What every `mechscope` sub-command shares: the console, the one way to fail, and the
+placement options every model-loading command takes (`--device`, `--device-map`, `--dtype`),
+passed explicitly to `load(model, revision, placement)`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from mechscope.models.placement import Placement
+
 console = Console()
 
+PANEL = "Model placement"
+Device = Annotated[
+    str | None,
+    typer.Option(
+        help="load the model on this device: cpu, cuda, cuda:1, ... (any model)",
+        rich_help_panel=PANEL,
+    ),
+]
+DeviceMap = Annotated[
+    str | None,
+    typer.Option(
+        help="split an HF-architecture model over devices: auto, balanced, cpu or a JSON map "
+        "(module -> device); exclusive with --device",
+        rich_help_panel=PANEL,
+    ),
+]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="model dtype, e.g. bfloat16 (metrics stay in float32)", rich_help_panel=PANEL
+    ),
+]
 
-@dataclass
-class Placement:
-    """Where and in what dtype sub-commands load models (`mechscope --device-map/--dtype`)."""
 
-    device_map: str | None = None  # "auto", "balanced", "cpu", or a JSON object
-    dtype: str | None = None
-
-
-placement = Placement()
-
-
-def load(model: str, revision: str | None = None) -> Any:
-    """`load_model(model, revision)` with the root command's placement (ModelLoadError if bad)."""
-    from mechscope import load_model
-    from mechscope.errors import ModelLoadError
-
-    spec = placement.device_map
-    device_map: Any = spec
-    if spec and spec.lstrip().startswith("{"):
-        try:
-            device_map = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"--device-map is not valid JSON ({e}): {spec!r}") from e
-    try:
-        return load_model(model, revision=revision, device_map=device_map, dtype=placement.dtype)
-    except (RuntimeError, NotImplementedError) as e:  # TransformerLens refusing an architecture
-        raise ModelLoadError(f"TransformerLens cannot load {model!r}: {e}") from e
+def load(model: str, revision: str | None = None, placement: Placement | None = None) -> Any:
+    """The command's model: `load_model(model, revision)` placed by `placement` (the command's
+    --device / --device-map / --dtype); ModelLoadError if it cannot be loaded there."""
+    return (placement or Placement()).load(model, revision)
 
 
 def check_hooks(model: Any, hooks: Sequence[str]) -> None:

@@ -34,3 +34,21 @@ def test_per_head_estimate_tracks_exact_patching_on_docstring(attn4, tokenizer):
     print(f"attribution vs exact, per head (docstring, denoising): Pearson r = {r:.3f}")
     assert r > 0.8
     assert est["z"].clean == pytest.approx(exact.clean, abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", [None, "kl"])
+def test_attribution_task_is_attribution_patch_with_the_task_metric(attn4, tokenizer, metric):
+    """The CLI's `patch --attribution` set-up, as `patch_task` sets up the exact sweep."""
+    from mechscope.models.lean import as_lean
+    from mechscope.patching import attribution_task
+    from mechscope.tasks import make_task
+
+    t = make_task("docstring", tokenizer, n=4, seed=0)
+    lean = as_lean(attn4)
+    clean = lean(t.clean_tokens, logit_pos=(-1,)) if metric == "kl" else None
+    m = task_metric(t, metric, clean)
+    want = attribution_patch(attn4, t.clean_tokens, t.corrupt_tokens, m, ["z", "resid_pre"])
+    got = attribution_task(attn4, t, ["z", "resid_pre"], metric=metric)
+    for c in ("z", "resid_pre"):
+        assert torch.equal(got[c].values, want[c].values), c
+        assert got[c].meta["task"] == "docstring" and got[c].meta["n_prompts"] == 4

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from mechscope import load_model
 from mechscope.regions import boundaries as bd
 from mechscope.regions.analysis import (
     SWEEP_MODELS,
@@ -22,6 +23,11 @@ from mechscope.regions.result import RegionStats, RegionStatsTable, load_curves,
 TINY = RegionConfig(n_prompts=6, n_steps=7)
 
 
+def _analyse(name: str, revision: str | None, cfg: RegionConfig):
+    """`analyse` of checkpoint `revision` of the zoo model `name`."""
+    return analyse(load_model(name, revision), revision, cfg, progress=False, name=name)
+
+
 def test_training_step_of_revisions():
     assert training_step("code-2l", "step-150") == 150
     assert training_step("EleutherAI/pythia-70m", "step1000") == 1000
@@ -31,7 +37,7 @@ def test_training_step_of_revisions():
 
 
 def test_analyse_one_checkpoint(tmp_path):
-    stats, real, iso = analyse("code-2l", "step-300", TINY, progress=False)
+    stats, real, iso = _analyse("code-2l", "step-300", TINY)
     assert (stats.model, stats.revision, stats.step) == ("code-2l", "step-300", 300)
     assert stats.n_pairs == 5 and stats.n_steps == 7 and len(stats.median_curve) == 7
     normed, kept = bd.normalise(real.dist)
@@ -63,7 +69,7 @@ def test_sweep_over_checkpoints_and_sizes(tmp_path):
     ]
     assert [r.model for r in final_rows(result)] == ["code-2l", "code-4l"]
     # seeded prompts: a row of the sweep is the same analysis run on its own
-    alone, _, _ = analyse("code-4l", "step-0", TINY, progress=False)
+    alone, _, _ = _analyse("code-4l", "step-0", TINY)
     assert alone.sharpness == result.rows[2].sharpness
     result.save(tmp_path / "sweep.json")
     back = RegionStatsTable.load(tmp_path / "sweep.json")
@@ -88,7 +94,7 @@ def test_sweep_over_llama_checkpoints():
     ]
     assert all(r.n_pairs == 5 and r.sharpness[1] >= 1.0 for r in result.rows)
     assert result.rows[0].sharpness != result.rows[-1].sharpness  # other weights, other paths
-    alone, _, _ = analyse("code-llama-2l", "step-150", TINY, progress=False)
+    alone, _, _ = _analyse("code-llama-2l", "step-150", TINY)
     assert alone.sharpness == result.rows[1].sharpness
 
 
@@ -96,8 +102,8 @@ def test_random_init_has_flatter_paths_than_the_trained_model():
     """The paper's control on the bundled code-4l: step-0 (the initialisation) has no sharp
     boundaries; the trained weights have sharper ones (median over 23 pairs, 21 steps)."""
     cfg = RegionConfig(n_prompts=24, n_steps=21)
-    init, _, _ = analyse("code-4l", "step-0", cfg, progress=False)
-    trained, _, _ = analyse("code-4l", None, cfg, progress=False)
+    init, _, _ = _analyse("code-4l", "step-0", cfg)
+    trained, _, _ = _analyse("code-4l", None, cfg)
     assert init.sharpness[1] < 1.3
     assert trained.sharpness[1] > init.sharpness[1]
     assert init.with_boundary == 0.0

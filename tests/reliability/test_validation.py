@@ -52,7 +52,7 @@ CASES = [
     (["acdc", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["run-task", "--n", "0"], "--n must be an integer >= 1"),
     (["run-task", "--metric", "acc"], "choose one of logit_diff, logprob, prob, kl"),
-    (["--dtype", "float8_e4m3fn", "run-task"], "choose one of float32, float16, bfloat16"),
+    (["run-task", "--dtype", "float8_e4m3fn"], "choose one of float32, float16, bfloat16"),
     (["zoo", "build", "code-attn4", "--steps", "0"], "--steps must be an integer >= 1"),
     (["zoo", "build", "code-9l"], "NAME 'code-9l' is unknown; choose one of tokenizer"),
     (["evolution", "run", "--tau", "2"], "--tau must be a finite number in [-1, 1], got 2"),

@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from mechscope.models import Placement
 from mechscope.sweep import KINDS, Kind
 
 
@@ -39,8 +40,8 @@ class ToyParams:
 CALLS: list[dict[str, Any]] = []
 
 
-def run_toy(p: ToyParams, folder: Path) -> dict[str, Any]:
-    CALLS.append({"x": p.x, "label": p.label, "seed": p.seed})
+def run_toy(p: ToyParams, folder: Path, placement: Placement) -> dict[str, Any]:
+    CALLS.append({"x": p.x, "label": p.label, "seed": p.seed, "placement": placement})
     if p.fail:
         raise RuntimeError(f"toy trial x={p.x} failed on purpose")
     (folder / "artifact.txt").write_text(f"{p.x} {p.label}\n")

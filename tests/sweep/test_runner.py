@@ -62,10 +62,10 @@ def test_rerun_skips_finished_trials_and_resumes_after_a_crash(toy, tmp_path, mo
     keys = [t.key for t in cfg.trials()]
     kind = KINDS["toy"]
 
-    def crash_on_third(p, folder):
+    def crash_on_third(p, folder, placement):
         if len(toy) == 2:
             raise KeyboardInterrupt  # the sweep process dies in the third trial
-        return kind.run(p, folder)
+        return kind.run(p, folder, placement)
 
     monkeypatch.setitem(KINDS, "toy", replace(kind, run=crash_on_third))
     with pytest.raises(KeyboardInterrupt):
@@ -171,3 +171,29 @@ def test_cli_reports_failures_and_config_errors(toy, write_config, tmp_path):
     path = write_config({"kind": "toy", "grid": {"y": [1]}}, "e.yaml")
     r = cli.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "toy has no parameter 'y'" in " ".join(r.output.split())
+
+
+def test_every_trial_gets_the_placement_of_the_config_or_of_the_command(
+    toy, tmp_path, write_config
+):
+    from mechscope.models import Placement
+
+    d = {**GRID, "placement": {"device": "cpu", "dtype": "bfloat16"}}
+    cfg = SweepConfig.from_dict(d)
+    assert cfg.placement == Placement("cpu", None, "bfloat16")
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    run(cfg, tmp_path / "a")
+    assert [c["placement"] for c in toy] == [cfg.placement] * 6
+    toy.clear()
+    run(cfg, tmp_path / "b", placement=Placement(device_map="cpu"))
+    assert [c["placement"] for c in toy] == [Placement(device_map="cpu")] * 6
+    written = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    assert written["placement"] == {"device_map": "cpu"}  # the placement the trials ran with
+    toy.clear()  # the command's options replace the config's placement
+    path = write_config({**d, "grid": {"x": [1.0]}, "out": str(tmp_path / "c")})
+    r = CliRunner().invoke(app, ["sweep", str(path), "--backend", "serial", "--dtype", "float16"])
+    assert r.exit_code == 0, r.output
+    assert [c["placement"] for c in toy] == [Placement(dtype="float16")]
+    for bad, says in (({"gpu": "0"}, "has no 'gpu'"), ({"device_map": "{x"}, "not valid JSON")):
+        with pytest.raises(SweepError, match=says):
+            SweepConfig.from_dict({**GRID, "placement": bad})

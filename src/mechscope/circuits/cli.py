@@ -10,13 +10,14 @@ seed `test_seed` (default seed + 1); the JSON keeps both (`search`, `test_metric
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load, option_checks
 from mechscope.files import check_writable_file, suffixed
+from mechscope.models.placement import Placement
 
 if TYPE_CHECKING:
     from mechscope.circuits.result import Circuit
@@ -49,6 +50,9 @@ def acdc_command(
     out: Annotated[Path, typer.Option(help="output stem: writes .json .dot .html")] = Path(
         "out/acdc"
     ),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Find a circuit with ACDC (edges visited / kept shown live) or EAP on the search prompts,
     measure it on held-out test prompts (tracr: on all inputs); save and render it."""
@@ -77,6 +81,7 @@ def acdc_command(
             c.meta.update(model=f"tracr-{tracr}", task=tracr, seed=seed)
         else:
             c = _on_task(
+                load(model, None, Placement(device, device_map, dtype)),
                 model,
                 task,
                 tau,
@@ -120,6 +125,7 @@ def _on_tracr(
 
 
 def _on_task(
+    bridge: Any,
     model: str,
     task: str,
     tau: float,
@@ -133,14 +139,14 @@ def _on_task(
     test_seed: int | None,
     batch_size: int,
 ) -> Circuit:
-    """The circuit of `method` on `n` prompts of `task`, measured on the held-out ones."""
+    """The circuit of `method` on `n` prompts of `task` of the loaded `bridge` (named `model`),
+    measured on the held-out ones."""
     from mechscope.circuits.graph import Graph
     from mechscope.circuits.heldout import acdc_task, eap_task
-    from mechscope.models.lean import LeanModel
+    from mechscope.models.lean import as_lean
     from mechscope.tasks import make_split
 
-    bridge = load(model)
-    lean = LeanModel(bridge)
+    lean = as_lean(bridge)
     graph = Graph.from_model(lean)
     console.print(f"{model}: {graph.summary()}")
     search, test = make_split(task, bridge.tokenizer, n, seed, n_test, test_seed)

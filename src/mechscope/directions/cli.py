@@ -16,9 +16,10 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load, option_checks
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
+from mechscope.models.placement import Placement
 
 if TYPE_CHECKING:
     from mechscope.directions.experiments import DirectionsConfig
@@ -82,15 +83,17 @@ def _config(
     )
 
 
-def load_saes(model: str, specs: list[str] | None, hook: str | None = None) -> dict[str, Any]:
+def load_saes(
+    model: str, specs: list[str] | None, hook: str | None = None, device: Any = None
+) -> dict[str, Any]:
     """SAEs by `mechscope.sae.resolve` (SAELens folder, bundled run name of a zoo model or
-    SAELens release); default: all bundled (at `hook`, if given)."""
+    SAELens release) on `device` (the model's); default: all bundled (at `hook`, if given)."""
     from mechscope.directions.experiments import bundled_saes
     from mechscope.sae.sources import resolve
 
     if not specs:
-        return bundled_saes(Path(model).name, hook)
-    return dict(resolve(s, Path(model).name) for s in specs)
+        return bundled_saes(Path(model).name, hook, device=device)
+    return dict(resolve(s, Path(model).name, device) for s in specs)
 
 
 @directions_app.command("families")
@@ -121,12 +124,16 @@ def sweep_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """KL(P_orig || P_perturbed) against length L for direction families at one hook."""
     check_writable_dir(out)
     from mechscope.directions.experiments import sweep_directions
     from mechscope.directions.families import FAMILIES
     from mechscope.directions.plot import curves_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
@@ -135,9 +142,10 @@ def sweep_cmd(
     if sae is not None and "sae_error" not in fams:
         fams.append("sae_error")
     try:
-        saes = load_saes(model, [sae]) if sae is not None else {}
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        saes = load_saes(model, [sae], device=lean.device) if sae is not None else {}
         ((name, s),) = saes.items() if saes else (("", None),)
-        res = sweep_directions(model, hook, fams, sae=s, sae_name=name, cfg=cfg)
+        res = sweep_directions(lean, hook, fams, sae=s, sae_name=name, cfg=cfg)
     except MechscopeError as e:
         fail(e)
     stem = out / f"sweep_{Path(model).name}_{hook}"
@@ -158,16 +166,21 @@ def error_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Finding (a): KL of SAE(x) vs x + eps * (isotropic, cov-mixture, real-mixture), eps =
     |SAE(x) - x|, per SAE at its own hook."""
     check_writable_dir(out)
     from mechscope.directions.experiments import error_vs_baselines
     from mechscope.directions.plot import substitution_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, None, position, seed, abs_jitter)
     try:
-        res = error_vs_baselines(model, load_saes(model, sae), cfg=cfg)
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        res = error_vs_baselines(lean, load_saes(model, sae, device=lean.device), cfg=cfg)
     except MechscopeError as e:
         fail(e)
     stem = out / f"substitution_{Path(model).name}"
@@ -192,18 +205,23 @@ def features_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Findings (b), (c): feature directions of several SAEs at one hook, at equal L."""
     check_writable_dir(out)
     from mechscope.directions.experiments import FEATURE_POOLS, compare_features
     from mechscope.directions.plot import curves_figure, write_figure
+    from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     with option_checks():
         V.choices("--pool", pool, FEATURE_POOLS)
     try:
-        saes = load_saes(model, sae, hook)
-        res = compare_features(model, saes, pools=pool or ["active"], cfg=cfg)
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        saes = load_saes(model, sae, hook, lean.device)
+        res = compare_features(lean, saes, pools=pool or ["active"], cfg=cfg)
     except MechscopeError as e:
         fail(e)
     stem = out / f"features_{Path(model).name}_{res.hook_name}"
@@ -225,6 +243,9 @@ def paper_cmd(
     abs_jitter: AbsJitter = None,
     out: Out = Path("out/directions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """All three findings on a zoo model's bundled SAEs: results/*.json and paper.html."""
     check_writable_dir(out)
@@ -233,7 +254,7 @@ def paper_cmd(
 
     cfg = _config(batches, batch_size, lengths, None, seed, abs_jitter)
     try:
-        res = paper_comparisons(model, cfg)
+        res = paper_comparisons(load(model, None, Placement(device, device_map, dtype)), cfg)
     except MechscopeError as e:
         fail(e)
     res.save(out)

@@ -139,10 +139,11 @@ class Prepared:
 
 
 def _model(model: Any) -> tuple[LeanModel, str]:
+    """The loaded model as a LeanModel, and its short name (a zoo model's: "code-2l")."""
     if isinstance(model, str | Path):
-        from mechscope import load_model
-
-        return as_lean(load_model(str(model))), Path(str(model)).name
+        raise DirectionsError(
+            f"pass the loaded model (mechscope.load_model({str(model)!r})), not its name"
+        )
     lean = as_lean(model)
     return lean, Path(str(getattr(lean.cfg, "model_name", "model"))).name
 
@@ -476,9 +477,13 @@ def feature_summary(result: KLCurves, length: float, pool: str = "active") -> li
 
 
 def bundled_saes(
-    model: str = "code-2l", hook_name: str | None = None, loss: str | None = None
+    model: str = "code-2l",
+    hook_name: str | None = None,
+    loss: str | None = None,
+    device: Any = None,
 ) -> dict[str, SparseAutoencoder]:
-    """The bundled SAEs of a zoo model (by run name), optionally of one hook and loss."""
+    """The bundled SAEs of a zoo model (by run name), optionally of one hook and loss, on
+    `device` (default CPU; pass the model's)."""
     from mechscope.sae.bundled import list_bundled, load_bundled
 
     out = {}
@@ -487,7 +492,7 @@ def bundled_saes(
         if (hook_name is None or t["hook_name"] == hook_name) and (
             loss is None or t["loss"] == loss
         ):
-            out[entry["name"]] = load_bundled(model, entry["name"])
+            out[entry["name"]] = load_bundled(model, entry["name"], device)
     if not out:
         raise DirectionsError(
             f"no bundled SAEs for {model!r} (hook {hook_name}, loss {loss}); see "
@@ -543,24 +548,24 @@ CURVE_FAMILIES = (
 
 
 def paper_comparisons(
-    model: str = "code-2l",
+    model: Any,
     cfg: DirectionsConfig | None = None,
     pools: Sequence[str] = ("active", "inactive"),
     tokens: Sequence[Tensor] | None = None,
 ) -> PaperResults:
     """Findings (a), (b), (c) on a zoo model's bundled SAEs, on one set of token batches.
 
+    model: the loaded zoo model (`mechscope.load_model("code-2l")`); its SAEs load on its device.
+
     (a) `error_vs_baselines` on every SAE; (b, c) `compare_features` on every hook's SAEs (local
     of several L0, and e2e where bundled); and per hook `sweep_directions` over CURVE_FAMILIES,
     the SAE error taken from the hook's middle local SAE.
     """
-    from mechscope import load_model
-
     cfg = cfg or DirectionsConfig()
-    lean = as_lean(load_model(model))
-    saes = bundled_saes(model)
+    lean, name = _model(model)
+    saes = bundled_saes(name, device=lean.device)
     losses = {n: _loss(s) for n, s in saes.items()}
-    batches = list(tokens) if tokens is not None else default_tokens(lean, model, cfg)
+    batches = list(tokens) if tokens is not None else default_tokens(lean, name, cfg)
     sub = error_vs_baselines(lean, saes, tokens=batches, cfg=cfg, losses=losses)
     features, curves = {}, {}
     for hook in sorted({s.cfg.hook_name for s in saes.values()}):

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load, option_checks
 from mechscope.errors import EvolutionError, MechscopeError
 from mechscope.files import check_writable_dir, check_writable_file, write_text
+from mechscope.models.placement import Placement
 
 evolution_app = typer.Typer(
     help="Feature evolution across layers: cross-layer SAE feature statistics, graph, page.",
@@ -57,7 +58,10 @@ def communities_table(result: object) -> Table:
     return table
 
 
-def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tuple[list, list[str]]:
+def _load_saes(
+    model: str, specs: list[str], coeff: float, n_layers: int, device: Any
+) -> tuple[list, list[str]]:
+    """The per-layer SAEs (bundled at `coeff`, or `specs`) on `device` (the model's)."""
     from mechscope.sae.bundled import list_bundled, load_bundled
     from mechscope.sae.sources import resolve
 
@@ -69,8 +73,8 @@ def _load_saes(model: str, specs: list[str], coeff: float, n_layers: int) -> tup
                 f"no bundled SAEs at every layer of {model!r} (lambda {coeff:g}); pass one --sae "
                 "per layer (SAELens folders, e.g. from `mechscope sae sweep`)"
             )
-        return [load_bundled(model, n) for n in names], names
-    named = [resolve(s, model) for s in specs]
+        return [load_bundled(model, n, device) for n in names], names
+    named = [resolve(s, model, device) for s in specs]
     return [sae for _, sae in named], [name for name, _ in named]
 
 
@@ -99,7 +103,6 @@ def run_cmd(
     neuronpedia: Annotated[
         str | None, typer.Option(help="SAELens release or Neuronpedia source with {layer}")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if any)")] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -113,6 +116,9 @@ def run_cmd(
     html: Html = None,
     serve: Serve = False,
     port: Port = 8765,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Compute feature evolution over per-layer SAEs; save it, then write or serve the page."""
     check_outputs(out, html, checkpoint)
@@ -122,6 +128,7 @@ def run_cmd(
     from mechscope.evolution.graph import write_graph
     from mechscope.evolution.page import HOST
     from mechscope.evolution.stats import MEASURES
+    from mechscope.models.lean import as_lean
 
     with option_checks():
         V.number("--coeff", coeff, lo=0, lo_open=True)
@@ -144,8 +151,9 @@ def run_cmd(
             graph_measure=measure,
             graph_threshold=threshold,
         )
-        bridge = load(model)
-        saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers))
+        bridge = load(model, None, Placement(device, device_map, dtype))
+        home = as_lean(bridge).device  # the SAEs (and the statistics) live with the model
+        saes, names = _load_saes(model, list(sae or []), coeff, int(bridge.cfg.n_layers), home)
         if dataset:
             stream = hf_token_batches(
                 dataset, bridge.tokenizer, int(bridge.cfg.n_ctx), batch_size, column=column
@@ -161,7 +169,6 @@ def run_cmd(
             names=names,
             model_name=model,
             neuronpedia=neuronpedia,
-            device=device,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             progress=True,

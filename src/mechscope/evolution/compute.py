@@ -173,7 +173,7 @@ def compute_evolution(
 
     hooks: where each SAE reads (default: its own cfg.hook_name); names: SAE names for the page;
     neuronpedia: a known SAELens release (`result.NEURONPEDIA`) or a source template with
-    {layer}, for feature links; device: where the sums live (default: CUDA if available);
+    {layer}, for feature links; device: where the sums live (default: the model's);
     checkpoint: a folder for the resumable state, written every `checkpoint_every` batches.
     """
     config = config or EvolutionConfig()
@@ -242,7 +242,7 @@ def compute_evolution(
             thr_prev=thr[l],
             thr_next=thr[l + 1],
             method=config.method,
-            device=device,
+            device=device if device is not None else lean.device,
         )
         for l in range(n_layers - 1)
     ]

@@ -7,5 +7,13 @@ from mechscope.models.loading import (
     supported_architectures,
     zoo_names,
 )
+from mechscope.models.placement import Placement
 
-__all__ = ["ModelLoadError", "load_model", "revisions", "supported_architectures", "zoo_names"]
+__all__ = [
+    "ModelLoadError",
+    "Placement",
+    "load_model",
+    "revisions",
+    "supported_architectures",
+    "zoo_names",
+]

@@ -178,9 +178,11 @@ def _load_zoo(
     with tempfile.TemporaryDirectory() as tmp:
         os.symlink((folder / "config.json").resolve(), Path(tmp) / "config.json")
         os.symlink(weights.resolve(), Path(tmp) / "model.safetensors")
-        return TransformerBridge.boot_transformers(
+        bridge = TransformerBridge.boot_transformers(
             tmp, tokenizer=_tokenizer(), dtype=dtype, **split
         )
+    bridge.cfg.model_name = str(folder)  # as unsplit (not the temporary folder's name)
+    return bridge
 
 
 def _boot_native(cfg: dict, weights: Path, device: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
@@ -240,9 +242,12 @@ def _load_local(
     from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # an absolute path is never a hub id: config, weights and tokenizer are read from the folder
+    # alone (no process-wide HF_HUB_OFFLINE needed)
     try:
-        return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, **split)
+        return TransformerBridge.boot_transformers(
+            str(folder.resolve()), device=device, dtype=dtype, **split
+        )
     except (SafetensorError, OSError) as e:  # a truncated or corrupt weights file
         raise ModelLoadError(
             f"{folder}: cannot read its weights ({e}); save the model again "

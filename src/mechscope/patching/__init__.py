@@ -8,11 +8,11 @@
 Directions: "denoising" (corrupted run, clean activations patched in: sufficient?), "noising"
 (clean run, corrupted activations patched in: necessary?), "zero" and "mean" ablation.
 Also: `path_patch` (sender -> receiver through the direct path) and `attribution_patch` (the
-first-order estimate of every patch from one backward pass). Every run uses the shared
-`LeanModel` forward, stacking patch variants along the batch.
+first-order estimate of every patch from one backward pass; `attribution_task` on a task). Every
+run uses the shared `LeanModel` forward, stacking patch variants along the batch.
 """
 
-from mechscope.patching.attribution import attribution_patch
+from mechscope.patching.attribution import attribution_patch, attribution_task
 from mechscope.patching.engine import DIRECTIONS, run_patches
 from mechscope.patching.metric import PatchMetric, batch_metric, task_metric
 from mechscope.patching.path import all_senders, path_patch
@@ -30,6 +30,7 @@ __all__ = [
     "Site",
     "all_senders",
     "attribution_patch",
+    "attribution_task",
     "batch_metric",
     "patch_sweep",
     "patch_task",

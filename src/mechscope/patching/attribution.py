@@ -22,10 +22,11 @@ from torch import Tensor
 
 from mechscope.models.lean import as_lean
 from mechscope.patching.engine import baselines, make_runs
-from mechscope.patching.metric import PatchMetric
+from mechscope.patching.metric import PatchMetric, task_metric
 from mechscope.patching.result import PatchResult, position_labels
 from mechscope.patching.specs import PatchingError, check_component
 from mechscope.patching.sweep import Positions, sweep_patches
+from mechscope.tasks.base import Task
 
 
 def attribution_patch(
@@ -102,4 +103,26 @@ def attribution_patch(
             component=c,
             method="attribution",
         )
+    return out
+
+
+def attribution_task(
+    model: Any,
+    task: Task,
+    components: Sequence[str],
+    direction: str = "denoising",
+    metric: str | None = None,
+    positions: Positions = "each",
+) -> dict[str, PatchResult]:
+    """`attribution_patch` on a task's prompt pairs with its metric (or `metric`), set up as
+    `patch_task` sets up the exact sweep, so the two compare element by element."""
+    lean = as_lean(model)
+    kl = (metric or task.metric) == "kl"
+    clean_logits = lean(task.clean_tokens, logit_pos=(-1,)) if kl else None
+    m = task_metric(task, metric, clean_logits)
+    out = attribution_patch(
+        lean, task.clean_tokens, task.corrupt_tokens, m, components, direction, positions
+    )
+    for r in out.values():
+        r.meta.update(task=task.name, n_prompts=len(task))
     return out

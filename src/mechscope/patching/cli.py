@@ -14,8 +14,9 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, load, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load, option_checks
 from mechscope.files import check_writable_dir, suffixed
+from mechscope.models.placement import Placement
 
 
 def patch_command(
@@ -37,6 +38,9 @@ def patch_command(
     ] = False,
     memory_mb: Annotated[float, typer.Option(help="activation memory budget per chunk")] = 512.0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/patch"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Activation patching sweeps on a task: writes JSON + safetensors results and HTML heatmaps."""
     check_writable_dir(out)
@@ -45,9 +49,8 @@ def patch_command(
     from mechscope.errors import MechscopeError
     from mechscope.metrics import NAMES
     from mechscope.models.lean import as_lean
-    from mechscope.patching.attribution import attribution_patch
+    from mechscope.patching.attribution import attribution_task
     from mechscope.patching.engine import DIRECTIONS
-    from mechscope.patching.metric import task_metric
     from mechscope.patching.plot import plot_result, write_html
     from mechscope.patching.result import pearson
     from mechscope.patching.specs import COMPONENTS
@@ -66,7 +69,7 @@ def patch_command(
         V.number("--memory-mb", memory_mb, lo=0, lo_open=True)
     table = Table("component", "direction", "axes", "clean", "corrupted", "largest effect")
     try:
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         with option_checks():  # prompt length from one prompt, before making n of them
             seq_len = int(make_task(task, bridge.tokenizer, n=1, seed=seed).clean_tokens.shape[1])
             if dims := V.model_dims(bridge):
@@ -76,11 +79,7 @@ def patch_command(
         lean = as_lean(bridge)
         estimates = {}
         if attribution:
-            clean_logits = lean(t.clean_tokens, logit_pos=(-1,)) if metric == "kl" else None
-            m = task_metric(t, metric, clean_logits)
-            estimates = attribution_patch(
-                lean, t.clean_tokens, t.corrupt_tokens, m, components, direction, positions
-            )
+            estimates = attribution_task(lean, t, components, direction, metric, positions)
         bar = track(components, f"patching ({direction})", console=console, transient=True)
         for c in bar:
             r = patch_task(lean, t, c, direction, metric, positions, memory_mb=memory_mb)

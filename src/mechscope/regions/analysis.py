@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from mechscope.errors import RegionsError
+from mechscope.models.placement import Placement
 from mechscope.progress import progress_bar
 from mechscope.regions import boundaries as bd
 from mechscope.regions.interpolate import (
@@ -130,7 +131,7 @@ def summarise(
 
 
 def analyse(
-    model: str | Any,
+    model: Any,
     revision: str | None = None,
     config: RegionConfig | None = None,
     tokens: Tensor | None = None,
@@ -139,17 +140,11 @@ def analyse(
 ) -> tuple[RegionStats, PathCurves, PathCurves]:
     """Stable-region analysis of one model: (stats, real-pair curves, isotropic-control curves).
 
-    model: a name for `mechscope.load_model` (bundled, local folder or hub, with `revision`) or a
-        loaded TransformerBridge (then `name` labels it). tokens: prompts [n, T] (default:
-        `sample_prompts` of config).
+    model: a loaded TransformerBridge, checkpoint `revision` of the model `name` (default: its
+        cfg.model_name). tokens: prompts [n, T] (default: `sample_prompts` of config).
     """
     cfg = config or RegionConfig()
-    if name is None:
-        name = model if isinstance(model, str) else str(getattr(model.cfg, "model_name", "model"))
-    if isinstance(model, str):
-        from mechscope import load_model
-
-        model = load_model(model, revision=revision)
+    name = name or str(getattr(model.cfg, "model_name", "model"))
     if tokens is None:
         tokens = sample_prompts(
             model.tokenizer, cfg.n_prompts, cfg.seq_len, cfg.seed, prepend_bos=cfg.prepend_bos
@@ -199,18 +194,18 @@ def sweep(
     revisions: Sequence[str] | None = None,
     config: RegionConfig | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> RegionStatsTable:
     """`analyse` every model (default `SWEEP_MODELS`) at every revision (default: all bundled
-    checkpoints), same settings.
+    checkpoints), same settings; each loaded with `placement` (default: CPU, float32).
 
     Models sharing a tokenizer get identical prompts (the sampling is seeded). Revisions are the
     same list for every model when given; hub users pass e.g. Pythia's ["step0", "step1000"].
     """
     if not models:
         raise RegionsError("no models to sweep; pass e.g. models=['code-2l', 'code-4l']")
-    from mechscope import load_model
-
     cfg = config or RegionConfig()
+    placement = placement or Placement()
     plan = [(m, r) for m in models for r in (revisions or default_revisions(m))]
     rows: list[RegionStats] = []
     prompts: dict[str, Tensor] = {}
@@ -218,7 +213,7 @@ def sweep(
         task = bar.add_task("stable regions", total=len(plan))
         for name, rev in plan:
             bar.update(task, description=f"{name}@{rev}")
-            model = load_model(name, revision=None if rev == "main" else rev)
+            model = placement.load(name, rev)
             if name not in prompts:
                 prompts[name] = sample_prompts(
                     model.tokenizer,

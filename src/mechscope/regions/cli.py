@@ -14,9 +14,10 @@ import typer
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load, option_checks
 from mechscope.errors import MechscopeError
 from mechscope.files import check_writable_dir, suffixed
+from mechscope.models.placement import Placement
 
 regions_app = typer.Typer(
     help="Stable regions in the residual stream: interpolate between prompts' activations.",
@@ -84,6 +85,9 @@ def run_cmd(
     seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Interpolate between consecutive random prompts of one model; write curves and figures."""
     check_writable_dir(out)
@@ -106,7 +110,8 @@ def run_cmd(
         seed=seed,
     )
     try:
-        stats, real, iso = analyse(model, revision, cfg)
+        bridge = load(model, revision, Placement(device, device_map, dtype))
+        stats, real, iso = analyse(bridge, revision, cfg, name=model)
     except MechscopeError as e:
         fail(e)
     stem = out / f"{Path(model).name}@{revision or 'main'}"
@@ -139,6 +144,9 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option(help="prompt and direction seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Sharpness over training checkpoints and model sizes (step-0 = the random-init control)."""
     check_writable_dir(out)
@@ -151,7 +159,8 @@ def sweep_cmd(
         n_prompts=n_prompts, n_steps=n_steps, layer=layer, threshold=threshold, seed=seed
     )
     try:
-        result = sweep(model or list(SWEEP_MODELS), revision, cfg)
+        placement = Placement(device, device_map, dtype)
+        result = sweep(model or list(SWEEP_MODELS), revision, cfg, placement=placement)
     except MechscopeError as e:
         fail(e)
     result.save(out / "sweep.json")
@@ -171,6 +180,9 @@ def semantic_cmd(
     seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
     out: Out = Path("out/regions"),
     cdn: Cdn = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Cluster prompts by stable region and relate the clusters to their predictions."""
     check_writable_dir(out)
@@ -184,13 +196,14 @@ def semantic_cmd(
             V.check_memory(f"interpolating on {model}", need, "--n-steps or --n-prompts")
     try:
         res = semantic_alignment(
-            model,
+            load(model, revision, Placement(device, device_map, dtype)),
             revision,
             n_prompts,
             n_steps=n_steps,
             layer=layer,
             threshold=threshold,
             seed=seed,
+            name=model,
         )
     except MechscopeError as e:
         fail(e)

@@ -102,7 +102,7 @@ def agreement_rates(
 
 
 def semantic_alignment(
-    model: str | Any,
+    model: Any,
     revision: str | None = None,
     n_prompts: int = 24,
     seq_len: int = 10,
@@ -112,13 +112,13 @@ def semantic_alignment(
     seed: int = 0,
     tokens: Tensor | None = None,
     progress: bool = True,
+    name: str | None = None,
 ) -> SemanticResult:
-    """Cluster n_prompts random windows by stable region and relate clusters to predictions."""
-    name = model if isinstance(model, str) else str(getattr(model.cfg, "model_name", "model"))
-    if isinstance(model, str):
-        from mechscope import load_model
+    """Cluster n_prompts random windows by stable region and relate clusters to predictions.
 
-        model = load_model(model, revision=revision)
+    model: a loaded TransformerBridge, checkpoint `revision` of the model `name` (default: its
+    cfg.model_name)."""
+    name = name or str(getattr(model.cfg, "model_name", "model"))
     tok = model.tokenizer
     if tokens is None:
         tokens = sample_prompts(tok, n_prompts, seq_len, seed)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import console, fail
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail
 from mechscope.files import check_writable_file
 
 
@@ -31,16 +31,26 @@ def demo_command(
             "evolution, regions, basis"
         ),
     ] = None,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
-    """Run mechscope's methods on the bundled models; write one self-contained HTML report."""
+    """Run mechscope's methods on the bundled models; write one self-contained HTML report.
+    Every stage loads its transformer with --device / --device-map / --dtype."""
     check_writable_file(out)
+    from mechscope.errors import ModelLoadError
+    from mechscope.models.placement import Placement
     from mechscope.report.demo import STAGE_NAMES, run_demo
 
     bad = [s for s in only or [] if s not in STAGE_NAMES]
     if bad:
         fail(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGE_NAMES)}")
+    try:
+        placement = Placement(device, device_map, dtype)
+    except ModelLoadError as e:
+        fail(e)
     console.rule("mechscope demo" + (" (quick)" if quick else ""))
-    result = run_demo(out, quick=quick, only=only, console=console)
+    result = run_demo(out, quick=quick, only=only, console=console, placement=placement)
     table = Table("stage", "status", "wall s", "CPU s")
     for s in result.sections:
         status = "[green]ok[/]" if s.ok else f"[red]failed[/]: {s.error}"

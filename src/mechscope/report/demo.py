@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mechscope.files import write_text
+from mechscope.models.placement import Placement
 from mechscope.report import sections as S
 from mechscope.report.render import jsonable, report_json, write_report
 from mechscope.report.sections import DemoConfig, Section
@@ -83,11 +84,13 @@ def run_demo(
     quick: bool = False,
     only: Sequence[str] | None = None,
     console: Console | None = None,
+    placement: Placement | None = None,
 ) -> DemoResult:
     """Run the stages (all, or `only` those), writing `out` (HTML) and `out`.json after each.
 
-    quick: CI settings (few prompts, checkpoints and batches). Returns the sections with their
-    timings; failed stages are in `DemoResult.failed`.
+    quick: CI settings (few prompts, checkpoints and batches); placement: where every stage
+    loads its transformer (default: CPU, float32). Returns the sections with their timings;
+    failed stages are in `DemoResult.failed`.
     """
     from mechscope.cli_common import console as default_console
 
@@ -96,7 +99,7 @@ def run_demo(
     unknown = [k for k in keys if k not in S.STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(S.STAGES)}")
-    cfg = DemoConfig.make(quick)
+    cfg = DemoConfig.make(quick, placement)
     out = Path(out)
     json_path = out.with_suffix(".json")
     files = files_dir(out)

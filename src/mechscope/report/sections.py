@@ -9,10 +9,13 @@ logic lives here: the numbers are the API's results, picked and formatted.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mechscope.models.placement import Placement
 
 EVOLUTION_MODEL = "code-2l"
 
@@ -73,12 +76,16 @@ class DemoConfig:
     # (7) interaction basis
     basis_models: tuple[str, ...] = ("digits-mlp", "modadd-1l")
     seed: int = 0
+    # where every stage loads its transformer (`mechscope demo --device/--device-map/--dtype`)
+    placement: Placement = field(default_factory=Placement)
 
     @classmethod
-    def make(cls, quick: bool) -> DemoConfig:
+    def make(cls, quick: bool, placement: Placement | None = None) -> DemoConfig:
+        placement = placement or Placement()
         if not quick:
-            return cls()
+            return cls(placement=placement)
         return cls(
+            placement=placement,
             quick=True,
             patch_n=4,
             acdc_n=4,
@@ -108,6 +115,13 @@ def _label(labels: dict[str, list[str]], axes: tuple[str, ...], index: list[int]
     )
 
 
+def _placed(cfg: DemoConfig) -> str:
+    """The placement options of a model-loading command (empty for the default placement)."""
+    p = cfg.placement
+    opts = [("--device", p.device), ("--device-map", p.device_map), ("--dtype", p.dtype)]
+    return "".join(f" {flag} {shlex.quote(v)}" for flag, v in opts if v is not None)
+
+
 def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
     out = []
     for size in reversed(shape):
@@ -131,7 +145,7 @@ def patching_commands(cfg: DemoConfig) -> list[str]:
     comps = " ".join(f"-c {c}" for c in cfg.patch_components)
     return [
         f"mechscope patch --model {m} --task docstring {comps} --direction {d} "
-        f"--n {cfg.patch_n} --seed {cfg.seed} --out out/patch/{m}"
+        f"--n {cfg.patch_n} --seed {cfg.seed} --out out/patch/{m}{_placed(cfg)}"
         for m in cfg.patch_models
         for d in ("denoising", "noising")
     ]
@@ -139,12 +153,11 @@ def patching_commands(cfg: DemoConfig) -> list[str]:
 
 def _patch_model(cfg: DemoConfig, model: str, sec: Section) -> str:
     """Patch `model`'s components both ways into `sec` (numbers[model], figures); the finding."""
-    from mechscope import load_model
     from mechscope.patching import patch_task
     from mechscope.patching.plot import plot_result
     from mechscope.tasks import make_task
 
-    bridge = load_model(model)
+    bridge = cfg.placement.load(model)
     task = make_task("docstring", bridge.tokenizer, n=cfg.patch_n, seed=cfg.seed)
     nums: dict[str, Any] = {}
     parts = []
@@ -213,6 +226,7 @@ def circuits_commands(cfg: DemoConfig) -> list[str]:
     cmds = [
         f"mechscope acdc --model {cfg.acdc_model} --task docstring --tau {cfg.acdc_tau:g} "
         f"--n {cfg.acdc_n} --seed {cfg.seed} --test-seed {cfg.seed + 1} --out out/acdc-docstring"
+        + _placed(cfg)
     ]
     taus = _tracr_taus(cfg)
     for name in cfg.tracr_tasks:  # a loop over the tau grid that pastes into a shell as it is
@@ -227,22 +241,19 @@ def circuits_section(cfg: DemoConfig, files: Path) -> Section:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from mechscope import load_model
-    from mechscope.circuits import Graph, acdc, acdc_task, roc
+    from mechscope.circuits import acdc, acdc_task, roc
     from mechscope.circuits.render import write
     from mechscope.circuits.tracr import load_tracr
-    from mechscope.models.lean import LeanModel
     from mechscope.tasks import make_split
 
     key, title, question = CIRCUITS
     sec = Section(key, title, question, circuits_commands(cfg))
-    bridge = load_model(cfg.acdc_model)
-    lean = LeanModel(bridge)
-    graph = Graph.from_model(lean)
+    bridge = cfg.placement.load(cfg.acdc_model)
     search, test = make_split(
         "docstring", bridge.tokenizer, cfg.acdc_n, cfg.seed, test_seed=cfg.seed + 1
     )
-    c = acdc_task(lean, search, test, cfg.acdc_tau, "kl", "resample", graph)
+    c = acdc_task(bridge, search, test, cfg.acdc_tau, "kl", "resample")
+    graph = c.graph
     c.meta.update(model=cfg.acdc_model, seed=cfg.seed, test_seed=cfg.seed + 1)
     assert c.search is not None
     paths = write(c, files / "acdc-docstring")
@@ -411,16 +422,16 @@ def directions_commands(cfg: DemoConfig) -> list[str]:
         f"mechscope directions sweep --model {m} --hook {cfg.directions_hook} {fams} "
         f"--sae {cfg.directions_sae} --batches {cfg.directions_batches} "
         f"--batch-size {cfg.directions_batch_size}{lens} --seed {cfg.seed} "
-        f"--out out/directions/{m}"
+        f"--out out/directions/{m}{_placed(cfg)}"
         for m in cfg.sae_models
     ]
 
 
 def _directions_model(cfg: DemoConfig, model: str, sec: Section) -> str:
     """One model's sweep into `sec` (numbers[model], curves figure); the finding."""
-    from mechscope import load_model
     from mechscope.directions import DirectionsConfig, sweep_directions
     from mechscope.directions.plot import curves_figure
+    from mechscope.models.lean import as_lean
     from mechscope.sae.bundled import load_bundled
 
     dcfg = DirectionsConfig(
@@ -430,10 +441,11 @@ def _directions_model(cfg: DemoConfig, model: str, sec: Section) -> str:
         seed=cfg.seed,
         progress=False,
     )
-    sae = load_bundled(model, cfg.directions_sae)
+    lean = as_lean(cfg.placement.load(model))
+    sae = load_bundled(model, cfg.directions_sae, lean.device)
     families = [*cfg.directions_families, "sae_error"]
     res = sweep_directions(
-        load_model(model),
+        lean,
         cfg.directions_hook,
         families,
         sae=sae,
@@ -490,27 +502,28 @@ def evolution_commands(cfg: DemoConfig) -> list[str]:
     return [
         f"mechscope evolution run --model {EVOLUTION_MODEL} --coeff {cfg.evolution_coeff:g} "
         f"--batches {cfg.evolution_batches} --batch-size {cfg.evolution_batch_size} "
-        f"--out out/evolution --html out/evolution.html"
+        f"--out out/evolution --html out/evolution.html{_placed(cfg)}"
     ]
 
 
 def evolution_section(cfg: DemoConfig, files: Path) -> Section:
-    from mechscope import load_model
     from mechscope.data.batches import eval_batches
     from mechscope.evolution import EvolutionConfig, compute_evolution
     from mechscope.evolution.classify import sankey_figure
     from mechscope.evolution.page import write_page
+    from mechscope.models.lean import as_lean
     from mechscope.sae.bundled import load_bundled
 
     key, title, question = EVOLUTION
     sec = Section(key, title, question, evolution_commands(cfg))
-    bridge = load_model(EVOLUTION_MODEL)
+    bridge = cfg.placement.load(EVOLUTION_MODEL)
+    home = as_lean(bridge).device  # the SAEs (and the statistics) live with the model
     n_layers = int(bridge.cfg.n_layers)
     names = [
         f"blocks.{layer}.hook_resid_post__local__l1-{cfg.evolution_coeff:g}"
         for layer in range(n_layers)
     ]
-    saes = [load_bundled(EVOLUTION_MODEL, n) for n in names]
+    saes = [load_bundled(EVOLUTION_MODEL, n, home) for n in names]
     tokens = eval_batches(bridge, cfg.evolution_batches, batch_size=cfg.evolution_batch_size)
     result = compute_evolution(
         bridge, saes, tokens, EvolutionConfig(), names=names, model_name=EVOLUTION_MODEL
@@ -557,7 +570,7 @@ def regions_commands(cfg: DemoConfig) -> list[str]:
     rs = "".join(f" -r {r}" for r in cfg.regions_revisions or ())
     return [
         f"mechscope regions sweep {ms}{rs} --n-prompts {cfg.regions_prompts} "
-        f"--n-steps {cfg.regions_steps} --seed {cfg.seed} --out out/regions"
+        f"--n-steps {cfg.regions_steps} --seed {cfg.seed} --out out/regions{_placed(cfg)}"
     ]
 
 
@@ -569,7 +582,7 @@ def regions_section(cfg: DemoConfig, files: Path) -> Section:
     sec = Section(key, title, question, regions_commands(cfg))
     rcfg = RegionConfig(n_prompts=cfg.regions_prompts, n_steps=cfg.regions_steps, seed=cfg.seed)
     revs = list(cfg.regions_revisions) if cfg.regions_revisions else None
-    result = sweep(list(cfg.regions_models), revs, rcfg, progress=False)
+    result = sweep(list(cfg.regions_models), revs, rcfg, progress=False, placement=cfg.placement)
     sec.figures.append(sweep_figure(result))
     table = result.table()
     sec.numbers = {"rows": table}

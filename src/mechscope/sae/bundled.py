@@ -51,18 +51,16 @@ def bundled_configs(
 
 
 def build_bundled(
+    bridge: Any,
     model: str = "code-2l",
     out: str | Path | None = None,
     steps: int = 1200,
     progress: bool = True,
     e2e: bool = True,
 ) -> Path:
-    """Train, save and evaluate the bundled SAEs of `model` (`bundled_configs`), write card.json;
-    returns the folder."""
-    from mechscope import load_model
-
+    """Train, save and evaluate the bundled SAEs of the zoo model `model`, loaded as `bridge`
+    (`bundled_configs`), write card.json; returns the folder."""
     folder = Path(out) if out is not None else sae_dir(model)
-    bridge = load_model(model)
     cfgs = bundled_configs(model, steps, e2e)
     tokens = eval_batches(bridge, N_EVAL_BATCHES, mixture=cfgs[0].mixture)
     t0 = time.time()
@@ -104,9 +102,10 @@ def list_bundled(model: str = "code-2l") -> list[dict[str, Any]]:
     return list(json.loads(card.read_text())["saes"])
 
 
-def load_bundled(model: str, name: str) -> SparseAutoencoder:
+def load_bundled(model: str, name: str, device: Any = None) -> SparseAutoencoder:
     """A bundled SAE by model and run name (see `list_bundled`), e.g.
-    `load_bundled("code-2l", "blocks.0.hook_resid_post__local__l1-2")`."""
+    `load_bundled("code-2l", "blocks.0.hook_resid_post__local__l1-2")`, on `device` (default
+    CPU; pass the model's)."""
     folder = sae_dir(model) / name
     if not (folder / CFG_FILE).exists():
         names = [s["name"] for s in list_bundled(model)]
@@ -114,4 +113,4 @@ def load_bundled(model: str, name: str) -> SparseAutoencoder:
             f"no bundled SAE {name!r} for {model!r}. Available: {', '.join(names) or 'none'} "
             "(build with `mechscope sae build-bundled`)"
         )
-    return load_saelens(folder)
+    return load_saelens(folder, device=device)

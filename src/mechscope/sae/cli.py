@@ -18,9 +18,19 @@ from typing import Annotated
 import typer
 
 from mechscope import validate as V
-from mechscope.cli_common import check_hooks, console, fail, load, option_checks
+from mechscope.cli_common import (
+    Device,
+    DeviceMap,
+    Dtype,
+    check_hooks,
+    console,
+    fail,
+    load,
+    option_checks,
+)
 from mechscope.errors import OptionError, SAEError
 from mechscope.files import check_writable_dir
+from mechscope.models.placement import Placement
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
 
@@ -98,6 +108,9 @@ def train_cmd(
     column: Column = "text",
     store: StoreDir = None,
     out: Out = Path("runs/sae"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Train one SAE (resumes from OUT/_checkpoints), save it in SAELens format, evaluate it."""
     check_writable_dir(out)
@@ -131,7 +144,7 @@ def train_cmd(
             dataset=dataset,
             dataset_column=column,
         )
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         check_hooks(bridge, [hook])
         acts = ActivationStore(store) if store is not None else None
         evals = sweep(cfg, out, model=bridge, n_eval_batches=eval_batches, store=acts)
@@ -168,6 +181,9 @@ def sweep_cmd(
     column: Column = "text",
     store: StoreDir = None,
     out: Out = Path("runs/sae-sweep"),
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Train a family: every hook x sparsity; writes results.json and pareto.html in OUT
     (with --seeds: one folder per seed, seeds.json and pareto_seeds.html)."""
@@ -190,7 +206,7 @@ def sweep_cmd(
                 "--seeds cannot train from --store: a store's sequence order is fixed, so the "
                 "seed would change only the SAE's init. Train live (drop --store) for seeds."
             )
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         check_hooks(bridge, _hooks(hooks, int(bridge.cfg.n_layers)))
         k_list = [int(x) for x in ks.split(",") if x.strip()]
         cfg = TrainConfig(
@@ -268,9 +284,14 @@ def store_cmd(
         int, typer.Option(help="sequences per forward; train with the same for identical SAEs")
     ] = 32,
     seed: Annotated[int, typer.Option(help="seed of the data order")] = 0,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+    store_dtype: Annotated[
+        str, typer.Option(help="dtype of the stored activations: float32, float16 or bfloat16")
+    ] = "float32",
     shard_tokens: Annotated[int, typer.Option(help="tokens per shard file")] = 65_536,
     overwrite: Annotated[bool, typer.Option(help="replace a store already in OUT")] = False,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Run the model once over N tokens, storing the hooks' activations for many SAE runs."""
     check_writable_dir(out)
@@ -285,7 +306,7 @@ def store_cmd(
         V.choice("--dtype", dtype, ("float32", "float16", "bfloat16"))
         V.integer("--shard-tokens", shard_tokens, lo=1)
     try:
-        lean = as_lean(load(model))
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
         source = {"dataset": dataset, "column": column} if dataset else {"mixture": {"stdlib": 1.0}}
         acts = write_store(
             lean,
@@ -293,7 +314,7 @@ def store_cmd(
             source_batches(lean, batch_size, seed, None, dataset, column),
             out,
             n_tokens=n_tokens,
-            dtype=dtype,
+            dtype=store_dtype,
             shard_tokens=shard_tokens,
             model_name=model,
             source=source | {"seed": seed, "batch_size": batch_size},
@@ -314,6 +335,9 @@ def eval_cmd(
     model: Model = "code-2l",
     hook: Annotated[str | None, typer.Option(help="hook (default: the SAE's own)")] = None,
     eval_batches: Annotated[int, typer.Option(help="held-out batches of 16")] = 8,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate a saved SAE (mechscope- or SAELens-written) on held-out tokens."""
     from mechscope.data.batches import eval_batches as batches
@@ -325,8 +349,8 @@ def eval_cmd(
     with option_checks():
         V.integer("--eval-batches", eval_batches, lo=1)
     try:
-        sae = load_saelens(path)
-        lean = as_lean(load(model))
+        lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        sae = load_saelens(path, device=lean.device)
         check_sae_fits(lean, sae, hook or sae.cfg.hook_name)
         ev = evaluate_sae(lean, sae, batches(lean, eval_batches), hook, name=path.name)
     except (SAEError, ValueError) as e:
@@ -340,15 +364,23 @@ def build_bundled_cmd(
     steps: Annotated[int, typer.Option(help="optimiser steps per SAE")] = 1200,
     out: Annotated[Path | None, typer.Option(help="output (default: the package)")] = None,
     e2e: Annotated[bool, typer.Option(help="also the two e2e SAEs at layer 0")] = True,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Rebuild the bundled SAEs of a zoo model (deterministic) and their card."""
     if out is not None:
         check_writable_dir(out)
+    from mechscope.errors import ModelLoadError
     from mechscope.sae.bundled import build_bundled
 
     with option_checks():
         V.integer("--steps", steps, lo=1)
-    folder = build_bundled(model, out, steps, e2e=e2e)
+    try:
+        bridge = load(model, None, Placement(device, device_map, dtype))
+    except ModelLoadError as e:
+        fail(e)
+    folder = build_bundled(bridge, model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")
 
 

@@ -61,7 +61,7 @@ def train_and_save(
     ckpt = out / "_checkpoints" / name
     result = train_sae(cfg, model, checkpoint_dir=ckpt, progress=progress, store=store)
     save_saelens(result.sae, folder, dtype=dtype)
-    saved = load_saelens(folder).to(result.sae.W_dec.device)  # what was written (fp16)
+    saved = load_saelens(folder, device=result.sae.W_dec.device)  # what was written (fp16)
     ev = evaluate_sae(model, saved, eval_tokens, name=name)
     ev_dict = ev.to_dict()
     meta = {"evaluation": ev_dict, "train_seconds": round(result.seconds, 1)}
@@ -112,11 +112,9 @@ def sweep(
 
 
 def _model_and_tokens(base: TrainConfig, model: Any, n_eval_batches: int) -> tuple[Any, list]:
-    """The model (loaded from `base.model` if None) as a LeanModel, and the held-out batches."""
+    """The loaded model as a LeanModel, and the held-out batches."""
     if model is None:
-        from mechscope import load_model
-
-        model = load_model(base.model)
+        raise SAEError(f"pass the loaded model (mechscope.load_model({base.model!r}))")
     lean = as_lean(model)
     return lean, eval_batches(lean, n_eval_batches, mixture=base.mixture)
 

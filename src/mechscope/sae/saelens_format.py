@@ -113,8 +113,13 @@ def _config_from_saelens(cfg: dict[str, Any], where: str) -> SAEConfig:
     )
 
 
-def load_saelens(path: str | Path, dtype: torch.dtype = torch.float32) -> SparseAutoencoder:
-    """Read an SAE from a SAELens-format folder (cfg.json + sae_weights.safetensors)."""
+def load_saelens(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> SparseAutoencoder:
+    """Read an SAE from a SAELens-format folder (cfg.json + sae_weights.safetensors), on
+    `device` (default CPU; pass the model's, e.g. `as_lean(model).device`)."""
     folder = Path(path)
     for f in (CFG_FILE, WEIGHTS_FILE):
         if not (folder / f).exists():
@@ -146,7 +151,7 @@ def load_saelens(path: str | Path, dtype: torch.dtype = torch.float32) -> Sparse
     with torch.no_grad():
         for n, p in sae.named_parameters():
             p.copy_(state[n].to(torch.float32))
-    return sae.to(dtype).eval()
+    return sae.to(device=device, dtype=dtype).eval()
 
 
 def load_saelens_from_hub(

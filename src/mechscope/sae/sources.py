@@ -10,6 +10,7 @@ or the HF cache).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mechscope.errors import SAEError
 from mechscope.sae.bundled import list_bundled, load_bundled
@@ -17,18 +18,18 @@ from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import load_saelens, load_saelens_from_hub
 
 
-def resolve(spec: str, model: str) -> tuple[str, SparseAutoencoder]:
-    """(name, SAE) of a specification: a SAELens folder, a bundled run name of zoo model
-    `model`, or `release:sae_id` of the SAELens directory; SAEError naming all three otherwise.
-    The name is the folder's name, the bundled run name or the specification."""
+def resolve(spec: str, model: str, device: Any = None) -> tuple[str, SparseAutoencoder]:
+    """(name, SAE on `device`) of a specification: a SAELens folder, a bundled run name of zoo
+    model `model`, or `release:sae_id` of the SAELens directory; SAEError naming all three
+    otherwise. The name is the folder's name, the bundled run name or the specification."""
     folder = Path(spec)
     if folder.is_dir():
-        return folder.name, load_saelens(folder)
+        return folder.name, load_saelens(folder, device=device)
     bundled = [e["name"] for e in list_bundled(model)]
     if spec in bundled:
-        return spec, load_bundled(model, spec)
+        return spec, load_bundled(model, spec, device)
     if ":" in spec:
-        return spec, _from_release(*spec.split(":", 1))
+        return spec, _from_release(*spec.split(":", 1)).to(device)
     raise SAEError(
         f"SAE {spec!r} is neither a SAELens folder, nor a bundled SAE of {model!r} "
         f"({', '.join(bundled) or 'none'}), nor a SAELens release 'release:sae_id'"

@@ -133,17 +133,16 @@ def write_store(
 ) -> ActivationStore:
     """Run `model` once per token batch [batch, n_ctx] and store every hook's activations.
 
-    model: a zoo/hub name or local folder (loaded with `load_model(model, revision)`), or a loaded
-        TransformerBridge / LeanModel; one forward per batch serves all hooks, stopped after the
-        last of them.
+    model: a loaded TransformerBridge / LeanModel; one forward per batch serves all hooks,
+        stopped after the last of them.
     hook_names: [batch, pos, d] hooks (residual stream, attn_out, mlp_out, mlp.hook_post, ...).
     batches: token batches [batch, n_ctx]; the store keeps them in this order.
     n_batches, n_tokens: stop after this many batches, or after the first whole batch reaching
         n_tokens tokens (at most one of them; neither: until `batches` ends).
     dtype: the stored activations' dtype (float32, float16, bfloat16).
     shard_tokens: tokens per shard (whole sequences; the last shard may hold fewer).
-    model_name: the model's name in the manifest (default: `model` if a name, else its
-        cfg.model_name); training from the store checks it against TrainConfig.model.
+    model_name: the model's name in the manifest (default: its cfg.model_name); training from
+        the store checks it against TrainConfig.model. revision: its checkpoint, recorded.
     source: what the batches are, recorded in the manifest (e.g. dataset, column, seed).
     overwrite: replace a store already in `out` (otherwise a StoreError).
     """
@@ -153,11 +152,6 @@ def write_store(
         raise ValueError("pass n_batches or n_tokens, not both")
     if (n_batches is not None and n_batches < 1) or (n_tokens is not None and n_tokens < 1):
         raise ValueError("n_batches and n_tokens must be >= 1")
-    if isinstance(model, str | Path):
-        from mechscope import load_model
-
-        model_name = model_name or str(model)
-        model = load_model(model, revision)
     lean = as_lean(model)
     hooks = list(dict.fromkeys(hook_names))
     if not hooks:

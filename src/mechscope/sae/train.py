@@ -192,7 +192,7 @@ def train_sae(
 ) -> TrainResult:
     """Train an SAE on `cfg.hook_name` of `model` as `cfg` says.
 
-    model: a TransformerBridge or LeanModel (default: `load_model(cfg.model)`); the SAE is
+    model: a TransformerBridge or LeanModel (needed unless training from a store); the SAE is
         trained on its device. With a store, only its device is used (default CPU).
     tokens: token batches [batch, n_ctx] (default: `source_batches` of cfg: cfg.dataset, else
         the corpus stream, seeded with cfg.seed). Pass a fresh iterable of the same batches when
@@ -212,9 +212,10 @@ def train_sae(
         device = as_lean(model).W_E.device if model is not None else torch.device("cpu")
     else:
         if model is None:
-            from mechscope import load_model
-
-            model = load_model(cfg.model)
+            raise SAEError(
+                f"train_sae needs the loaded model (mechscope.load_model({cfg.model!r})) unless "
+                "it trains from an activation store"
+            )
         lean = as_lean(model)
         d_in, specials, device = hook_width(lean, cfg.hook_name), special_ids(lean), lean.W_E.device
     sae_cfg = SAEConfig(

@@ -16,8 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechscope import validate as V
-from mechscope.cli_common import console, fail, option_checks
+from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, option_checks
 from mechscope.files import check_writable_dir
+from mechscope.models.placement import Placement
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,10 +45,16 @@ def sweep_command(
         int | None, typer.Option(help="Ray reruns of a trial whose worker died (default 0)")
     ] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar over the trials")] = True,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
-    """Run every trial of a sweep config not finished yet in the output folder; merge results."""
+    """Run every trial of a sweep config not finished yet in the output folder; merge results.
+    Every trial loads its model with --device / --device-map / --dtype (given any of
+    them; else the config's `placement`)."""
     if out is not None:
         check_writable_dir(out)
+    from mechscope.errors import ModelLoadError
     from mechscope.sweep.config import SweepError, load_config
     from mechscope.sweep.kinds import KINDS
     from mechscope.sweep.results import results_table
@@ -60,10 +67,13 @@ def sweep_command(
         V.integer("--retries", retries, lo=0)
     try:
         cfg = load_config(config)
+        placement = Placement(device, device_map, dtype)  # a bad --device-map fails here
+        if placement == Placement():  # no option given: the config's
+            placement = cfg.placement
         report = run_sweep(
-            cfg, out, backend, address, workers, threads, retries, progress, console=console
+            cfg, out, backend, address, workers, threads, retries, progress, console, placement
         )
-    except SweepError as e:
+    except (SweepError, ModelLoadError) as e:
         fail(e)
     table = Table("ran", "skipped (finished earlier)", "failed", "backend", "seconds")
     table.add_row(

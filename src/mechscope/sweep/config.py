@@ -4,6 +4,7 @@
     out: runs/sweeps/acdc     # output folder (the command's --out wins)
     threads: 1                # torch threads per trial
     retries: 0                # times Ray reruns a trial whose worker died
+    placement: {device: cuda, dtype: bfloat16}   # where every trial loads its model (optional)
     fixed: {model: code-attn4, n: 8}
     grid: {task: [docstring, ioi], tau: [0.01, 0.03], ablation: [resample, zero]}
 
@@ -22,16 +23,17 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mechscope.errors import SweepError
+from mechscope.errors import ModelLoadError, SweepError
+from mechscope.models.placement import Placement
 from mechscope.sweep.kinds import KINDS
 
-TOP_KEYS = ("kind", "fixed", "grid", "out", "threads", "retries")
+TOP_KEYS = ("kind", "fixed", "grid", "out", "threads", "retries", "placement")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class SweepConfig:
     """A sweep: `kind` called on every combination of `grid` (name -> values), with `fixed`.
 
     out: default output folder; threads: torch threads per trial (the same in every backend, so
-    results do not depend on it); retries: Ray reruns of a trial whose worker died (0 = off).
+    results do not depend on it); retries: Ray reruns of a trial whose worker died (0 = off);
+    placement: where every trial loads its model (device, device_map, dtype; the command's
+    --device / --device-map / --dtype replace it).
     source: the file it was read from (for messages).
     """
 
@@ -57,6 +61,7 @@ class SweepConfig:
     out: Path | None = None
     threads: int = 1
     retries: int = 0
+    placement: Placement = field(default_factory=Placement)
     source: str = "<config>"
 
     @classmethod
@@ -104,6 +109,7 @@ class SweepConfig:
             out=Path(out) if out else None,
             threads=_count(d.get("threads", 1), "threads", source, minimum=1),
             retries=_count(d.get("retries", 0), "retries", source, minimum=0),
+            placement=_placement(d.get("placement"), source),
             source=source,
         )
         for trial in cfg.trials():  # each kind's own checks (task names, revisions, ...)
@@ -128,6 +134,8 @@ class SweepConfig:
         d: dict[str, Any] = {"kind": self.kind, "fixed": self.fixed, "grid": self.grid}
         if self.out is not None:
             d["out"] = str(self.out)
+        if self.placement != Placement():
+            d["placement"] = {k: v for k, v in asdict(self.placement).items() if v is not None}
         return {**d, "threads": self.threads, "retries": self.retries}
 
 
@@ -181,6 +189,21 @@ def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SweepError(f"{source}: {key}: expected a mapping of parameter names, got {value!r}")
     return dict(value)
+
+
+def _placement(value: Any, source: str) -> Placement:
+    """`placement: {device: ..., device_map: ..., dtype: ...}` (each optional) as a Placement."""
+    d = _mapping(value, "placement", source)
+    names = [f.name for f in fields(Placement)]
+    for k, v in d.items():
+        if k not in names:
+            raise SweepError(f"{source}: placement has no {k!r}{_hint(k, names)}; use {names}")
+        if not isinstance(v, str):
+            raise SweepError(f"{source}: placement.{k}: expected a string, got {v!r}")
+    try:
+        return Placement(**d)
+    except ModelLoadError as e:
+        raise SweepError(f"{source}: placement: {e}") from e
 
 
 def _count(value: Any, key: str, source: str, minimum: int) -> int:

@@ -1,6 +1,7 @@
 """What a sweep can call: each kind's parameters (a dataclass with defaults and checks) and the
 function that runs one trial, writing its artifacts into the trial's folder and returning its
-scalar results. The functions wrap the methods' own APIs; models are loaded once per process.
+scalar results. The functions wrap the methods' own APIs; models are loaded once per process,
+placed by the sweep's `Placement` (`mechscope sweep --device/--device-map/--dtype`).
 
     acdc     `mechscope.circuits.acdc_task` (as `mechscope acdc`)           -> circuit.json
     sae      `mechscope.sae.hparam_grid.train_and_save` (train, save, evaluate)   -> SAELens folder
@@ -18,7 +19,8 @@ from typing import Any
 from mechscope.circuits.acdc import check_tau
 from mechscope.circuits.patched import ABLATIONS
 from mechscope.metrics import check_name
-from mechscope.models.lean import LeanModel
+from mechscope.models.lean import LeanModel, as_lean
+from mechscope.models.placement import Placement
 from mechscope.regions.analysis import RegionConfig
 from mechscope.sae.config import TrainConfig
 
@@ -28,28 +30,25 @@ class Kind:
     """A method a sweep can call.
 
     params: dataclass of its parameters (defaults; `__post_init__` raises ValueError on bad
-    values); run(params, folder) -> scalar results; metrics: the headline results, the first
-    one plotted by the summary figure.
+    values); run(params, folder, placement) -> scalar results; metrics: the headline results, the
+    first one plotted by the summary figure.
     """
 
     params: type
-    run: Callable[[Any, Path], dict[str, Any]]
+    run: Callable[[Any, Path, Placement], dict[str, Any]]
     metrics: tuple[str, ...]
 
 
 @functools.lru_cache(maxsize=4)
-def cached_model(name: str, revision: str = "main") -> Any:
-    """`mechscope.load_model(name, revision)`, loaded once per process ("main": the final
-    weights)."""
-    from mechscope import load_model
-
-    return load_model(name, revision=None if revision == "main" else revision)
+def cached_model(name: str, revision: str = "main", placement: Placement | None = None) -> Any:
+    """`placement.load(name, revision)` (default: CPU, float32), loaded once per process
+    ("main": the final weights)."""
+    return (placement or Placement()).load(name, revision)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_lean(name: str, revision: str = "main") -> LeanModel:
-    """The `LeanModel` of `cached_model(name, revision)`, built once per process."""
-    return LeanModel(cached_model(name, revision))
+def cached_lean(name: str, revision: str = "main", placement: Placement | None = None) -> LeanModel:
+    """The `LeanModel` of `cached_model(name, revision, placement)` (`as_lean`: built once)."""
+    return as_lean(cached_model(name, revision, placement))
 
 
 def _check_revision(model: str, revision: str) -> None:
@@ -100,18 +99,15 @@ class AcdcParams:
         _check_revision(self.model, self.revision)
 
 
-def run_acdc(p: AcdcParams, folder: Path) -> dict[str, Any]:
+def run_acdc(p: AcdcParams, folder: Path, placement: Placement) -> dict[str, Any]:
     """ACDC on the search prompts, measured on the test prompts; writes circuit.json; returns
     its size and faithfulness (held out, and on the search prompts)."""
-    from mechscope.circuits.graph import Graph
     from mechscope.circuits.heldout import acdc_task
     from mechscope.tasks import make_split
 
-    lean = cached_lean(p.model, p.revision)
-    tokenizer = cached_model(p.model, p.revision).tokenizer
-    search, test = make_split(p.task, tokenizer, p.n, p.seed, p.n_test, p.test_seed)
-    graph = Graph.from_model(lean)
-    c = acdc_task(lean, search, test, p.tau, p.metric, p.ablation, graph, batch_size=p.batch_size)
+    model = cached_model(p.model, p.revision, placement)
+    search, test = make_split(p.task, model.tokenizer, p.n, p.seed, p.n_test, p.test_seed)
+    c = acdc_task(model, search, test, p.tau, p.metric, p.ablation, batch_size=p.batch_size)
     test_seed = p.seed + 1 if p.test_seed is None else p.test_seed
     c.meta.update(model=p.model, revision=p.revision, task=p.task, seed=p.seed, test_seed=test_seed)
     c.save(folder / "circuit.json")
@@ -125,7 +121,7 @@ def run_acdc(p: AcdcParams, folder: Path) -> dict[str, Any]:
         "full": c.full,
         "ablated": c.ablated,
         "edge_tests": c.meta["edge_tests"],
-        "graph_edges": len(graph.edges),
+        "graph_edges": len(c.graph.edges),
     }
 
 
@@ -156,13 +152,13 @@ class SaeParams(TrainConfig):
         return TrainConfig.from_dict({**asdict(self), "hook_name": self.hook})
 
 
-def run_sae(p: SaeParams, folder: Path) -> dict[str, Any]:
+def run_sae(p: SaeParams, folder: Path, placement: Placement) -> dict[str, Any]:
     """Train, save (SAELens format, in the folder) and evaluate one SAE; returns its evaluation
     (L0, MSE, explained variance, CE recovered, KL score, dead and dense fractions)."""
     from mechscope.data.batches import eval_batches
     from mechscope.sae.hparam_grid import train_and_save
 
-    lean = cached_lean(p.model)
+    lean = cached_lean(p.model, placement=placement)
     cfg = p.train_config()
     tokens = eval_batches(lean, p.n_eval_batches, p.eval_batch_size, mixture=cfg.mixture)
     ev = train_and_save(cfg, lean, folder, tokens, progress=False).to_dict()
@@ -185,12 +181,12 @@ class RegionsParams(RegionConfig):
         return RegionConfig(**{f.name: getattr(self, f.name) for f in fields(RegionConfig)})
 
 
-def run_regions(p: RegionsParams, folder: Path) -> dict[str, Any]:
+def run_regions(p: RegionsParams, folder: Path, placement: Placement) -> dict[str, Any]:
     """Sharpness and boundary statistics of one checkpoint; writes stats.json."""
     from mechscope.regions.analysis import analyse
     from mechscope.regions.result import RegionStatsTable
 
-    model = cached_model(p.model, p.revision)
+    model = cached_model(p.model, p.revision, placement)
     stats, _, _ = analyse(model, p.revision, p.region_config(), progress=False, name=p.model)
     stats.save(folder / "stats.json")
     row = RegionStatsTable([stats]).table()[0]

@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from rich.progress import (
 
 from mechscope.errors import SweepError
 from mechscope.files import check_writable_dir, write_json
+from mechscope.models.placement import Placement
 from mechscope.sweep.config import SweepConfig, Trial
 from mechscope.sweep.kinds import KINDS
 from mechscope.sweep.results import (
@@ -85,9 +86,17 @@ class SweepReport:
         return cls(**{**d, "out": Path(d["out"]), "outputs": [Path(p) for p in d["outputs"]]})
 
 
-def run_trial(kind: str, key: str, params: dict[str, Any], out: str, threads: int) -> TrialResult:
-    """Run one trial with `threads` torch threads (in this process or a Ray worker); exceptions
-    become a failed `TrialResult`. Writes `<out>/trials/<key>/running` while it runs."""
+def run_trial(
+    kind: str,
+    key: str,
+    params: dict[str, Any],
+    out: str,
+    threads: int,
+    placement: Placement | None = None,
+) -> TrialResult:
+    """Run one trial with `threads` torch threads (in this process or a Ray worker), its model
+    loaded with `placement` (default: CPU, float32); exceptions become a failed `TrialResult`.
+    Writes `<out>/trials/<key>/running` while it runs."""
     folder = trial_folder(Path(out), key)
     marker = folder / "running"
     host = socket.gethostname()
@@ -96,7 +105,8 @@ def run_trial(kind: str, key: str, params: dict[str, Any], out: str, threads: in
         write_json(marker, {"pid": os.getpid(), "host": host, "started": _now()})
         spec = KINDS[kind]
         with _torch_threads(threads), _seeded(int(params.get("seed", 0))):
-            results = check_results(spec.run(spec.params(**params), folder))
+            run = spec.run(spec.params(**params), folder, placement or Placement())
+            results = check_results(run)
         status, error = "ok", None
     except Exception:
         status, results, error = "failed", {}, traceback.format_exc()
@@ -127,6 +137,7 @@ def run_sweep(
     retries: int | None = None,
     progress: bool = True,
     console: Console | None = None,
+    placement: Placement | None = None,
 ) -> SweepReport:
     """Run the trials of `config` that have not finished in `out` (default: the config's `out`);
     write their results, the merged table, the summary figure and report.json.
@@ -134,8 +145,9 @@ def run_sweep(
     backend: "ray" (embedded, or the cluster at `address`), "serial", or "auto" (Ray when it is
     installed, else serial with a notice). workers: trials at once on Ray (default: this
     machine's CPUs // threads; on a cluster: as many as it schedules). threads, retries: override
-    the config's.
+    the config's. placement: where every trial loads its model (default: the config's).
     """
+    placement = placement or config.placement
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     out = Path(out) if out is not None else config.out
@@ -151,7 +163,7 @@ def run_sweep(
     done = {t.key for t in trials if finished(out, t) is not None}
     todo = [t for t in trials if t.key not in done]
     report = SweepReport(out, backend, 1, skipped=[t.key for t in trials if t.key in done])
-    write_json(out / "sweep.json", config.to_dict())
+    write_json(out / "sweep.json", replace(config, placement=placement).to_dict())  # as run
     if backend == "ray" and not address:
         workers = workers or max(1, (os.cpu_count() or 1) // threads)
     with ExitStack() as stack:
@@ -174,9 +186,9 @@ def run_sweep(
 
         if backend == "serial":
             for t in todo:
-                on_result(run_trial(config.kind, t.key, t.params, str(out), threads))
+                on_result(run_trial(config.kind, t.key, t.params, str(out), threads, placement))
         elif todo:
-            _run_ray(config.kind, todo, out, workers, threads, retries, on_result)
+            _run_ray(config.kind, todo, out, workers, threads, retries, placement, on_result)
     order = {t.key: i for i, t in enumerate(trials)}  # trial order, not the order they ended in
     report.ran.sort(key=order.__getitem__)
     report.failed = dict(sorted(report.failed.items(), key=lambda kv: order[kv[0]]))
@@ -259,6 +271,7 @@ def _run_ray(
     workers: int | None,
     threads: int,
     retries: int,
+    placement: Placement,
     on_result: Callable[[TrialResult], None],
 ) -> None:
     """Run `todo` as tasks of the connected Ray (at most `workers` at once, default all), calling
@@ -273,7 +286,7 @@ def _run_ray(
     while queue or pending:
         while queue and len(pending) < (workers or len(todo)):
             t = queue.pop(0)
-            pending[remote.remote(kind, t.key, t.params, str(out), threads)] = t
+            pending[remote.remote(kind, t.key, t.params, str(out), threads, placement)] = t
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             t = pending.pop(ref)
