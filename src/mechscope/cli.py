@@ -42,6 +42,7 @@ from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.report.cli import demo_command
 from mechscope.sae.cli import sae_app
+from mechscope.steering.cli import steer_command
 from mechscope.sweep.cli import sweep_command
 
 app = typer.Typer(
@@ -68,6 +69,7 @@ app.command("patch")(patch_command)
 app.command("acdc")(acdc_command)
 app.command("demo")(demo_command)
 app.command("sweep")(sweep_command)
+app.command("steer")(steer_command)
 
 
 @zoo_app.command("list")

@@ -72,3 +72,8 @@ class OutputError(MechscopeError):
 class OptionError(MechscopeError):
     """A command-line option out of range, not finite, not one of its choices, or too big for
     this machine's memory (the message names the option, the value and what is accepted)."""
+
+
+class SteeringError(MechscopeError):
+    """An intervention (hook, SAE, feature, direction, positions) or generation request that does
+    not fit the model (with what to do instead)."""

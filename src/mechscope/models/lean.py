@@ -456,10 +456,13 @@ class LeanModel:
         logit_pos: unembed only these positions: logits [batch, len(logit_pos), vocab]. Without
             hooks or cache, the last layer then also runs only these query positions.
         start_pos, prefix_kv: run only positions start_pos.. (causal attention leaves earlier ones
-            as they were): `resid` is [batch, pos - start_pos, d_model] and prefix_kv[l] holds
+            as they were): `resid` (needed when start_layer > 0) is [batch, pos - start_pos,
+            d_model], else tokens start_pos.. are embedded at their positions; prefix_kv[l] holds
             layer l's keys as attention reads them (`key_hook(l)`: hook_rot_k with rotary
             positions, else hook_k) and values (hook_v) of positions < start_pos,
-            [batch, start_pos, K, d_head] each. Needs `resid`; no hooks, no cache.
+            [batch, start_pos, K, d_head] each. Hooks and cache then see positions start_pos..
+            only (attention scores and patterns [batch, H, pos - start_pos, pos]): an
+            incremental KV cache for generation (mechscope.steering).
         """
         hooks = hooks or {}
         if hooks:
@@ -484,8 +487,8 @@ class LeanModel:
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         pos = tokens.shape[1]
-        if start_pos and (resid is None or hooks or cache is not None or prefix_kv is None):
-            raise ValueError("start_pos > 0 needs resid and prefix_kv, and no hooks or cache")
+        if start_pos and (prefix_kv is None or (resid is None and start_layer > 0)):
+            raise ValueError("start_pos > 0 needs prefix_kv, and resid when start_layer > 0")
         if start_pos and not self.causal:
             raise ValueError(
                 "start_pos > 0 assumes causal attention; this model's is bidirectional"
@@ -496,9 +499,9 @@ class LeanModel:
                 raise ValueError(f"logit_pos must lie at or after start_pos={start_pos}")
         tokens = tokens.to(self.device)
         if resid is None and start_layer == 0:
-            resid = h("hook_embed", self.W_E[tokens] * self.arch.embed_scale)
+            resid = h("hook_embed", self.W_E[tokens[:, start_pos:]] * self.arch.embed_scale)
             if self.W_pos is not None:
-                resid = resid + h("hook_pos_embed", self.W_pos[:pos].expand_as(resid))
+                resid = resid + h("hook_pos_embed", self.W_pos[start_pos:pos].expand_as(resid))
         elif (
             resid is None
             or resid.shape[:2] != (tokens.shape[0], pos - start_pos)
