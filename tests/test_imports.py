@@ -33,6 +33,7 @@ CORE = {
     "validate",
 }
 METHODS = {"zoo", "patching", "circuits", "sae", "directions", "evolution", "regions", "basis"}
+METHODS.add("steering")
 TOP = {"cli", "cli_common", "report", "sweep"}
 
 
