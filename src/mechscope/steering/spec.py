@@ -60,14 +60,16 @@ class FeatureEdit:
 
     def delta(self, x: Tensor) -> Tensor:
         """The change [batch, pos, d] this edit makes to activations x [batch, pos, d]."""
-        code = self.sae.encode(x)[..., self.feature]
+        # a split model's block may sit on another device than the SAE
+        code = self.sae.encode(x.to(self.sae.W_enc.device))[..., self.feature]
         if self.op == "clamp":
             new = torch.full_like(code, self.value)
         elif self.op == "scale":
             new = code * self.value
         else:
             new = torch.zeros_like(code)
-        return ((new - code).unsqueeze(-1) * self.sae.W_dec[self.feature]).to(x.dtype)
+        delta = (new - code).unsqueeze(-1) * self.sae.W_dec[self.feature]
+        return delta.to(x.device, x.dtype)
 
 
 @dataclass
