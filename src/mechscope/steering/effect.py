@@ -30,10 +30,11 @@ class InterventionEffect:
 
     @property
     def kl(self) -> Tensor:
-        """KL(clean || intervened) of the next-token distributions [batch] (nats)."""
+        """KL(clean || intervened) of the next-token distributions [batch] (nats; float
+        rounding below 0 read as 0)."""
         clean = self.clean_logits.float().log_softmax(-1)
         new = self.logits.float().log_softmax(-1)
-        return (clean.exp() * (clean - new)).sum(-1)
+        return (clean.exp() * (clean - new)).sum(-1).clamp_min(0)
 
     def top_changes(self, k: int = 10, row: int = 0) -> list[tuple[int, float, float]]:
         """(token, clean log-prob, intervened log-prob) of the k tokens of prompt `row` whose
