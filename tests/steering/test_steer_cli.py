@@ -55,16 +55,18 @@ def test_steer_with_a_direction_file_sampled(tmp_path):
         (["--sae", SAE, "--clamp", "3"], "FEATURE=VALUE"),
         (["--clamp", "3=1@" + HOOK], "give --sae"),
         (["--add-direction", "DIR:2@" + HOOK], "width"),
-        (["--add-direction", "nofile.pt:2@" + HOOK], "no file"),
+        (["--add-direction", "nofile.pt:2@" + HOOK], "does not exist"),
         (["--add-direction", "DIR:2@" + HOOK, "--prompt", "x = 1\n" * 60], "context"),
-        (["--add-direction", "DIR:2@" + HOOK, "--top-p", "2"], "top_p"),
+        (["--add-direction", "DIR:2@" + HOOK, "--top-p", "2"], "--top-p"),
+        (["--add-direction", "DIR:2@" + HOOK, "--temperature", "-1"], "--temperature"),
+        (["--add-direction", "DIR:2@" + HOOK, "--json", "TMP"], "is a folder"),
         ([], "nothing to steer"),
     ],
 )
 def test_steer_bad_input_exits_2_before_generating(extra, message, tmp_path, monkeypatch):
     vec = tmp_path / "dir.pt"
     torch.save(torch.ones(64), vec)  # code-2l's d_model is 128
-    extra = [a.replace("DIR", str(vec)) for a in extra]
+    extra = [a.replace("DIR", str(vec)).replace("TMP", str(tmp_path)) for a in extra]
 
     def refuse(*a, **k):
         raise AssertionError("generate ran on bad input")

@@ -13,7 +13,17 @@ from typing import Annotated, Any, Literal, cast
 import typer
 from rich.table import Table
 
-from mechscope.cli_common import check_hooks, console, fail, load
+from mechscope import validate as V
+from mechscope.cli_common import (
+    Device,
+    DeviceMap,
+    Dtype,
+    check_hooks,
+    console,
+    fail,
+    load,
+    option_checks,
+)
 from mechscope.errors import MechscopeError, SteeringError
 
 Op = Literal["clamp", "scale", "zero"]
@@ -50,6 +60,8 @@ def _direction(spec: str, what: str, with_scale: bool) -> tuple[Any, float, str]
     """(direction [d], scale, hook) of 'FILE.pt:SCALE@HOOK' (or 'FILE.pt@HOOK' for ablation)."""
     import torch
 
+    from mechscope.files import read_torch
+
     body, hook = _split_hook(spec, what, None)
     path, scale = body, 1.0
     if with_scale:
@@ -58,14 +70,9 @@ def _direction(spec: str, what: str, with_scale: bool) -> tuple[Any, float, str]
             scale = float(s)
         except ValueError:
             raise SteeringError(f"{what} {spec!r} is not FILE.pt:SCALE@HOOK") from None
-    if not Path(path).is_file():
-        raise SteeringError(f"{what}: no file {path!r} (a tensor [d] saved with torch.save)")
-    try:
-        vec = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SteeringError(f"{what}: cannot read {path!r} as a torch tensor: {e}") from e
+    vec = read_torch(Path(path), SteeringError, f"{what} takes a .pt file holding one vector [d]")
     if not isinstance(vec, torch.Tensor) or vec.ndim != 1:
-        raise SteeringError(f"{what}: {path!r} must hold one vector [d] (torch.save(tensor))")
+        raise SteeringError(f"{what}: {path!r} must hold one vector [d] (a 1-D tensor)")
     return vec.float(), scale, hook
 
 
@@ -109,13 +116,17 @@ def steer_command(
     top_k: Annotated[int | None, typer.Option(help="sample from the top k tokens")] = None,
     top_p: Annotated[float | None, typer.Option(help="nucleus sampling mass")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write both runs here")] = None,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
 ) -> None:
     """Generate after PROMPT with feature edits and direction additions / ablations applied at
     every new token (KV-cached), next to the unsteered generation."""
     import torch
 
-    from mechscope.files import write_json
+    from mechscope.files import check_writable_file, write_json
     from mechscope.models.lean import as_lean
+    from mechscope.models.placement import Placement
     from mechscope.sae.sources import resolve
     from mechscope.steering import (
         AblateDirection,
@@ -126,11 +137,18 @@ def steer_command(
         generate,
         intervene,
     )
-    from mechscope.steering.generate import check_request, check_sampling, context_length
+    from mechscope.steering.generate import check_request, context_length
 
+    with option_checks():
+        V.integer("--max-new-tokens", max_new_tokens, 0)
+        V.number("--temperature", temperature, 0)
+        V.seed("--seed", seed)
+        V.integer("--top-k", top_k, 1)
+        V.number("--top-p", top_p, 0, 1, lo_open=True)
+        if json_out is not None:
+            check_writable_file(json_out, "--json")
     try:
         where = _positions(positions)
-        check_sampling(temperature, top_k, top_p)
         adds = [_direction(s, "--add-direction", True) for s in add_direction or []]
         ablates = [_direction(s, "--ablate-direction", False) for s in ablate_direction or []]
         edits_wanted = [("clamp", s) for s in clamp or []] + [("scale", s) for s in scale or []]
@@ -142,9 +160,11 @@ def steer_command(
                 "nothing to steer with: give --clamp/--scale/--zero (with --sae), "
                 "--add-direction or --ablate-direction"
             )
-        bridge = load(model)
+        bridge = load(model, None, Placement(device, device_map, dtype))
         lean = as_lean(bridge)
-        sae_name, sae_model = resolve(sae, Path(model).name) if sae is not None else ("", None)
+        sae_name, sae_model = (
+            resolve(sae, Path(model).name, lean.device) if sae is not None else ("", None)
+        )
         sae_hook = sae_model.cfg.hook_name if sae_model is not None else None
         ivs: list[Intervention] = []
         for op, s in edits_wanted:
