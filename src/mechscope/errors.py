@@ -50,3 +50,8 @@ class StoreError(DataError):
 
 class SweepError(ValueError):
     """A sweep config, output folder or backend that cannot be used (with what to do instead)."""
+
+
+class GraphError(ValueError):
+    """A prompt, transcoder set, feature or graph file that attribution graphs cannot use (with
+    what to do instead)."""
