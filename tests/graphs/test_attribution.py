@@ -4,6 +4,8 @@ implementation, and the frozen model reproducing the real run."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -186,4 +188,6 @@ def test_bad_inputs(model) -> None:
     with pytest.raises(GraphError, match="one transcoder per layer"):
         attribute(lean, tcs[:1], TOKS)
     with pytest.raises(GraphError, match="float32"):
-        attribute(lean, [tcs[0], tcs[1].float()], TOKS)
+        attribute(lean, [tcs[0], copy.deepcopy(tcs[1]).float()], TOKS)
+    with pytest.raises(GraphError, match="GiB, over max_bytes"):
+        attribute(lean, tcs, TOKS, max_bytes=1000)

@@ -100,7 +100,10 @@ def select_logits(
     probs = logits.double().softmax(-1)
     top_p, top_i = probs.topk(min(max_n_logits, probs.shape[-1]))
     m = int(
-        torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob, dtype=top_p.dtype))
+        torch.searchsorted(
+            top_p.cumsum(0),
+            torch.tensor(desired_logit_prob, dtype=top_p.dtype, device=top_p.device),
+        )
     )
     m = min(m + 1, top_p.shape[0])
     return top_i[:m], top_p[:m].float()
@@ -159,6 +162,28 @@ def setup(
         logit_probs=probs.cpu(),
         logit_vecs=vecs,
     )
+
+
+def prompt_tokens(lean: LeanModel, prompt: str) -> Tensor:
+    """Token ids [pos] of `prompt`, with BOS prepended unless it starts with a special token
+    (circuit-tracer's rule)."""
+    tok = lean.tokenizer
+    if tok is None:
+        raise GraphError("the model has no tokenizer: pass token ids instead of a prompt string")
+    ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
+    if not ids or ids[0] not in set(tok.all_special_ids):
+        bos = next(
+            t for t in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, 0) if t is not None
+        )
+        ids = [int(bos), *ids]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def graph_bytes(n_features: int, n_layers: int, n_pos: int, n_logits: int) -> int:
+    """Peak bytes of a graph's dense float32 matrices: the adjacency and pruning's normalised
+    copy, edge scores and their sort (4 N^2 floats), N = features + errors + tokens + logits."""
+    n = n_features + (n_layers + 1) * n_pos + n_logits
+    return 4 * 4 * n * n
 
 
 def _targets(s: _Setup, transcoders: Sequence[Transcoder]) -> list[tuple[int, int, Tensor]]:
@@ -235,15 +260,24 @@ def attribute(
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
     n_excluded: int = 1,
+    max_bytes: int = 8 * 2**30,
 ) -> AttributionGraph:
     """The attribution graph of one prompt, tokens [pos] (BOS included), in batches of
     `batch_size` target rows (vectorised vector-Jacobian products).
 
     transcoders: one per layer 0..L-1, on the model's device and dtype.
     n_excluded: leading positions whose features and errors are left out (the BOS sink).
+    max_bytes: refuse (GraphError, with the estimate) a graph whose dense matrices need more.
     """
     lean = as_lean(model)
     s = setup(lean, transcoders, tokens, max_n_logits, desired_logit_prob, n_excluded)
+    need = graph_bytes(len(s.feats), lean.n_layers, s.fz.n_pos, len(s.logit_ids))
+    if need > max_bytes:
+        raise GraphError(
+            f"the graph of this prompt has {len(s.feats)} active features; its matrices need "
+            f"about {need / 2**30:.3g} GiB, over max_bytes = {max_bytes / 2**30:.3g} GiB: shorten "
+            "the prompt, use sparser transcoders or raise max_bytes (--max-gb)"
+        )
     targets = _targets(s, transcoders)
     L, n, d = s.writes.shape
 
@@ -295,7 +329,7 @@ def attribute_literal(
         )
         bias = _read(targets, ins0, final0)
     n_src = len(s.feats) + L * n + n
-    rows = torch.zeros(len(targets), n_src, dtype=writes.dtype)
+    rows = torch.zeros(len(targets), n_src, dtype=writes.dtype, device=writes.device)
     for t, (l, p, v) in enumerate(targets):
         out = final @ v if l == L else ins[l, p] @ v
         g_embed, g_writes = torch.autograd.grad(out, [embed, writes], retain_graph=True)

@@ -502,3 +502,54 @@ def load_circuit_tracer(path: str | Path) -> list[Transcoder]:
         hook = INPUT_HOOK.format(layer=l)
         out.append(_build(d_in, d_sae, hook, str(cfg.get("model_name") or ""), w, {}))
     return out
+
+
+# -- sets: one transcoder per layer ---------------------------------------------------------------
+def load_transcoder_set(path: str | Path, dtype: torch.dtype = torch.float32) -> list[Transcoder]:
+    """Transcoders of layers 0..L-1 from a circuit-tracer set (config.yaml) or a folder of
+    SAELens transcoder folders (one per layer, as `train_transcoder_set` writes)."""
+    folder = Path(path)
+    if (folder / "config.yaml").exists():
+        return [tc.to(dtype) for tc in load_circuit_tracer(folder)]
+    subs = sorted(p.parent for p in folder.glob(f"*/{CFG_FILE}"))
+    if not subs:
+        raise SAEError(
+            f"{folder} holds neither a circuit-tracer config.yaml nor SAELens transcoder folders"
+        )
+    tcs = sorted((load_transcoder(p, dtype) for p in subs), key=lambda t: t.layer)
+    layers = [t.layer for t in tcs]
+    if layers != list(range(len(tcs))):
+        raise SAEError(f"{folder}: need one transcoder per layer 0..L-1, found layers {layers}")
+    return tcs
+
+
+def train_transcoder_set(
+    cfg: TrainConfig,
+    model: Any,
+    layers: Sequence[int],
+    out: str | Path,
+    skip: bool = False,
+    eval_tokens: Iterable[Tensor] = (),
+    progress: bool = True,
+) -> TranscoderEval | None:
+    """Train one transcoder per layer (cfg's hook_name is replaced per layer), save each to
+    OUT/<input hook>__transcoder (SAELens format) and, for all layers 0..L-1, the set in
+    circuit-tracer's format to OUT/circuit-tracer; evaluate them together on eval_tokens
+    (written to OUT/eval.json). Returns the evaluation (None without eval_tokens)."""
+    from dataclasses import replace
+
+    folder = Path(out)
+    tcs = []
+    for l in layers:
+        lcfg = replace(cfg, hook_name=INPUT_HOOK.format(layer=l))
+        tc = cast(Transcoder, train_transcoder(lcfg, model, skip=skip, progress=progress).sae)
+        save_transcoder(tc, folder / f"{lcfg.hook_name}__transcoder")
+        tcs.append(tc)
+    if list(layers) == list(range(as_lean(model).n_layers)):
+        save_circuit_tracer(tcs, folder / "circuit-tracer", cfg.model)
+    batches = list(eval_tokens)
+    if not batches:
+        return None
+    ev = evaluate_transcoders(model, tcs, batches)
+    write_json(folder / "eval.json", ev.to_dict(), indent=2)
+    return ev

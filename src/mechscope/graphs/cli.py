@@ -1,0 +1,77 @@
+"""`mechscope graph`: the attribution graph of one prompt, written as circuit-tracer's JSON.
+
+mechscope graph --model code-2l --transcoders runs/tc --prompt "def f(x):\n    return x" \\
+    --out out/graph.json
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechscope.cli_common import console, fail, load
+
+
+def graph_command(
+    prompt: Annotated[str, typer.Option(help="the prompt (BOS is prepended)")],
+    transcoders: Annotated[
+        Path,
+        typer.Option(
+            help="folder of per-layer transcoders: `sae train --kind transcoder` output or a "
+            "circuit-tracer set (config.yaml + layer_L.safetensors)"
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")] = "code-2l",
+    node_threshold: Annotated[float, typer.Option(help="cumulative node influence kept")] = 0.8,
+    edge_threshold: Annotated[float, typer.Option(help="cumulative edge influence kept")] = 0.98,
+    max_logits: Annotated[int, typer.Option(help="at most this many logit nodes")] = 10,
+    logit_prob: Annotated[float, typer.Option(help="logit nodes up to this probability")] = 0.95,
+    batch_size: Annotated[int, typer.Option(help="target rows per backward pass")] = 256,
+    max_gb: Annotated[float, typer.Option(help="refuse graphs whose matrices need more")] = 8.0,
+    slug: Annotated[str, typer.Option(help="the graph's slug in the JSON")] = "graph",
+    out: Annotated[Path, typer.Option(help="output JSON")] = Path("out/graph.json"),
+) -> None:
+    """Compute the prompt's attribution graph over the transcoders, prune it by influence and
+    write circuit-tracer's graph JSON (readable by its frontend and Neuronpedia)."""
+    from mechscope.errors import GraphError, ModelLoadError, SAEError
+    from mechscope.graphs import attribute, prune, save_graph_json
+    from mechscope.graphs.attribution import prompt_tokens
+    from mechscope.models.lean import as_lean
+    from mechscope.sae.transcoder import load_transcoder_set
+
+    try:
+        lean = as_lean(load(model))
+        tcs = [
+            tc.to(device=lean.device, dtype=lean.W_E.dtype)
+            for tc in load_transcoder_set(transcoders)
+        ]
+        tokens = prompt_tokens(lean, prompt)
+        t0 = time.perf_counter()
+        g = attribute(
+            lean,
+            tcs,
+            tokens,
+            prompt=prompt,
+            batch_size=batch_size,
+            max_n_logits=max_logits,
+            desired_logit_prob=logit_prob,
+            max_bytes=int(max_gb * 2**30),
+        )
+        pr = prune(
+            g.adjacency, g.logit_probs, g.n_features, g.n_pos, node_threshold, edge_threshold
+        )
+        seconds = time.perf_counter() - t0
+        save_graph_json(g, out, slug=slug, node_threshold=node_threshold, pruned=pr)
+    except (GraphError, SAEError, ModelLoadError) as e:
+        fail(str(e))
+    kept = int(pr.node_mask.sum())
+    console.print(
+        f"{g.n_pos} tokens, {g.n_features} active features, {g.n_logits} logits "
+        f"(top: {g.meta['logit_strs'][0]!r} p={float(g.logit_probs[0]):.3f}); "
+        f"{int((g.adjacency != 0).sum())} edges; kept {kept} nodes and "
+        f"{int(pr.edge_mask.sum())} edges ({seconds:.2f} s)"
+    )
+    console.print(f"wrote {out}")
