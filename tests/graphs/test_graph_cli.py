@@ -32,6 +32,13 @@ def test_transcoders_then_graph(tmp_path) -> None:
         assert data["metadata"]["prompt_tokens"][0] == "<|endoftext|>"
         kinds = {n["feature_type"] for n in data["nodes"]}
         assert {"embedding", "logit", "cross layer transcoder"} <= kinds and data["links"]
+    base = ["graph", "--transcoders", str(tc), "--prompt", prompt, "--out", str(out)]
+    r = runner.invoke(app, [*base, "--edit", "1:12:0=0", "--edit", "0:5:1=2.5"])
+    assert r.exit_code == 0 and "graph predicts" in r.output, r.output
+    r = runner.invoke(
+        app, ["graph", "--transcoders", str(tc), "--prompt", prompt, "--edit", "1:12:99999=0"]
+    )
+    assert r.exit_code == 2 and "feature out of range" in r.output
 
 
 def test_graph_bad_input(tmp_path) -> None:

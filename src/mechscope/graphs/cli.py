@@ -1,7 +1,7 @@
 """`mechscope graph`: the attribution graph of one prompt, written as circuit-tracer's JSON.
 
 mechscope graph --model code-2l --transcoders runs/tc --prompt "def f(x):\n    return x" \\
-    --out out/graph.json
+    --out out/graph.json --edit 1:12:345=0
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mechscope.cli_common import console, fail, load
 
@@ -32,6 +33,13 @@ def graph_command(
     batch_size: Annotated[int, typer.Option(help="target rows per backward pass")] = 256,
     max_gb: Annotated[float, typer.Option(help="refuse graphs whose matrices need more")] = 8.0,
     slug: Annotated[str, typer.Option(help="the graph's slug in the JSON")] = "graph",
+    edit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="set a feature, 'layer:pos:feature=value' (repeatable): prints the logit "
+            "targets' changes in the frozen and the real model and the graph's prediction"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="output JSON")] = Path("out/graph.json"),
 ) -> None:
     """Compute the prompt's attribution graph over the transcoders, prune it by influence and
@@ -39,6 +47,7 @@ def graph_command(
     from mechscope.errors import GraphError, ModelLoadError, SAEError
     from mechscope.graphs import attribute, prune, save_graph_json
     from mechscope.graphs.attribution import prompt_tokens
+    from mechscope.graphs.intervene import FeatureEdit, intervene
     from mechscope.models.lean import as_lean
     from mechscope.sae.transcoder import load_transcoder_set
 
@@ -49,6 +58,7 @@ def graph_command(
             for tc in load_transcoder_set(transcoders)
         ]
         tokens = prompt_tokens(lean, prompt)
+        edits = [FeatureEdit.parse(e) for e in edit or []]
         t0 = time.perf_counter()
         g = attribute(
             lean,
@@ -65,6 +75,7 @@ def graph_command(
         )
         seconds = time.perf_counter() - t0
         save_graph_json(g, out, slug=slug, node_threshold=node_threshold, pruned=pr)
+        res = intervene(lean, tcs, g, edits) if edits else None
     except (GraphError, SAEError, ModelLoadError) as e:
         fail(str(e))
     kept = int(pr.node_mask.sum())
@@ -75,3 +86,11 @@ def graph_command(
         f"{int(pr.edge_mask.sum())} edges ({seconds:.2f} s)"
     )
     console.print(f"wrote {out}")
+    if res is not None:
+        table = Table(title="change of the demeaned logits under " + ", ".join(edit or []))
+        for col in ("token", "frozen model", "graph predicts", "real model"):
+            table.add_column(col)
+        for i, text in enumerate(res.logit_strs):
+            row = (res.frozen[i], res.predicted[i], res.real[i])
+            table.add_row(repr(text), *(f"{x:+.4f}" for x in row))
+        console.print(table)
