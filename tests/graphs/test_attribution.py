@@ -191,3 +191,38 @@ def test_bad_inputs(model) -> None:
         attribute(lean, [tcs[0], copy.deepcopy(tcs[1]).float()], TOKS)
     with pytest.raises(GraphError, match="GiB, over max_bytes"):
         attribute(lean, tcs, TOKS, max_bytes=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2_2l", "llama_2l"])
+def test_bundled_models(request, name: str) -> None:
+    """code-2l (LayerNorm, learned positions) and code-llama-2l (RMSNorm with gains, rotary,
+    grouped-query attention, gated MLPs) with random skip transcoders: the frozen model
+    reproduces the real logits and every row is complete, to float32 precision."""
+    from mechscope.graphs.attribution import prompt_tokens
+    from mechscope.models.lean import as_lean
+    from mechscope.sae.config import SAEConfig
+    from mechscope.sae.transcoder import INPUT_HOOK, Transcoder
+
+    lean = as_lean(request.getfixturevalue(name))
+    d = int(lean.W_E.shape[1])
+    tcs = []
+    for l in range(lean.n_layers):
+        cfg = SAEConfig(d, 256, hook_name=INPUT_HOOK.format(layer=l), apply_b_dec_to_input=False)
+        tc = Transcoder(cfg, skip=True, seed=l)
+        with torch.no_grad():
+            tc.b_enc.fill_(-0.05)
+            tc.W_skip.normal_(0, 0.02, generator=torch.Generator().manual_seed(l))
+        tcs.append(tc.eval())
+    toks = prompt_tokens(lean, "def area(width, height):\n    return width *")
+    s = setup(lean, tcs, toks)
+    with torch.no_grad():
+        _, final = frozen_forward(lean, s.fz, tcs, s.embed, s.writes)
+        real = lean.forward(toks[None])[0, -1]
+    scale = float(real.abs().max())
+    torch.testing.assert_close(final @ lean.W_U + lean.b_U, real, atol=2e-6 * scale, rtol=0)
+    g = attribute(lean, tcs, toks)
+    assert g.n_features > 100
+    rows = list(range(g.n_features)) + [g.logit_index(i) for i in range(g.n_logits)]
+    total = g.adjacency.double().sum(1) + g.bias
+    torch.testing.assert_close(total[rows], g.values[rows], atol=2e-6 * scale, rtol=0)
