@@ -25,7 +25,7 @@ from mechscope.circuits.cli import acdc_command
 from mechscope.cli_common import console, fail, load, placement
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
-from mechscope.graphs.cli import graph_command
+from mechscope.graphs.cli import graph_command, steer_command
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
 from mechscope.report.cli import demo_command
@@ -68,6 +68,7 @@ app.command("acdc")(acdc_command)
 app.command("demo")(demo_command)
 app.command("sweep")(sweep_command)
 app.command("graph")(graph_command)
+app.command("steer")(steer_command)
 
 
 @zoo_app.command("list")

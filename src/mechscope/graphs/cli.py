@@ -2,18 +2,23 @@
 
 mechscope graph --model code-2l --transcoders runs/tc --prompt "def f(x):\n    return x" \\
     --out out/graph.json --edit 1:12:345=0
+mechscope steer --model code-2l --transcoders runs/tc --prompt "def f(x):" --add 1:380*8
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from mechscope.cli_common import console, fail, load
+
+if TYPE_CHECKING:
+    from mechscope.graphs.steer import Steer
+    from mechscope.sae.model import SparseAutoencoder
 
 
 def graph_command(
@@ -94,3 +99,110 @@ def graph_command(
             row = (res.frozen[i], res.predicted[i], res.real[i])
             table.add_row(repr(text), *(f"{x:+.4f}" for x in row))
         console.print(table)
+
+
+def _steers(
+    dictionary: list[SparseAutoencoder], clamp: list[str], add: list[str], ablate: list[str]
+) -> list[Steer]:
+    """Steers from CLI specs [layer:]feature=value (clamp), [layer:]feature*scale (add),
+    [layer:]feature (ablate); the layer names a transcoder, and is absent for one SAE."""
+    from mechscope.errors import GraphError
+    from mechscope.graphs.steer import AblateDirection, AddDirection, ClampFeature
+    from mechscope.sae.transcoder import Transcoder
+
+    per_layer = isinstance(dictionary[0], Transcoder)
+
+    def pick(where: str) -> tuple[SparseAutoencoder, int]:
+        parts = [int(x) for x in where.split(":")]
+        if len(parts) != (2 if per_layer else 1):
+            raise GraphError(f"{where!r}: name features {'layer:' if per_layer else ''}feature")
+        if per_layer and not 0 <= parts[0] < len(dictionary):
+            raise GraphError(f"{where!r}: no transcoder of layer {parts[0]}")
+        d = dictionary[parts[0] if per_layer else 0]
+        if not 0 <= parts[-1] < d.d_sae:
+            raise GraphError(f"{where!r}: feature out of range (d_sae = {d.d_sae})")
+        return d, parts[-1]
+
+    out: list[Steer] = []
+    try:
+        for spec in clamp:
+            where, value = spec.split("=")
+            d, f = pick(where)
+            out.append(ClampFeature(d, f, float(value)))
+        for spec in [*add, *ablate]:
+            where, _, scale = spec.partition("*")
+            d, f = pick(where)
+            hook = d.output_hook if isinstance(d, Transcoder) else d.cfg.hook_name
+            direction = d.W_dec[f].detach()
+            if spec in add:
+                out.append(AddDirection(hook, direction, float(scale or 1.0)))
+            else:
+                out.append(AblateDirection(hook, direction))
+    except GraphError:
+        raise
+    except ValueError as e:
+        raise GraphError(
+            "steering specs are [layer:]feature=value (--clamp), [layer:]feature*scale (--add), "
+            f"[layer:]feature (--ablate): {e}"
+        ) from e
+    return out
+
+
+def steer_command(
+    prompt: Annotated[str, typer.Option(help="the prompt (BOS is prepended)")],
+    model: Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")] = "code-2l",
+    transcoders: Annotated[
+        Path | None, typer.Option(help="steer with these transcoders' features (layer:feature)")
+    ] = None,
+    sae: Annotated[
+        Path | None, typer.Option(help="steer with this SAE's features (SAELens folder)")
+    ] = None,
+    clamp: Annotated[
+        list[str] | None, typer.Option(help="hold a feature: [layer:]feature=value")
+    ] = None,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(help="add a feature's decoder direction: [layer:]feature*scale"),
+    ] = None,
+    ablate: Annotated[
+        list[str] | None, typer.Option(help="project out a feature's direction: [layer:]feature")
+    ] = None,
+    n_new: Annotated[int, typer.Option(help="tokens to generate")] = 30,
+    temperature: Annotated[float, typer.Option(help="0: greedy; else sampled")] = 0.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Generate with and without steering (applied at every position, KV cache), side by side."""
+    from mechscope.errors import GraphError, ModelLoadError, SAEError
+    from mechscope.graphs.attribution import prompt_tokens
+    from mechscope.graphs.steer import generate
+    from mechscope.models.lean import as_lean
+    from mechscope.sae.saelens_format import load_saelens
+    from mechscope.sae.transcoder import load_transcoder_set
+
+    try:
+        if (transcoders is None) == (sae is None):
+            raise GraphError("give exactly one of --transcoders and --sae")
+        lean = as_lean(load(model))
+        dev, dt = lean.device, lean.W_E.dtype
+        if transcoders is not None:
+            dictionary: list = [
+                t.to(device=dev, dtype=dt) for t in load_transcoder_set(transcoders)
+            ]
+        else:
+            assert sae is not None
+            dictionary = [load_saelens(sae).to(device=dev, dtype=dt)]
+        steers = _steers(dictionary, clamp or [], add or [], ablate or [])
+        if not steers:
+            raise GraphError("nothing to steer: give --clamp, --add or --ablate")
+        tokens = prompt_tokens(lean, prompt)
+        plain = generate(lean, tokens, n_new, temperature=temperature, seed=seed)
+        steered = generate(lean, tokens, n_new, steers, temperature=temperature, seed=seed)
+    except (GraphError, SAEError, ModelLoadError) as e:
+        fail(str(e))
+    tok, n = lean.tokenizer, len(tokens)
+    assert tok is not None  # prompt_tokens needed it
+    table = Table(title=f"{prompt!r} + {n_new} tokens")
+    table.add_column("unsteered")
+    table.add_column("steered")
+    table.add_row(repr(tok.decode(plain[n:].tolist())), repr(tok.decode(steered[n:].tolist())))
+    console.print(table)
