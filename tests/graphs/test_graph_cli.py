@@ -32,6 +32,7 @@ def test_transcoders_then_graph(tmp_path) -> None:
         assert data["metadata"]["prompt_tokens"][0] == "<|endoftext|>"
         kinds = {n["feature_type"] for n in data["nodes"]}
         assert {"embedding", "logit", "cross layer transcoder"} <= kinds and data["links"]
+        assert "graph-data" in out.with_suffix(".html").read_text()
     base = ["graph", "--transcoders", str(tc), "--prompt", prompt, "--out", str(out)]
     r = runner.invoke(app, [*base, "--edit", "1:12:0=0", "--edit", "0:5:1=2.5"])
     assert r.exit_code == 0 and "graph predicts" in r.output, r.output

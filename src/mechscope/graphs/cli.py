@@ -48,11 +48,14 @@ def graph_command(
     out: Annotated[Path, typer.Option(help="output JSON")] = Path("out/graph.json"),
 ) -> None:
     """Compute the prompt's attribution graph over the transcoders, prune it by influence and
-    write circuit-tracer's graph JSON (readable by its frontend and Neuronpedia)."""
+    write circuit-tracer's graph JSON (readable by its frontend and Neuronpedia) and an offline
+    page beside it (OUT with .html)."""
     from mechscope.errors import GraphError, ModelLoadError, SAEError
-    from mechscope.graphs import attribute, prune, save_graph_json
+    from mechscope.files import write_json
+    from mechscope.graphs import attribute, graph_json, prune
     from mechscope.graphs.attribution import prompt_tokens
     from mechscope.graphs.intervene import FeatureEdit, intervene
+    from mechscope.graphs.page import write_page
     from mechscope.models.lean import as_lean
     from mechscope.sae.transcoder import load_transcoder_set
 
@@ -79,7 +82,9 @@ def graph_command(
             g.adjacency, g.logit_probs, g.n_features, g.n_pos, node_threshold, edge_threshold
         )
         seconds = time.perf_counter() - t0
-        save_graph_json(g, out, slug=slug, node_threshold=node_threshold, pruned=pr)
+        data = graph_json(g, slug=slug, node_threshold=node_threshold, pruned=pr)
+        write_json(out, data)
+        page = write_page(data, g.n_layers, out.with_suffix(".html"))
         res = intervene(lean, tcs, g, edits) if edits else None
     except (GraphError, SAEError, ModelLoadError) as e:
         fail(str(e))
@@ -90,7 +95,7 @@ def graph_command(
         f"{int((g.adjacency != 0).sum())} edges; kept {kept} nodes and "
         f"{int(pr.edge_mask.sum())} edges ({seconds:.2f} s)"
     )
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out} and the page {page}")
     if res is not None:
         table = Table(title="change of the demeaned logits under " + ", ".join(edit or []))
         for col in ("token", "frozen model", "graph predicts", "real model"):
