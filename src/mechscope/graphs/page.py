@@ -40,11 +40,15 @@ nodes.forEach(n => {
   n.k = (slot[k] = (slot[k] || 0) + 1) - 1;
 });
 const nPos = D.metadata.prompt_tokens.length, H = 70, pad = 40;
-const W = Math.max(90, 20 * Math.max(...Object.values(slot)) + 24);  // nodes never overlap
-const rows = 3 + 2 * D.n_layers, width = pad * 2 + W * nPos, height = pad * 2 + H * rows;
+// each position's column is as wide as its most crowded row needs (nodes never overlap)
+const colW = [...Array(nPos).keys()].map(p => Math.max(60, 20 * Math.max(0,
+  ...Object.entries(slot).filter(([k]) => Number(k.split('_')[0]) === p).map(([, m]) => m)) + 24));
+const colX = colW.map((w, p) => pad + colW.slice(0, p).reduce((a, b) => a + b, 0));
+const rows = 3 + 2 * D.n_layers, height = pad * 2 + H * rows;
+const width = pad * 2 + colW.reduce((a, b) => a + b, 0);
 nodes.forEach(n => {
-  const k = n.ctx_idx + '_' + rowOf(n), m = slot[k];
-  n.x = pad + W * n.ctx_idx + W / 2 + (m > 1 ? (n.k / (m - 1) - 0.5) * (W - 24) : 0);
+  const k = n.ctx_idx + '_' + rowOf(n), m = slot[k], w = colW[n.ctx_idx];
+  n.x = colX[n.ctx_idx] + w / 2 + (m > 1 ? (n.k / (m - 1) - 0.5) * (w - 24) : 0);
   n.y = height - pad - H * rowOf(n) - H / 2;
 });
 const svgNS = 'http://www.w3.org/2000/svg';
@@ -77,7 +81,7 @@ nodes.forEach(n => {
 });
 D.metadata.prompt_tokens.forEach((tok, p) => {
   const t = document.createElementNS(svgNS, 'text');
-  t.setAttribute('x', pad + W * p + W / 2); t.setAttribute('y', height - 8);
+  t.setAttribute('x', colX[p] + colW[p] / 2); t.setAttribute('y', height - 8);
   t.setAttribute('text-anchor', 'middle'); t.textContent = JSON.stringify(tok).slice(1, -1);
   svg.appendChild(t);
 });
