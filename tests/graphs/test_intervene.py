@@ -69,3 +69,29 @@ def test_bad_edits(model) -> None:
     with pytest.raises(GraphError, match="layer:pos:feature=value"):
         FeatureEdit.parse("1:2=3")
     assert FeatureEdit.parse("1:2:3=0.5") == FeatureEdit(1, 2, 3, 0.5)
+
+
+def test_sae_edits(model) -> None:
+    """Setting an SAE feature moves the hook's activation by exactly (v - a) W_dec[f] at that
+    position; setting it to its own value changes nothing."""
+    from mechscope.graphs.intervene import sae_logits
+    from mechscope.sae.config import SAEConfig
+    from mechscope.sae.model import SparseAutoencoder
+
+    lean, _ = model
+    hook = "blocks.0.hook_resid_post"
+    sae = SparseAutoencoder(SAEConfig(8, 24, hook_name=hook), seed=2).to(torch.float64)
+    cache: dict = {}
+    lean.forward(TOKS[None], cache=cache)
+    x = cache[hook][0]
+    a = sae.encode(x)
+    p, f = (a[1:] > 0).nonzero()[0].tolist()
+    p += 1
+    real = lean.forward(TOKS[None])[0, -1]
+    torch.testing.assert_close(sae_logits(lean, sae, TOKS, [(p, f, float(a[p, f]))]), real)
+    want_x = x.clone()
+    want_x[p] += (3.0 - a[p, f]) * sae.W_dec[f]
+    want = lean.forward(TOKS[None], hooks={hook: lambda _: want_x[None]})[0, -1]
+    torch.testing.assert_close(sae_logits(lean, sae, TOKS, [(p, f, 3.0)]), want)
+    with pytest.raises(GraphError, match="out of range"):
+        sae_logits(lean, sae, TOKS, [(0, 99, 1.0)])

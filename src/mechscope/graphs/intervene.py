@@ -9,6 +9,7 @@ being the feature's activation in the run being intervened on (circuit-tracer's
         graph's prediction sum_s (v_s / a_s - 1) * A[logit, s] exactly.
     real: the model itself through hooks; later activations (and the intervened feature's own
         activation, when an earlier intervention moves it) are recomputed.
+SAE features are set in the real model the same way at the SAE's hook (`sae_logits`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mechscope.errors import GraphError
 from mechscope.graphs.attribution import AttributionGraph, setup
 from mechscope.graphs.replacement import frozen_forward
 from mechscope.models.lean import Hook, LeanModel, as_lean
+from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.transcoder import Transcoder, mlp_input
 
 
@@ -109,6 +111,35 @@ def real_logits(
         hooks[f"blocks.{l}.hook_mlp_in"] = grab
         hooks[f"blocks.{l}.hook_mlp_out"] = edit
     return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks=hooks)[0, -1]
+
+
+@torch.no_grad()
+def sae_logits(
+    model: Any, sae: SparseAutoencoder, tokens: Tensor, edits: Sequence[tuple[int, int, float]]
+) -> Tensor:
+    """Last-position logits [vocab] of the real model with SAE features set: each edit
+    (pos, feature, value) adds (value - a) * W_dec[feature] at the SAE's hook and position, a
+    being the feature's activation there in this run."""
+    lean = as_lean(model)
+    n = int(tokens.shape[-1])
+    hook = sae.cfg.hook_name
+    if hook not in lean.hook_names():
+        raise GraphError(f"the SAE's hook {hook!r} is not a hook of this model")
+    for p, f, _ in edits:
+        if not -n <= p < n or not 0 <= f < sae.d_sae:
+            raise GraphError(
+                f"SAE edit ({p}, {f}): position or feature out of range ({n} tokens, "
+                f"d_sae = {sae.d_sae})"
+            )
+
+    def edit(x: Tensor) -> Tensor:
+        codes = sae.encode(x[0])
+        x = x.clone()
+        for p, f, v in edits:
+            x[0, p] += (v - codes[p, f]) * sae.W_dec[f].to(x)
+        return x
+
+    return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks={hook: edit})[0, -1]
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import GraphError
+from mechscope.models.components import NormParams
 from mechscope.models.lean import LeanModel
 from mechscope.sae.transcoder import Transcoder, check_transcoder_fits, mlp_input
 
@@ -90,12 +91,12 @@ def _scale(lean: LeanModel, x: Tensor) -> Tensor:
     return (x.pow(2).mean(-1, keepdim=True) + lean.norm.eps).sqrt()
 
 
-def frozen_norm(lean: LeanModel, x: Tensor, scale: Tensor, params: object) -> Tensor:
+def frozen_norm(lean: LeanModel, x: Tensor, scale: Tensor, params: NormParams) -> Tensor:
     """lean's norm of x [..., d] with its denominator frozen at scale [..., 1]; centring (LN),
     gain and bias stay live."""
     if lean.norm.kind == "LN":
         x = x - x.mean(-1, keepdim=True)
-    return lean.norm.affine(x / scale, params)  # type: ignore[arg-type]
+    return lean.norm.affine(x / scale, params)
 
 
 @torch.no_grad()
