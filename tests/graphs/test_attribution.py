@@ -228,3 +228,33 @@ def test_bundled_models(request, name: str) -> None:
     rows = list(range(g.n_features)) + [g.logit_index(i) for i in range(g.n_logits)]
     total = g.adjacency.double().sum(1) + g.bias
     torch.testing.assert_close(total[rows], g.values[rows], atol=2e-6 * scale, rtol=0)
+
+
+def test_feature_budget(model) -> None:
+    """max_feature_nodes keeps that many features; their rows are the full graph's rows with the
+    other features' columns dropped; a budget >= the active count gives the full graph."""
+    lean, tcs = model
+    tcs = _perturb_tc(tcs, seed=7)
+    full = attribute(lean, tcs, TOKS)
+    same = attribute(lean, tcs, TOKS, max_feature_nodes=10_000)
+    torch.testing.assert_close(same.adjacency, full.adjacency)
+    k = full.n_features // 3
+    g = attribute(lean, tcs, TOKS, max_feature_nodes=k, batch_size=4, update_interval=2)
+    assert g.n_features == k and g.meta["n_active"] == full.n_features
+    idx = [full.feature_index(*f) for f in g.active_features.tolist()]
+    assert idx == sorted(idx)
+    keep = idx + list(range(full.n_features, full.adjacency.shape[0]))
+    rows = idx + [full.logit_index(i) for i in range(full.n_logits)]
+    g_rows = list(range(k)) + [g.logit_index(i) for i in range(g.n_logits)]
+    torch.testing.assert_close(
+        g.adjacency[g_rows][:, : len(keep)], full.adjacency[rows][:, keep], atol=1e-7, rtol=1e-6
+    )
+    # the first pick is the feature with the largest direct influence on the logits
+    from mechscope.graphs.prune import normalize_rows
+
+    A = normalize_rows(full.adjacency)
+    w = torch.zeros(A.shape[0])
+    w[full.logit_index(0) :] = full.logit_probs
+    direct = (w @ A)[: full.n_features]
+    first = attribute(lean, tcs, TOKS, max_feature_nodes=1)
+    assert full.feature_index(*first.active_features[0].tolist()) == int(direct.argmax())

@@ -23,7 +23,7 @@ target node, one dot product per edge; the tests hold the two equal and the benc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,9 +211,21 @@ def _columns(
 
 
 def _assemble(
-    prompt: str, lean: LeanModel, s: _Setup, rows: Tensor, bias: Tensor, values: Tensor
+    prompt: str,
+    lean: LeanModel,
+    s: _Setup,
+    rows: Tensor,
+    bias: Tensor,
+    values: Tensor,
+    selected: Tensor | None = None,
 ) -> AttributionGraph:
-    n_feat, n_src = len(s.feats), rows.shape[1]
+    """The graph from target rows [selected features + logits, all sources]; without
+    `selected` every active feature is a node, else only those (others' columns dropped)."""
+    n_active = len(s.feats)
+    sel = torch.arange(n_active) if selected is None else selected.cpu()
+    cols = torch.cat([sel, torch.arange(n_active, rows.shape[1])]).to(rows.device)
+    rows = rows[:, cols]
+    n_feat, n_src = len(sel), rows.shape[1]
     n_log = len(s.logit_ids)
     N = n_src + n_log
     adj = torch.zeros(N, N, dtype=torch.float32)
@@ -234,15 +246,15 @@ def _assemble(
         prompt=prompt,
         tokens=toks,
         token_strs=text(toks.tolist()),
-        active_features=s.feats,
-        activation_values=s.acts.float().cpu(),
+        active_features=s.feats[sel],
+        activation_values=s.acts[sel.to(s.acts.device)].float().cpu(),
         logit_tokens=s.logit_ids,
         logit_probs=s.logit_probs,
         adjacency=adj,
         bias=full_bias,
         values=full_vals,
         n_layers=lean.n_layers,
-        meta={"logit_strs": text(s.logit_ids.tolist())},
+        meta={"logit_strs": text(s.logit_ids.tolist()), "n_active": n_active},
     )
 
 
@@ -261,6 +273,8 @@ def attribute(
     desired_logit_prob: float = 0.95,
     n_excluded: int = 1,
     max_bytes: int = 8 * 2**30,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
 ) -> AttributionGraph:
     """The attribution graph of one prompt, tokens [pos] (BOS included), in batches of
     `batch_size` target rows (vectorised vector-Jacobian products).
@@ -268,15 +282,21 @@ def attribute(
     transcoders: one per layer 0..L-1, on the model's device and dtype.
     n_excluded: leading positions whose features and errors are left out (the BOS sink).
     max_bytes: refuse (GraphError, with the estimate) a graph whose dense matrices need more.
+    max_feature_nodes: keep at most this many features (None: all): after the logit rows, the
+        most influential unvisited features (through the rows so far) are computed
+        update_interval * batch_size at a time, as circuit-tracer does; the others' columns are
+        dropped (not moved into the errors), so completeness then holds only with all features.
     """
     lean = as_lean(model)
     s = setup(lean, transcoders, tokens, max_n_logits, desired_logit_prob, n_excluded)
-    need = graph_bytes(len(s.feats), lean.n_layers, s.fz.n_pos, len(s.logit_ids))
+    n_nodes = len(s.feats) if max_feature_nodes is None else min(len(s.feats), max_feature_nodes)
+    need = graph_bytes(n_nodes, lean.n_layers, s.fz.n_pos, len(s.logit_ids))
     if need > max_bytes:
         raise GraphError(
-            f"the graph of this prompt has {len(s.feats)} active features; its matrices need "
-            f"about {need / 2**30:.3g} GiB, over max_bytes = {max_bytes / 2**30:.3g} GiB: shorten "
-            "the prompt, use sparser transcoders or raise max_bytes (--max-gb)"
+            f"the graph of this prompt has {n_nodes} feature nodes ({len(s.feats)} active); its "
+            f"matrices need about {need / 2**30:.3g} GiB, over max_bytes = "
+            f"{max_bytes / 2**30:.3g} GiB: keep fewer features (max_feature_nodes, "
+            "--max-feature-nodes), shorten the prompt or raise max_bytes (--max-gb)"
         )
     targets = _targets(s, transcoders)
     L, n, d = s.writes.shape
@@ -288,20 +308,68 @@ def attribute(
         (ins, final), vjp, *_ = torch.func.vjp(fn, s.embed, s.writes)
         ins0, final0 = fn(torch.zeros_like(s.embed), torch.zeros_like(s.writes))
         values, bias = _read(targets, ins, final), _read(targets, ins0, final0)
-        rows = []
         batched = torch.func.vmap(vjp)
-        for start in range(0, len(targets), batch_size):
-            chunk = targets[start : start + batch_size]
-            ct_in = ins.new_zeros(len(chunk), L, n, d)
-            ct_final = final.new_zeros(len(chunk), d)
-            for b, (l, p, v) in enumerate(chunk):
-                if l == L:
-                    ct_final[b] = v
-                else:
-                    ct_in[b, l, p] = v
-            g_embed, g_writes = batched((ct_in, ct_final))
-            rows.append(_columns(s, transcoders, g_embed, g_writes))
-    return _assemble(prompt, lean, s, torch.cat(rows), bias, values)
+
+        def rows_of(idx: Sequence[int]) -> Tensor:
+            """Rows [len(idx), n_src] of targets idx, batch_size at a time."""
+            out = []
+            for start in range(0, len(idx), batch_size):
+                chunk = [targets[i] for i in idx[start : start + batch_size]]
+                ct_in = ins.new_zeros(len(chunk), L, n, d)
+                ct_final = final.new_zeros(len(chunk), d)
+                for b, (l, p, v) in enumerate(chunk):
+                    if l == L:
+                        ct_final[b] = v
+                    else:
+                        ct_in[b, l, p] = v
+                g_embed, g_writes = batched((ct_in, ct_final))
+                out.append(_columns(s, transcoders, g_embed, g_writes))
+            return torch.cat(out)
+
+        n_feat = len(s.feats)
+        logit_idx = list(range(n_feat, len(targets)))
+        if max_feature_nodes is None or max_feature_nodes >= n_feat:
+            return _assemble(prompt, lean, s, rows_of(range(len(targets))), bias, values)
+        logit_rows = rows_of(logit_idx)
+        step = update_interval * batch_size
+        selected, feat_rows = _budget(s, rows_of, logit_rows, max_feature_nodes, step)
+        rows = torch.cat([feat_rows, logit_rows])
+        keep = selected + logit_idx
+    return _assemble(
+        prompt, lean, s, rows, bias[keep], values[keep], torch.tensor(selected, dtype=torch.long)
+    )
+
+
+def _budget(
+    s: _Setup,
+    rows_of: Callable[[Sequence[int]], Tensor],
+    logit_rows: Tensor,
+    budget: int,
+    step: int,
+) -> tuple[list[int], Tensor]:
+    """(the `budget` features kept, sorted; their rows [budget, n_src]), chosen as
+    circuit-tracer does: repeatedly rank the unvisited features by their influence on the logits
+    through the rows computed so far (|rows| row-normalised, influence = w (A + A^2 + ...)) and
+    compute the next `step` of them."""
+    from mechscope.graphs.prune import influence, normalize_rows
+
+    n_feat, n_logits, n_src = len(s.feats), logit_rows.shape[0], logit_rows.shape[1]
+    A = torch.zeros(n_src + n_logits, n_src + n_logits)
+    A[n_src:, :n_src] = logit_rows.float().cpu()
+    w = torch.zeros(A.shape[0])
+    w[n_src:] = s.logit_probs.float()
+    done: list[int] = []
+    rows: dict[int, Tensor] = {}
+    while len(done) < budget:
+        infl = influence(normalize_rows(A), w)[:n_feat]
+        infl[done] = -1.0
+        nxt = infl.argsort(descending=True)[: min(step, budget - len(done))].tolist()
+        new = rows_of(nxt)
+        A[nxt, :n_src] = new.float().cpu()
+        rows.update(zip(nxt, new, strict=True))
+        done += nxt
+    done.sort()
+    return done, torch.stack([rows[i] for i in done])
 
 
 def attribute_literal(

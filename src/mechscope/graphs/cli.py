@@ -37,6 +37,10 @@ def graph_command(
     logit_prob: Annotated[float, typer.Option(help="logit nodes up to this probability")] = 0.95,
     batch_size: Annotated[int, typer.Option(help="target rows per backward pass")] = 256,
     max_gb: Annotated[float, typer.Option(help="refuse graphs whose matrices need more")] = 8.0,
+    max_feature_nodes: Annotated[
+        int | None,
+        typer.Option(help="keep at most this many features, the most influential (all if unset)"),
+    ] = None,
     slug: Annotated[str, typer.Option(help="the graph's slug in the JSON")] = "graph",
     edit: Annotated[
         list[str] | None,
@@ -77,6 +81,7 @@ def graph_command(
             max_n_logits=max_logits,
             desired_logit_prob=logit_prob,
             max_bytes=int(max_gb * 2**30),
+            max_feature_nodes=max_feature_nodes,
         )
         pr = prune(
             g.adjacency, g.logit_probs, g.n_features, g.n_pos, node_threshold, edge_threshold
@@ -90,7 +95,8 @@ def graph_command(
         fail(str(e))
     kept = int(pr.node_mask.sum())
     console.print(
-        f"{g.n_pos} tokens, {g.n_features} active features, {g.n_logits} logits "
+        f"{g.n_pos} tokens, {g.meta['n_active']} active features ({g.n_features} kept), "
+        f"{g.n_logits} logits "
         f"(top: {g.meta['logit_strs'][0]!r} p={float(g.logit_probs[0]):.3f}); "
         f"{int((g.adjacency != 0).sum())} edges; kept {kept} nodes and "
         f"{int(pr.edge_mask.sum())} edges ({seconds:.2f} s)"
