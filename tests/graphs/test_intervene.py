@@ -84,7 +84,7 @@ def test_sae_edits(model) -> None:
     cache: dict = {}
     lean.forward(TOKS[None], cache=cache)
     x = cache[hook][0]
-    a = sae.encode(x)
+    a = sae.encode(x).detach()
     p, f = (a[1:] > 0).nonzero()[0].tolist()
     p += 1
     real = lean.forward(TOKS[None])[0, -1]
