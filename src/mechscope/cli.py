@@ -37,6 +37,7 @@ from mechscope.cli_common import (
 from mechscope.directions.cli import directions_app
 from mechscope.evolution.cli import evolution_app
 from mechscope.files import check_writable_dir, check_writable_file, write_json
+from mechscope.graphs.cli import graph_command
 from mechscope.models.placement import Placement
 from mechscope.patching.cli import patch_command
 from mechscope.regions.cli import regions_app
@@ -69,6 +70,7 @@ app.command("patch")(patch_command)
 app.command("acdc")(acdc_command)
 app.command("demo")(demo_command)
 app.command("sweep")(sweep_command)
+app.command("graph")(graph_command)
 app.command("steer")(steer_command)
 
 

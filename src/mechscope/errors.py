@@ -77,3 +77,8 @@ class OptionError(MechscopeError):
 class SteeringError(MechscopeError):
     """An intervention (hook, SAE, feature, direction, positions) or generation request that does
     not fit the model (with what to do instead)."""
+
+
+class GraphError(MechscopeError):
+    """A prompt, transcoder set, feature or graph file that attribution graphs cannot use (with
+    what to do instead)."""

@@ -13,7 +13,7 @@ mechscope sae list
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,6 +31,9 @@ from mechscope.cli_common import (
 from mechscope.errors import OptionError, SAEError
 from mechscope.files import check_writable_dir
 from mechscope.models.placement import Placement
+
+if TYPE_CHECKING:
+    from mechscope.sae.config import TrainConfig
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, evaluate, bundled SAEs.")
 
@@ -91,7 +94,17 @@ def _hooks(spec: str, n_layers: int) -> list[str]:
 
 @sae_app.command("train")
 def train_cmd(
-    hook: Annotated[str, typer.Option(help="hook name, e.g. blocks.0.hook_resid_post")],
+    hook: Annotated[
+        str,
+        typer.Option(
+            help="hook name, e.g. blocks.0.hook_resid_post (--kind transcoder: "
+            "blocks.L.ln2.hook_normalized, or 'all' for every layer)"
+        ),
+    ],
+    kind: Annotated[
+        str, typer.Option(help="sae, or transcoder (MLP input -> MLP output, local loss)")
+    ] = "sae",
+    skip: Annotated[bool, typer.Option(help="transcoders: add the linear skip term")] = False,
     model: Model = "code-2l",
     loss: Loss = "local",
     arch: Arch = "standard",
@@ -144,13 +157,49 @@ def train_cmd(
             dataset=dataset,
             dataset_column=column,
         )
+        if kind not in ("sae", "transcoder"):
+            raise SAEError(f"--kind must be sae or transcoder, got {kind!r}")
         bridge = load(model, None, Placement(device, device_map, dtype))
+        if kind == "transcoder":
+            _train_transcoders(cfg, bridge, hook, skip, out, eval_batches)
+            return
         check_hooks(bridge, [hook])
         acts = ActivationStore(store) if store is not None else None
         evals = sweep(cfg, out, model=bridge, n_eval_batches=eval_batches, store=acts)
     except (SAEError, ValueError) as e:
         fail(str(e))
     console.print(eval_table(evals))
+    console.print(f"saved under {out}")
+
+
+def _train_transcoders(
+    cfg: TrainConfig, bridge: object, hook: str, skip: bool, out: Path, n_eval: int
+) -> None:
+    """`sae train --kind transcoder`: one transcoder per layer of --hook, evaluated together."""
+    from mechscope.models.lean import as_lean
+    from mechscope.data.batches import eval_batches
+    from mechscope.sae.transcoder import layer_of, train_transcoder_set
+
+    n_layers = as_lean(bridge).n_layers
+    layers = list(range(n_layers)) if hook == "all" else [layer_of(h) for h in hook.split(",")]
+    ev = train_transcoder_set(
+        cfg,
+        bridge,
+        layers,
+        out,
+        skip=skip,
+        eval_tokens=eval_batches(bridge, n_eval),
+    )
+    assert ev is not None
+    for row in ev.layers:
+        console.print(
+            f"layer {row['layer']}: L0 {row['l0']:.1f}  explained variance "
+            f"{row['explained_variance']:.3f}  dead {row['dead_frac']:.1%}"
+        )
+    console.print(
+        f"every MLP replaced: CE {ev.ce_replaced:.4f} (model {ev.ce_orig:.4f}, MLPs zeroed "
+        f"{ev.ce_zero_abl:.4f}), CE recovered {ev.ce_recovered:.3f}, KL {ev.kl_replaced:.4f}"
+    )
     console.print(f"saved under {out}")
 
 
