@@ -176,8 +176,8 @@ def _train_transcoders(
     cfg: TrainConfig, bridge: object, hook: str, skip: bool, out: Path, n_eval: int
 ) -> None:
     """`sae train --kind transcoder`: one transcoder per layer of --hook, evaluated together."""
-    from mechscope.models.lean import as_lean
     from mechscope.data.batches import eval_batches
+    from mechscope.models.lean import as_lean
     from mechscope.sae.transcoder import layer_of, train_transcoder_set
 
     n_layers = as_lean(bridge).n_layers

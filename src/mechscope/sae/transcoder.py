@@ -30,18 +30,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mechscope.data.batches import source_batches
 from mechscope.errors import SAEError
 from mechscope.files import atomic_write, write_json
 from mechscope.metrics import kl_div
 from mechscope.models.lean import Hook, LeanModel, as_lean
-from mechscope.data.batches import source_batches
+from mechscope.progress import progress_bar
 from mechscope.sae.activations import collect_many, keep_mask, special_ids
 from mechscope.sae.config import Architecture, SAEConfig, TrainConfig
 from mechscope.sae.evaluate import _ce
 from mechscope.sae.losses import local_loss
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import _DTYPES, CFG_FILE, FORMAT_VERSION, WEIGHTS_FILE
-from mechscope.sae.train import TrainResult, lr_at, progress_bar
+from mechscope.sae.train import TrainResult, lr_at
 
 INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
 OUTPUT_HOOK = "blocks.{layer}.hook_mlp_out"
