@@ -41,11 +41,11 @@ def patch_command(
     from mechscope.models import ModelLoadError
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_patch
+    from mechscope.patching.grid import patch_task
     from mechscope.patching.metric import task_metric
     from mechscope.patching.plot import write_html
     from mechscope.patching.result import pearson
     from mechscope.patching.specs import PatchingError
-    from mechscope.patching.sweep import patch_task
     from mechscope.tasks import TaskError, make_task
 
     components = component or ["resid_pre", "z"]
