@@ -194,12 +194,13 @@ def main() -> None:
                         t_tl = time.perf_counter() - t0
                         assert theirs.shape == ours.values.shape, (theirs.shape, ours.values.shape)
                         diff = float((theirs - ours.values).abs().max())
+                tl = (lambda text: "-") if args.no_tl else (lambda text: text)
                 row = (
-                    name, component, str(ours.values.numel()), direction, f"{t_tl:.1f}",
+                    name, component, str(ours.values.numel()), direction, tl(f"{t_tl:.1f}"),
                     f"{t_ms:.2f}", *(f"{floor[k]:.2f}" for k in ("brute", "layers", "layers+pos")),
-                    f"{t_tl / t_ms:.1f}x",
+                    tl(f"{t_tl / t_ms:.1f}x"),
                     *(f"{t_ms / floor[k]:.2f}" for k in ("brute", "layers", "layers+pos")),
-                    f"{diff:.1e}",
+                    tl(f"{diff:.1e}"),
                 )  # fmt: skip
                 table.add_row(*row)
                 console.print(" | ".join(row))  # as it goes: a long run shows partial results
