@@ -14,11 +14,11 @@ run uses the shared `LeanModel` forward, stacking patch variants along the batch
 
 from mechscope.patching.attribution import attribution_patch, attribution_task
 from mechscope.patching.engine import DIRECTIONS, run_patches
+from mechscope.patching.grid import patch_sweep, patch_task, sweep_patches
 from mechscope.patching.metric import PatchMetric, batch_metric, task_metric
 from mechscope.patching.path import all_senders, path_patch
 from mechscope.patching.result import PatchResult, pearson
 from mechscope.patching.specs import COMPONENTS, Patch, PatchingError, Site, site
-from mechscope.patching.sweep import patch_sweep, patch_task, sweep_patches
 
 __all__ = [
     "COMPONENTS",

@@ -22,10 +22,10 @@ from torch import Tensor
 
 from mechscope.models.lean import as_lean
 from mechscope.patching.engine import baselines, make_runs
+from mechscope.patching.grid import Positions, sweep_patches
 from mechscope.patching.metric import PatchMetric, task_metric
 from mechscope.patching.result import PatchResult, position_labels
 from mechscope.patching.specs import PatchingError, check_component
-from mechscope.patching.sweep import Positions, sweep_patches
 from mechscope.tasks.base import Task
 
 

@@ -51,10 +51,10 @@ def patch_command(
     from mechscope.models.lean import as_lean
     from mechscope.patching.attribution import attribution_task
     from mechscope.patching.engine import DIRECTIONS
+    from mechscope.patching.grid import patch_task
     from mechscope.patching.plot import plot_result, write_html
     from mechscope.patching.result import pearson
     from mechscope.patching.specs import COMPONENTS
-    from mechscope.patching.sweep import patch_task
     from mechscope.tasks import TASKS, make_task
 
     components = component or ["resid_pre", "z"]

@@ -2,9 +2,11 @@
 
 A *variant* is one patched run: for some hooks, replace the activation where a boolean mask is set
 by a source value. Variants are stacked along the batch (variant-major: row v*B + b is prompt b of
-variant v), chunked to a memory budget, and each chunk starts at the earliest layer any of its
-patches touches (earlier layers are shared with the base run and read from its cache). Only the
-logit positions the metric reads are unembedded.
+variant v) and chunked to a memory budget. A variant of one component at one layer recomputes only
+what it can change: that layer from its first patched position on (the patch applied to the stacked
+batch as a tensor operation), then the later layers from that position on, reading earlier
+positions' keys and values from the base run (attention is causal). Only the logit positions the
+metric reads are unembedded.
 
 Directions (Heimersheim & Nanda 2024):
     denoising: run the corrupted prompts, patch in clean activations (is it sufficient?)
@@ -15,8 +17,9 @@ Directions (Heimersheim & Nanda 2024):
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +28,15 @@ from torch import Tensor
 
 from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.patching.metric import PatchMetric
-from mechscope.patching.specs import Layout, Patch, PatchingError, Site, validate_site
+from mechscope.patching.specs import (
+    COMPONENTS,
+    Layout,
+    Patch,
+    PatchingError,
+    Site,
+    check_component,
+    validate_site,
+)
 
 Direction = Literal["denoising", "noising", "zero", "mean"]
 DIRECTIONS: tuple[str, ...] = ("denoising", "noising", "zero", "mean")
@@ -70,9 +81,14 @@ class Runs:
 
 @torch.no_grad()
 def make_runs(
-    lean: LeanModel, clean_tokens: Tensor, corrupt_tokens: Tensor, direction: str
+    lean: LeanModel,
+    clean_tokens: Tensor,
+    corrupt_tokens: Tensor,
+    direction: str,
+    hooks: Collection[str] | None = None,
 ) -> Runs:
-    """Run and cache the base (and source) prompts of `direction`."""
+    """Run and cache the base (and source) prompts of `direction`; hooks: cache only these
+    activations (`sweep_hooks` lists what a sweep reads), None: every one."""
     check_tokens(clean_tokens, corrupt_tokens)
     if direction not in DIRECTIONS:
         raise PatchingError(f"Unknown direction {direction!r}; choose one of {DIRECTIONS}.")
@@ -81,9 +97,20 @@ def make_runs(
         if direction == "denoising"
         else (clean_tokens, corrupt_tokens)
     )
-    _, base_cache = lean.run_with_cache(base)
-    source_cache = lean.run_with_cache(src)[1] if direction in ("denoising", "noising") else None
-    return Runs(direction, base, base_cache, source_cache)
+
+    def cached(tokens: Tensor) -> dict[str, Tensor]:
+        if hooks is None:
+            return lean.run_with_cache(tokens)[1]
+        cache: dict[str, Tensor] = {}
+
+        def keep(name: str) -> Hook:
+            return lambda x: cache.__setitem__(name, x)
+
+        lean(tokens, {h: keep(h) for h in hooks}, logit_pos=(-1,))  # logits unused
+        return cache
+
+    source_cache = cached(src) if direction in ("denoising", "noising") else None
+    return Runs(direction, base, cached(base), source_cache)
 
 
 @torch.no_grad()
@@ -160,12 +187,48 @@ def _layer(hook: str) -> int:
     return int(hook.split(".")[1])
 
 
-def _row_bytes(lean: LeanModel, seq_len: int, n_logits: int) -> int:
-    """Rough peak bytes one prompt row costs in a layer (per-head copies dominate)."""
+_TEMPLATES = {template: c for c, (template, _) in COMPONENTS.items()}
+# activations every tensor sweep may read; views of tensors the forward makes anyway
+_CHEAP = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_z",
+    "attn.hook_pattern",
+)
+
+
+def _component(hook: str) -> str | None:
+    """The component of a hook ("z" for blocks.3.attn.hook_z); None for other hooks."""
+    return _TEMPLATES.get(re.sub(r"^blocks\.\d+\.", "blocks.{l}.", hook))
+
+
+def sweep_hooks(lean: LeanModel, component: str, layers: Sequence[int] | None = None) -> list[str]:
+    """The activations a sweep of `component` at `layers` (None: every layer) reads from the
+    base and source runs (give them to `make_runs`): the component's hook at those layers and
+    what the forward makes anyway (residual stream, queries, keys, values, patterns)."""
+    template, _ = check_component(component)
+    names = set(lean.hook_names())
+    every = [f"blocks.{l}.{x}" for l in range(lean.n_layers) for x in _CHEAP]
+    own = [template.format(l=l) for l in (range(lean.n_layers) if layers is None else layers)]
+    return [h for h in dict.fromkeys(every + own) if h in names]
+
+
+def _row_bytes(lean: LeanModel, n_pos: int, seq_len: int, n_logits: int) -> int:
+    """Rough peak bytes of one prompt row running positions seq_len - n_pos.. of every layer
+    (per-head copies and attention scores dominate; earlier positions' keys and values add on)."""
     d = lean.W_E.shape[1]
     d_mlp = lean.layers[0].W_in.shape[1] if lean.layers[0].W_in is not None else 0
     per_pos = 5 * lean.n_heads * d + 3 * lean.n_heads * seq_len + 2 * d_mlp + 8 * d
-    return 4 * (seq_len * per_pos + n_logits * lean.W_U.shape[1])
+    prefix = 2 * lean.n_layers * (seq_len - n_pos) * lean.n_kv_heads * lean.d_head
+    return 4 * (n_pos * per_pos + prefix + n_logits * lean.W_U.shape[1])
 
 
 def _stack_hook(variants: Sequence[Variant], hook: str) -> Hook:
@@ -188,54 +251,19 @@ def _stack_hook(variants: Sequence[Variant], hook: str) -> Hook:
     return hook_fn
 
 
-def _skip_to(lean: LeanModel, variant: Variant) -> int | None:
-    """The next layer, if the variant only changes what one layer adds to the residual stream.
-
-    A patch of z / result / attn_out (attention-only models), mlp_out or resid_post at layer l
-    changes blocks.{l+1}.hook_resid_pre by a computable delta (`_add_resid_delta`), so its run can
-    start there; layer n_layers means only the final LayerNorm and unembedding remain.
-    """
-    if len(variant) != 1:
-        return None
-    hook = next(iter(variant))
-    kind = hook.rsplit("hook_", 1)[1]
-    # attention writes straight into resid_post when no MLP reads it (attention-only or
-    # parallel blocks); per-head z / result add up unless a post-norm rescales their sum
-    attn_adds = lean.attn_only or lean.arch.parallel
-    heads_add = attn_adds and lean.head_decomposition is None
-    if kind in ("mlp_out", "resid_post") or (
-        (attn_adds and kind == "attn_out") or (heads_add and kind in ("z", "result"))
-    ):
-        return _layer(hook) + 1
-    return None
+def _first_pos(rep: Replacement) -> int:
+    """The earliest (destination) position a replacement patches."""
+    return int(rep.mask.nonzero()[:, 1 if rep.layout == "head_pos" else 0].min())
 
 
-def _first_pos(variant: Variant) -> int:
-    """The earliest position a skipping variant patches (causal: earlier ones stay as they were)."""
-    ((rep,),) = (variant.values(),)
-    return int(rep.mask.nonzero()[:, 0].min())
-
-
-def _add_resid_delta(
-    lean: LeanModel, diff: Tensor, hook: str, rep: Replacement, resid: Tensor, start_pos: int
-) -> None:
-    """Add to resid [batch, pos - start_pos, d_model] (positions start_pos..) the change `rep`
-    makes to the next layer's resid_pre.
-
-    diff: source - base activation at `hook` [batch, ...]; only the masked entries are read.
-    """
-    nz = rep.mask.nonzero()
-    pos = nz[:, 0]
-    if rep.layout == "pos":
-        resid.index_add_(1, (pos - start_pos).to(resid.device), diff[:, pos].to(resid.device))
-        return
-    heads = nz[:, 1]
-    picked = diff[:, pos, heads]  # [batch, k, d_head or d_model]
-    if hook.endswith("hook_z"):
-        W_O = lean.layers[_layer(hook)].W_O
-        picked = torch.einsum("bkd,kdm->bkm", picked.to(W_O.device), W_O[heads.to(W_O.device)])
-    # hook_result: per-head outputs add up
-    resid.index_add_(1, (pos - start_pos).to(resid.device), picked.to(resid.device))
+def _changes(runs: Runs, hook: str, rep: Replacement, memo: dict[tuple[str, int], Tensor]) -> bool:
+    """Whether `rep` changes anything: a source equal to the base run wherever the mask is set
+    (clean and corrupted prompts agree up to their first differing token) changes nothing."""
+    key = (hook, id(rep.source))
+    if key not in memo:
+        differs = (rep.source != runs.base_cache[hook]).any(0)
+        memo[key] = differs if rep.layout == "head_pos" else differs.any(-1)
+    return bool((memo[key] & rep.mask.to(memo[key].device)).any())
 
 
 def _prefix_kv(
@@ -255,10 +283,151 @@ def _rep(kv: tuple[Tensor, Tensor], n: int) -> tuple[Tensor, Tensor]:
     return kv[0].repeat(n, 1, 1, 1), kv[1].repeat(n, 1, 1, 1)
 
 
-def _start_resid(lean: LeanModel, runs: Runs, layer: int) -> Tensor:
-    if layer == lean.n_layers:
-        return runs.base_cache[f"blocks.{layer - 1}.hook_resid_post"]
-    return runs.base_cache[f"blocks.{layer}.hook_resid_pre"]
+@dataclass
+class _Chunk:
+    """Variants patching one component at one layer, none before position `start`.
+
+    reps: one replacement each (of hook_q / hook_k / hook_v for the q/k/v inputs, their sources
+    projected); sel: the query positions layer `layer` runs (absolute, [P]).
+    """
+
+    lean: LeanModel
+    runs: Runs
+    component: str
+    layer: int
+    start: int
+    reps: list[Replacement]
+    sel: Tensor
+
+    def patched(self, hook: str, sel: Tensor | None = None) -> Tensor:
+        """where(mask, source, base) at `hook` for every variant at positions `sel` (default:
+        self.sel): [n, batch, ...] like the activation at those positions."""
+        sel = self.sel if sel is None else sel
+        layout = self.reps[0].layout
+        axis = 1 if layout == "head_pos" else 0  # the (destination) position axis of a mask
+        dev = self.lean.layers[self.layer].device
+        mask = torch.stack([r.mask for r in self.reps]).to(dev).index_select(axis + 1, sel)
+        mask = mask[:, None] if layout == "head_pos" else mask[:, None, ..., None]
+        first = self.reps[0].source
+        if all(r.source is first for r in self.reps):
+            source = first.to(dev).index_select(axis + 1, sel)[None]
+        else:
+            source = torch.stack([r.source.to(dev).index_select(axis + 1, sel) for r in self.reps])
+        base = self.runs.base_cache[hook].to(dev).index_select(axis + 1, sel)
+        return torch.where(mask, source, base[None])
+
+    def base(self, name: str, sel: Tensor | None = None) -> Tensor:
+        """The base run's `blocks.{layer}.{name}` at positions `sel` (default self.sel)."""
+        dev = self.lean.layers[self.layer].device
+        x = self.runs.base_cache[f"blocks.{self.layer}.{name}"].to(dev)
+        return x.index_select(1, self.sel if sel is None else sel)
+
+    def finish(self, x: Tensor, letter: int, positions: Tensor) -> Tensor:
+        """Queries / keys [n, batch, pos, k, d_head] as attention reads them, flattened to
+        [n * batch, ...]."""
+        x = x.flatten(0, 1)
+        w = self.lean.layers[self.layer]
+        if self.lean.rotary or w.q_norm is not None:
+            x = self.lean._finish_qk(self.layer, x, letter, positions)
+        return x
+
+    def attention(self) -> Tensor:
+        """Head outputs z [n, batch, P, H, d_head] with the patched queries, keys or values."""
+        lean, l, n = self.lean, self.layer, len(self.reps)
+        dev = lean.layers[l].device
+        T = self.runs.base_tokens.shape[1]
+        after = torch.arange(self.start, T, device=dev)
+        letter = "qkv".index(self.component)
+        hook = f"blocks.{l}.attn.hook_{self.component}"
+        if letter == 0:
+            q = self.finish(self.patched(hook), 0, self.sel)
+        elif lean.rotary:
+            q = self.base("attn.hook_rot_q").repeat(n, 1, 1, 1)
+        else:
+            q = self.finish(self.base("attn.hook_q")[None], 0, self.sel).repeat(n, 1, 1, 1)
+        k = self.base(lean.key_hook(l).split(".", 2)[2], torch.arange(T, device=dev))
+        v = self.base("attn.hook_v", torch.arange(T, device=dev))
+        if letter == 1:
+            new = self.finish(self.patched(hook, after), 1, after)
+            k = torch.cat([k[:, : self.start].repeat(n, 1, 1, 1), new], 1)
+        else:
+            k = k.repeat(n, 1, 1, 1)
+        if letter == 2:
+            new = self.patched(hook, after).flatten(0, 1)
+            v = torch.cat([v[:, : self.start].repeat(n, 1, 1, 1), new], 1)
+        else:
+            v = v.repeat(n, 1, 1, 1)
+        z = lean._attend(l, q, k, v, self.sel)
+        return z.view(n, -1, *z.shape[1:])
+
+    def pattern(self) -> Tensor:
+        """z [n, batch, P, H, d_head] from the patched attention pattern and the base values."""
+        T = self.runs.base_tokens.shape[1]
+        pattern = self.patched(f"blocks.{self.layer}.attn.hook_pattern")  # [n, b, H, P, T]
+        v = self.base("attn.hook_v", torch.arange(T, device=pattern.device))
+        v = v.repeat_interleave(self.lean.n_heads // v.shape[2], 2)
+        return torch.einsum("nbhqk,bkhd->nbqhd", pattern, v)
+
+    def resid(self) -> tuple[Tensor, int]:
+        """(residual stream [n * batch, P, d_model] at the start of a layer, that layer): the
+        patched layer's own input for resid_pre, else its output from the patch on."""
+        lean, l, c = self.lean, self.layer, self.component
+        w = lean.layers[l]
+        hook = COMPONENTS[c][0].format(l=l)
+        if c in ("resid_pre", "resid_post"):
+            return self.patched(hook).flatten(0, 1), l + (c == "resid_post")
+        pre = self.base("hook_resid_pre")
+        z = self.attention() if c in ("q", "k", "v") else None
+        z = self.pattern() if c == "pattern" else self.patched(hook) if c == "z" else z
+        attn = self.patched(hook).sum(-2) + w.b_O if c == "result" else None
+        if z is not None:
+            attn = z.flatten(-2) @ w.W_O.flatten(0, 1) + w.b_O
+        attn_out = self.patched(hook) if c == "attn_out" else None
+        if attn is not None:
+            attn_out = lean._post(w.ln1_post, attn)
+        mid = self.patched(hook) if c == "resid_mid" else None
+        if c == "mlp_out":
+            if lean.arch.parallel:  # pre + attn_out + mlp_out
+                post = pre + self.base("hook_attn_out") + self.patched(hook)
+            else:
+                post = self.base("hook_resid_mid") + self.patched(hook)
+        elif attn_out is not None and (lean.attn_only or lean.arch.parallel):
+            post = pre + attn_out if lean.attn_only else pre + attn_out + self.base("hook_mlp_out")
+        else:
+            mid = pre + attn_out if attn_out is not None else mid
+            assert mid is not None
+            post = mid + lean.mlp_out(l, mid)
+        return post.flatten(0, 1), l + 1
+
+    def logits(self, logit_pos: list[int]) -> Tensor:
+        """Logits [n * batch, len(logit_pos), vocab] of the patched runs at absolute positions."""
+        resid, layer = self.resid()
+        n, lean = len(self.reps), self.lean
+        if layer == lean.n_layers:
+            rows = [self.sel.tolist().index(p) for p in logit_pos]
+            return lean.unembed(resid[:, rows]).to(lean.device)
+        prefix = _prefix_kv(lean, self.runs, layer, self.start)
+        return lean(
+            self.runs.base_tokens.repeat(n, 1),
+            start_layer=layer,
+            resid=resid,
+            logit_pos=logit_pos,
+            start_pos=self.start,
+            prefix_kv=None if prefix is None else [kv and _rep(kv, n) for kv in prefix],
+        )
+
+
+def _projected(
+    lean: LeanModel, hook: str, rep: Replacement, memo: dict[tuple[str, int], Tensor]
+) -> tuple[str, Replacement]:
+    """A replacement of a per-head query / key / value input as one of the projection it feeds
+    (hook_q / hook_k / hook_v): the source projected by that head's weights."""
+    layer, x = _layer(hook), hook.rsplit("hook_", 1)[1][0]
+    key = (hook, id(rep.source))
+    if key not in memo:
+        heads = torch.arange(rep.source.shape[2])
+        memo[key] = lean.head_qkv(layer, rep.source, "qkv".index(x), heads)
+    return f"blocks.{layer}.attn.hook_{x}", Replacement(rep.mask, memo[key], rep.layout)
 
 
 @torch.no_grad()
@@ -271,57 +440,77 @@ def run_variants(
 ) -> Tensor:
     """Mean metric over prompts of each patched run: [n_variants].
 
-    Each variant starts at the earliest layer it can change (after the layer it patches, for
-    patches of what a layer adds to the residual stream) and, for those, at the earliest position
-    it patches (earlier positions keep their keys and values from the base run). Variants are
-    grouped by (layer, position), stacked along the batch and run in chunks whose estimated
-    activation memory stays under `memory_mb`.
+    A variant patching one component at one layer recomputes only what it can change: that
+    layer from its first patched position on, with the patch applied to the stacked batch as a
+    tensor operation, then the later layers from that position on (earlier positions keep the
+    base run's keys and values; attention is causal). Those variants are grouped by (layer,
+    first position, component), stacked along the batch (row v*B + b is prompt b of variant v)
+    and run in chunks whose estimated activation memory stays under `memory_mb`. A variant whose
+    source equals the base run wherever it patches, or that patches only positions after every
+    logit the metric reads, changes nothing and gets the base run's metric. Other variants (several
+    hooks, or hooks outside `COMPONENTS`) run hooked from their first layer.
     """
     batch, seq_len = runs.base_tokens.shape
-    n_logits = seq_len if metric.positions is None else len(metric.positions)
-    per_variant = batch * _row_bytes(lean, seq_len, n_logits)
-    chunk = max(1, int(memory_mb * 2**20 // per_variant))
-    first_logit = 0 if metric.positions is None else min(p % seq_len for p in metric.positions)
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    skips: list[bool] = []
-    for i, v in enumerate(variants):
-        skip = _skip_to(lean, v)
-        skips.append(skip is not None)
-        if skip is None:
-            groups[(min(_layer(h) for h in v), 0)].append(i)
-        else:
-            p = _first_pos(v)
-            groups[(skip, p if p <= first_logit and skip < lean.n_layers else 0)].append(i)
+    every = range(seq_len) if metric.positions is None else metric.positions
+    logit_pos = [p % seq_len for p in every]
+    prompt = torch.arange(batch)
     out = torch.empty(len(variants))
-    diffs: dict[tuple[str, int], Tensor] = {}  # (hook, id(source)) -> source - base
-    for (layer, p), idx in sorted(groups.items()):
-        resid0 = _start_resid(lean, runs, layer)[:, p:]
-        prefix = _prefix_kv(lean, runs, layer, p)
-        for start in range(0, len(idx), chunk):
-            ids = idx[start : start + chunk]
+    fast: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    hooked: dict[int, list[int]] = defaultdict(list)
+    unchanged: list[int] = []
+    differs: dict[tuple[str, int], Tensor] = {}
+    for i, v in enumerate(variants):
+        ((hook, rep),) = v.items() if len(v) == 1 else ((None, None),)
+        component = None if hook is None else _component(hook)
+        if component is None:
+            hooked[min(_layer(h) for h in v)].append(i)
+            continue
+        assert rep is not None and hook is not None
+        p = _first_pos(rep)
+        if p > max(logit_pos) or not _changes(runs, hook, rep, differs):
+            unchanged.append(i)
+        else:
+            fast[(_layer(hook), min(p, min(logit_pos)), component)].append(i)
+    if unchanged:
+        base = metric(lean(runs.base_tokens, logit_pos=metric.positions), prompt)
+        out[unchanged] = base.mean().to(out.device)
+    projections: dict[tuple[str, int], Tensor] = {}
+    for (layer, start, component), idx in sorted(fast.items()):
+        reps = []
+        for i in idx:
+            ((hook, rep),) = variants[i].items()
+            if component.endswith("_input"):
+                hook, rep = _projected(lean, hook, rep, projections)
+            reps.append(rep)
+        component = component.removesuffix("_input")
+        dev = lean.layers[layer].device
+        last = layer == lean.n_layers - 1 and component != "resid_pre"
+        sel = torch.tensor(logit_pos if last else range(start, seq_len), device=dev)
+        per_variant = batch * _row_bytes(lean, seq_len - start, seq_len, len(logit_pos))
+        chunk = max(1, int(memory_mb * 2**20 // per_variant))
+        for at in range(0, len(idx), chunk):
+            part = _Chunk(lean, runs, component, layer, start, reps[at : at + chunk], sel)
+            logits = part.logits(logit_pos)
+            values = metric(logits, prompt.repeat(len(part.reps)))
+            out[idx[at : at + chunk]] = values.view(-1, batch).mean(1).to(out.device)
+    for layer, idx in sorted(hooked.items()):
+        per_variant = batch * _row_bytes(lean, seq_len, seq_len, len(logit_pos))
+        chunk = max(1, int(memory_mb * 2**20 // per_variant))
+        resid0 = runs.base_cache[f"blocks.{layer}.hook_resid_pre"]
+        for at in range(0, len(idx), chunk):
+            ids = idx[at : at + chunk]
+            part_v = [variants[i] for i in ids]
+            hooks = {h: _stack_hook(part_v, h) for h in {h for v in part_v for h in v}}
             n = len(ids)
-            resid = resid0.repeat(n, 1, 1)
-            by_variant = resid.view(n, batch, *resid0.shape[1:])
-            hooked = [{} if skips[i] else variants[i] for i in ids]
-            for j, i in enumerate(ids):
-                if skips[i]:
-                    ((hook, rep),) = variants[i].items()
-                    key = (hook, id(rep.source))
-                    if key not in diffs:
-                        diffs[key] = rep.source - runs.base_cache[hook]
-                    _add_resid_delta(lean, diffs[key], hook, rep, by_variant[j], p)
-            hooks = {h: _stack_hook(hooked, h) for h in {h for v in hooked for h in v}}
             logits = lean(
                 runs.base_tokens.repeat(n, 1),
                 hooks,
                 start_layer=layer,
-                resid=resid,
+                resid=resid0.repeat(n, 1, 1),
                 logit_pos=metric.positions,
-                start_pos=p,
-                prefix_kv=None if prefix is None else [kv and _rep(kv, n) for kv in prefix],
             )
-            prompt = torch.arange(n * batch) % batch
-            out[ids] = metric(logits, prompt).view(n, batch).mean(1).to(out.device)
+            values = metric(logits, prompt.repeat(n))
+            out[ids] = values.view(n, batch).mean(1).to(out.device)
     return out
 
 

@@ -24,6 +24,7 @@ from mechscope.patching.engine import (
     baselines,
     make_runs,
     run_variants,
+    sweep_hooks,
     variants_from_patches,
 )
 from mechscope.patching.metric import PatchMetric, task_metric
@@ -99,7 +100,8 @@ def patch_sweep(
     Returns a PatchResult whose values have the sweep's axes, plus clean/corrupted baselines.
     """
     lean = as_lean(model)
-    runs = make_runs(lean, clean_tokens, corrupt_tokens, direction)
+    hooks = sweep_hooks(lean, component, layers)
+    runs = make_runs(lean, clean_tokens, corrupt_tokens, direction, hooks)
     n_heads = lean.heads_at(check_component(component)[0])  # key/value heads for k and v
     patches, axes, labels = sweep_patches(
         component, lean.n_layers, n_heads, clean_tokens.shape[1], positions, layers, heads
