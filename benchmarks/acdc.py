@@ -1,8 +1,13 @@
 """ACDC speed: mechscope (batched and sequential) vs auto-circuit, same search; EAP vs ACDC.
 
-    python benchmarks/acdc.py [--n 16] [--tau 0.01] [--model code-attn4] [--gqa-only]
+    OMP_NUM_THREADS=1 python benchmarks/acdc.py [--n 16] [--tau 0.01] [--model code-attn4]
+        [--repeats 2] [--quick] [--gqa-only]
 
 (On a shared machine, OMP_NUM_THREADS=1: two threads under contention slowed both sides 10-20x.)
+mechscope's `acdc` runs batched (up to 16 candidate edges per pass, the default) and sequential
+(`batch_size=1`, one edge per pass), alternately, `--repeats` times before auto-circuit's run and
+as many after it (the machine's load drifts; ratios are to the mean of those runs). `--quick`:
+8 prompts, one repeat, no `acdc_reference` on the first model (a few minutes in all).
 
 Last row: a grouped-query-attention model (a random Llama built by `save_toy`: 4 layers, d_model
 128, 8 query heads sharing 2 key/value heads, gated MLPs of 256, rotary positions), `acdc`
@@ -13,9 +18,10 @@ trained model.
 
 The same search on both sides: the bundled model, docstring prompts, resample ablation, KL at the
 last position, one tau, auto-circuit's graph (no q/k/v computation edges, one input node) and
-auto-circuit's edge order (it sorts edges by receiver layer; within a layer the order is Python
-set order, so its subprocess runs with PYTHONHASHSEED=0 and reports the order it used), and no
-skipping of disconnected receivers (auto-circuit tests every edge).
+auto-circuit's edge order (it sorts its edges by receiver layer, stably; they are a set of
+objects, iterated in memory order, so its script first puts them in a fixed pseudo-random order,
+by a hash of their names, the same in every process: receivers interleave within a layer), and
+no skipping of disconnected receivers (auto-circuit tests every edge).
 
 auto-circuit 1.0.1 needs transformer-lens 2.x, so it runs in its own virtual environment, in a
 subprocess, exchanging the model, prompts and circuits as files. If `.venv-autocircuit` is missing
@@ -46,6 +52,8 @@ AC_PYTHON = AC_VENV / "bin" / "python"
 
 AC_SCRIPT = r"""
 import json, sys, time, torch
+from hashlib import sha1
+from ordered_set import OrderedSet
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from auto_circuit.data import PromptDataLoader, PromptDataset
 from auto_circuit.prune_algos.ACDC import acdc_prune_scores
@@ -66,17 +74,24 @@ with torch.inference_mode():
     logits = model(clean)
 model = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True,
                         device=torch.device("cpu"))
+name = lambda e: f"{e.src.name}->{e.dest.name}"
+# its edges are a set of objects, iterated in memory order: a fixed pseudo-random order instead,
+# the same in every process (acdc_prune_scores sorts them by receiver layer, stably)
+model.edges = OrderedSet(sorted(model.edges, key=lambda e: sha1(name(e).encode()).hexdigest()))
 order = sorted(model.edges, key=lambda e: e.dest.layer, reverse=True)
+if sys.argv[3] == "order":  # the edge order only
+    out = {"order": [name(e) for e in order], "logits": logits.tolist()}
+    json.dump(out, open(sys.argv[2], "w"))
+    sys.exit()
 ans = [torch.tensor([0])] * len(clean)
 loader = PromptDataLoader(PromptDataset(clean, corrupt, ans, ans), seq_len=None, diverge_idx=0,
                           batch_size=len(clean), shuffle=False)
 t0 = time.perf_counter()
 scores = acdc_prune_scores(model, loader, None, tao_exps=[d["exp"]], tao_bases=[d["base"]])
 seconds = time.perf_counter() - t0
-name = lambda e: f"{e.src.name}->{e.dest.name}"
 kept = [name(e) for e in order if e.prune_score(scores) == float("inf")]
-json.dump({"order": [name(e) for e in order], "kept": kept, "seconds": seconds,
-           "logits": logits.tolist()}, open(sys.argv[2], "w"))
+json.dump({"order": [name(e) for e in order], "kept": kept, "seconds": seconds},
+          open(sys.argv[2], "w"))
 """
 
 
@@ -107,7 +122,7 @@ def _ac_name(name: str) -> str:
 def _export(lean, clean, corrupt, tau: float, path: Path) -> None:
     """The lean model's (processed) weights as a HookedTransformer state dict, plus prompts."""
     L = lean.n_layers
-    norm = "LN" if lean.normalized else None
+    norm = "LN" if lean.norm.kind else None
     d_model = lean.W_E.shape[1]
     cfg = dict(
         n_layers=L,
@@ -143,6 +158,12 @@ def _export(lean, clean, corrupt, tau: float, path: Path) -> None:
     )
 
 
+def _timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
 def gqa_row(n: int, tau: float) -> None:
     """Delta ACDC vs acdc_reference on a random grouped-query-attention Llama (docstring)."""
     import mechscope
@@ -170,18 +191,37 @@ def gqa_row(n: int, tau: float) -> None:
         f"GQA: toy llama (4 layers, 8 query / 2 key-value heads, MLPs), docstring x {n} prompts "
         f"({clean.shape[1]} tokens), tau={tau}, KL, resample; {Graph.from_model(lean).summary()}"
     )
-    t0 = time.perf_counter()
-    fast = acdc(lean, clean, corrupt, tau)
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = acdc_reference(lean, clean, corrupt, tau)
-    t_ref = time.perf_counter() - t0
+    fast, t_fast = _timed(acdc, lean, clean, corrupt, tau)
+    seq, t_seq = _timed(acdc, lean, clean, corrupt, tau, batch_size=1)
+    ref, t_ref = _timed(acdc_reference, lean, clean, corrupt, tau)
+    _, t_fast2 = _timed(acdc, lean, clean, corrupt, tau)
+    t_fast = (t_fast + t_fast2) / 2
+    same = torch.equal(fast.present, ref.present) and torch.equal(seq.present, ref.present)
     print(
-        f"GQA acdc (delta): {t_fast:7.1f} s, {fast.n_edges} edges kept, {fast.meta['edge_tests']} "
-        f"edge tests in {fast.meta['delta_passes']} delta passes; acdc_reference: {t_ref:7.1f} s, "
-        f"{ref.n_edges} edges kept; same circuit: {torch.equal(fast.present, ref.present)}; "
-        f"speed-up {t_ref / t_fast:.1f}x"
+        f"GQA acdc batched: {t_fast:7.1f} s (mean of 2), {fast.n_edges} edges kept, "
+        f"{fast.meta['edge_tests']} edge tests in {fast.meta['delta_passes']} delta passes; "
+        f"sequential: {t_seq:7.1f} s; acdc_reference: {t_ref:7.1f} s, {ref.n_edges} edges kept; "
+        f"same circuit: {same}; batched {t_ref / t_fast:.1f}x acdc_reference, "
+        f"{t_seq / t_fast:.2f}x sequential"
     )
+
+
+def _auto_circuit(lean, clean, corrupt, tau: float, what: str) -> dict:
+    """Run auto-circuit's script in its venv: what = "order" (its edge order and logits only)
+    or "acdc" (its ACDC, timed inside)."""
+    _ensure_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        _export(lean, clean, corrupt, tau, Path(tmp) / "in.pt")
+        files = [str(Path(tmp) / "in.pt"), str(Path(tmp) / "out.json")]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run([str(AC_PYTHON), "-c", AC_SCRIPT, *files, what], check=True, env=env)
+        out = json.loads((Path(tmp) / "out.json").read_text())
+    for key in ("order", "kept"):
+        if key in out:
+            out[key] = [
+                f"{_ac_name(a)}->{_ac_name(b)}" for a, b in (e.split("->") for e in out[key])
+            ]
+    return out
 
 
 def main() -> None:
@@ -190,8 +230,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--tau", type=float, default=0.01)
     p.add_argument("--skip-autocircuit", action="store_true")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each side before and after")
+    p.add_argument("--quick", action="store_true", help="8 prompts, 1 repeat, no acdc_reference")
     p.add_argument("--gqa-only", action="store_true", help="only the grouped-query-attention row")
     args = p.parse_args()
+    if args.quick:
+        args.n, args.repeats = 8, 1
     if args.gqa_only:
         gqa_row(args.n, args.tau)
         return
@@ -211,55 +255,57 @@ def main() -> None:
         f"KL, resample ablation; {graph.summary()}; torch threads {torch.get_num_threads()}"
     )
     order = None
-    ac = None
     if not args.skip_autocircuit:
-        _ensure_venv()
-        with tempfile.TemporaryDirectory() as tmp:
-            _export(lean, clean, corrupt, args.tau, Path(tmp) / "in.pt")
-            env = {**os.environ, "PYTHONHASHSEED": "0"}
-            subprocess.run(
-                [
-                    str(AC_PYTHON),
-                    "-c",
-                    AC_SCRIPT,
-                    str(Path(tmp) / "in.pt"),
-                    str(Path(tmp) / "out.json"),
-                ],
-                check=True,
-                env=env,
-            )
-            ac = json.loads((Path(tmp) / "out.json").read_text())
-        diff = (torch.tensor(ac["logits"]) - lean(clean)).abs().max().item()
+        first = _auto_circuit(lean, clean, corrupt, args.tau, "order")
+        diff = (torch.tensor(first["logits"]) - lean(clean)).abs().max().item()
         print(f"auto-circuit's model vs mechscope's: max |logit difference| {diff:.1e}")
-        order = [f"{_ac_name(a)}->{_ac_name(b)}" for a, b in (e.split("->") for e in ac["order"])]
+        order = first["order"]
     kw = dict(graph=graph, order=order, skip_disconnected=order is None)
-    t0 = time.perf_counter()
-    fast = acdc(lean, clean, corrupt, args.tau, **kw)
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = acdc_reference(lean, clean, corrupt, args.tau, **kw)
-    t_ref = time.perf_counter() - t0
-    metric = task_circuit_metric(task, "logit_diff")
-    t0 = time.perf_counter()
-    eap_scores(lean, clean, corrupt, metric, graph=graph)
-    t_eap = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"batched": [], "sequential": []}
+
+    def ours() -> tuple:
+        out = {}
+        for _ in range(args.repeats):
+            for name, bs in (("batched", 16), ("sequential", 1)):
+                out[name], t = _timed(acdc, lean, clean, corrupt, args.tau, batch_size=bs, **kw)
+                times[name].append(t)
+        return out["batched"], out["sequential"]
+
+    fast, seq = ours()
+    ac = None
+    if order is not None:
+        ac = _auto_circuit(lean, clean, corrupt, args.tau, "acdc")
+        ours()
+    t_fast = sum(times["batched"]) / len(times["batched"])
+    t_seq = sum(times["sequential"]) / len(times["sequential"])
+    spread = lambda xs: f"{min(xs):.1f}-{max(xs):.1f}"  # noqa: E731
     print(
-        f"mechscope acdc (delta):    {t_fast:7.1f} s, {fast.n_edges} edges kept, "
-        f"{fast.meta['edge_tests']} edge tests in {fast.meta['delta_passes']} delta passes"
+        f"mechscope acdc batched:     {t_fast:7.1f} s (mean of {len(times['batched'])}: "
+        f"{spread(times['batched'])}), {fast.n_edges} edges kept, {fast.meta['edge_tests']} edge "
+        f"tests in {fast.meta['delta_passes']} delta passes"
     )
     print(
-        f"mechscope acdc_reference:    {t_ref:7.1f} s, {ref.n_edges} edges kept; same circuit: "
-        f"{torch.equal(fast.present, ref.present)}; speed-up {t_ref / t_fast:.1f}x"
+        f"mechscope acdc sequential:  {t_seq:7.1f} s (mean of {len(times['sequential'])}: "
+        f"{spread(times['sequential'])}), {seq.n_edges} edges kept, same circuit as batched: "
+        f"{torch.equal(fast.present, seq.present)}; batched {t_seq / t_fast:.2f}x sequential"
     )
+    if not args.quick:
+        ref, t_ref = _timed(acdc_reference, lean, clean, corrupt, args.tau, **kw)
+        print(
+            f"mechscope acdc_reference:   {t_ref:7.1f} s, {ref.n_edges} edges kept; same circuit: "
+            f"{torch.equal(fast.present, ref.present)}; batched {t_ref / t_fast:.1f}x"
+        )
     if ac is not None:
-        mine = set(fast.edges)
-        theirs = {f"{_ac_name(a)}->{_ac_name(b)}" for a, b in (e.split("->") for e in ac["kept"])}
+        mine, theirs = set(fast.edges), set(ac["kept"])
         print(
             f"auto-circuit acdc_prune_scores: {ac['seconds']:7.1f} s, {len(theirs)} edges kept; "
             f"same circuit as mechscope: {mine == theirs} (only in mechscope "
             f"{sorted(mine - theirs)}, only in auto-circuit {sorted(theirs - mine)}); "
-            f"mechscope {ac['seconds'] / t_fast:.1f}x faster"
+            f"mechscope batched {ac['seconds'] / t_fast:.1f}x, sequential "
+            f"{ac['seconds'] / t_seq:.1f}x faster"
         )
+    metric = task_circuit_metric(task, "logit_diff")
+    _, t_eap = _timed(eap_scores, lean, clean, corrupt, metric, graph=graph)
     print(
         f"EAP (all {len(graph.edges)} edges scored): {t_eap:.2f} s = {t_eap / t_fast:.3f} of "
         f"batched ACDC's time"

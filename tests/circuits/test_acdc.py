@@ -16,7 +16,7 @@ from mechscope.tasks.base import Task
 
 @pytest.mark.parametrize("tau", [0.0, 0.003, 0.02, 0.1])
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
-@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("batch", [1, 3, 16])
 def test_fast_equals_reference(tiny, prompts, tau, ablation, batch):
     clean, corrupt = prompts
     corrupt = corrupt if ablation == "resample" else None

@@ -146,3 +146,54 @@ def test_a_layer_read_by_a_layer_computed_at_all_positions_stays_there(tiny3, ti
             without[e] = False
             ref = runner.logits(without[None], start_layer=0)[0]
             torch.testing.assert_close(trial.logits[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def _chain_walk(runner: CircuitRunner, seed: int) -> None:
+    """ACDC's order without skipping; wherever `chain_length` admits them, a chain trial of up to 9
+    next edges (receivers of one layer, interleaved) is held to the full forward of every
+    variant, and a random variant committed."""
+    state = DeltaCircuit(runner, resync_every=50)
+    g = torch.Generator().manual_seed(seed)
+    edges = [e for _, es in runner.graph.acdc_steps() for e in es]
+    perm = torch.randperm(len(edges), generator=g).tolist()
+    layer = [runner.graph.layer(runner.graph.edges[e].receiver) for e in edges]
+    edges = sorted(edges, key=lambda e: (-layer[edges.index(e)], perm[edges.index(e)]))
+    pos, n_chains = 0, 0
+    while pos < len(edges):
+        chain = [e for e in edges[pos : pos + 9] if bool(state.mask[e])]
+        chain = chain[: max(1, state.chain_length(chain))]
+        if len(chain) < 2:
+            trial = state.trial([chain]) if chain else None
+            if trial is not None and bool(torch.rand(1, generator=g) < 0.8):
+                state.commit(trial)
+            pos += 1
+            continue
+        n_chains += 1
+        trial = state.chain_trial(chain)
+        masks = state.mask.repeat(len(chain), 1)
+        for k in range(len(chain)):
+            masks[k, chain[: k + 1]] = False
+        torch.testing.assert_close(trial.logits, runner.logits(masks), atol=1e-5, rtol=1e-5)
+        i = int(torch.randint(len(chain), (1,), generator=g))
+        state.commit(trial, i)
+        ref = runner.logits(state.mask[None], start_layer=0)[0]
+        torch.testing.assert_close(state.logits, ref, atol=1e-5, rtol=1e-5)
+        pos += len(chain)
+    assert n_chains > 3
+    full = runner.logits(state.mask[None], start_layer=0)[0]
+    torch.testing.assert_close(state.logits, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dc", [True, False])
+def test_chain_trials_equal_the_full_forward(tiny, tiny_attn, prompts, dc):
+    for model in (tiny, tiny_attn):
+        graph = Graph.from_model(model, dc_edges=dc)
+        _chain_walk(CircuitRunner(model, graph, *prompts, logit_pos=(-1, 2)), seed=7)
+
+
+def test_chain_trials_equal_the_full_forward_on_gqa_and_parallel_models(
+    toy_lean, toy_family, toy_prompts
+):
+    lean = toy_lean(toy_family)
+    runner = CircuitRunner(lean, Graph.from_model(lean), *toy_prompts, logit_pos=(-1, 3))
+    _chain_walk(runner, seed=8)

@@ -10,9 +10,13 @@ order and patched.py for how a circuit is run.
 `acdc_reference` is that procedure literally: one full forward per tested edge. `acdc` gives the
 same circuit faster: a tested removal recomputes only the nodes downstream of the removed edge
 that read it through edges still present (delta.py), from the current circuit's cached
-activations, and the next `batch_size` tentative removals of a receiver share one such pass; a
-metric difference within `tie_tol` of tau is recomputed exactly as `acdc_reference` computes it,
-so float rounding cannot flip a decision.
+activations. Most tests remove their edge, so `acdc` tests the next k edges at once: variant j of
+one pass is the current circuit without candidates 1..j, and its metric minus variant j-1's is
+exactly the difference the sequential search compares with tau once it has removed 1..j-1. The
+removals stand up to the first candidate kept; the search resumes after it, and k adapts to the
+recent removal rate. A metric difference within `tie_tol` of tau is recomputed exactly as
+`acdc_reference` computes it, so float rounding cannot flip a decision. Both return each tested
+edge's metric difference as the circuit's `scores`.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def _finish(
     t0: float,
     n_tests: int,
 ) -> Circuit:
+    """The circuit `mask` with its metric values and run statistics (`scores` set by callers)."""
     circuit = Circuit(graph, mask.clone(), method, metric.name, ablation, tau=tau)
     circuit.meta.update(
         seconds=time.perf_counter() - t0,
@@ -183,6 +188,7 @@ def acdc_reference(
         return float(metric(runner.logits(m[None], start_layer=0))[0])
 
     cur, n_tests = ev(mask), 0
+    scores = torch.full((len(graph.edges),), float("nan"))
     bar, task = _progress(progress, tau, len(graph.edges))
     with bar:
         for alive, edges in steps:
@@ -196,12 +202,15 @@ def acdc_reference(
                 mask[e] = False
                 new = ev(mask)
                 n_tests += 1
+                scores[e] = new - cur
                 if new - cur < tau:
                     cur = new
                 else:
                     mask[e] = True
                 bar.update(task, advance=1, kept=int(mask.sum()) - _untested(bar, task, mask))
-    return _finish(runner, graph, mask, metric, "acdc-reference", ablation, tau, t0, n_tests)
+    c = _finish(runner, graph, mask, metric, "acdc-reference", ablation, tau, t0, n_tests)
+    c.scores = scores
+    return c
 
 
 def _chain(graph: Graph, edges: list[int]) -> list[int]:
@@ -239,7 +248,7 @@ def acdc(
     dc_edges: bool = True,
     order: Sequence[str] | None = None,
     skip_disconnected: bool = True,
-    batch_size: int = 8,
+    batch_size: int = 16,
     tie_tol: float = 1e-5,
     progress: bool = False,
     ablation_hooks: Mapping[str, Hook] | None = None,
@@ -247,13 +256,17 @@ def acdc(
     """ACDC: the circuit `acdc_reference` finds with the same arguments, faster.
 
     Each tested removal recomputes only the nodes it changes (delta.py), from the current
-    circuit's cached activations. batch_size: tentative removals evaluated together where the
-    last pass recomputed at most two nodes at every position (where changes spread further,
-    stacking costs as much as testing one by one): the next edges in test order into the same
-    receiver (or into receivers computed only at the metric's positions), variant i
-    assuming the i earlier ones removed (the usual outcome), within one receiver when skipping
-    disconnected receivers; the results are read in order up to the first edge kept, and the
-    search resumes after it.
+    circuit's cached activations. batch_size: the most candidate edges tested in one pass
+    (1: one edge per pass, the sequential search). Variant j of a pass removes candidates
+    1..j, so its metric minus variant j-1's (the current circuit's for j = 1) is what the
+    sequential search compares with tau after removing 1..j-1; the removals stand up to the
+    first candidate kept, and the search resumes after it. The width k doubles after a pass
+    that removed all its candidates, falls to the number removed before a keep and restarts at
+    1 in each layer. Candidates of one pass go into one receiver (or into receivers computed
+    only at the metric's positions, or into a last layer's inputs: `DeltaCircuit.chain_trial`),
+    within one step when skipping disconnected receivers, and k stays 1 where the last pass
+    recomputed more than two nodes at every position (there a pass of k variants costs about
+    k single ones).
     tie_tol: where the metric difference lies within tie_tol (+ tie_tol x |metric|) of tau,
     both sides are recomputed with acdc_reference's own full forward before deciding, so float
     rounding cannot flip a decision. Other arguments as there.
@@ -281,33 +294,39 @@ def acdc(
         return float(metric(runner.logits(m[None], start_layer=0))[0])
 
     cur, n_tests = float(metric(state.logits[None])[0]), 0
+    scores = torch.full((len(graph.edges),), float("nan"))
     bar, task = _progress(progress, tau, len(graph.edges))
     # the tests in order: (step, edge); a chain of tentative removals may run past the end of
     # a step unless skipping disconnected receivers (that check needs the step's start state)
     tests = [(si, e) for si, (_, edges) in enumerate(steps) for e in edges]
     step_end = {si: k + 1 for k, (si, _) in enumerate(tests)}
+    layer = [graph.layer(e.receiver) for e in graph.edges]
     pos, width = 0, 1
     with bar:
         while pos < len(tests):
             si, _ = tests[pos]
             alive, edges = steps[si]
-            if skip_disconnected and (pos == 0 or tests[pos - 1][0] != si):
-                width = 1  # a new receiver: its first test shows how far its changes spread
-                if alive is not None and not bool(mask[alive].any()):
-                    present = [e for e in edges if mask[e]]
-                    if present:
-                        state.commit(state.trial([present]))
-                        cur = float(metric(state.logits[None])[0])
-                    bar.update(task, advance=len(edges))
-                    pos = step_end[si]
-                    continue
+            new_step = pos == 0 or tests[pos - 1][0] != si
+            if new_step and (pos == 0 or layer[tests[pos - 1][1]] != layer[tests[pos][1]]):
+                width = 1  # a new layer: its first test shows how far its changes spread
+            if skip_disconnected and new_step and alive is not None and not mask[alive].any():
+                present = [e for e in edges if mask[e]]
+                if present:
+                    state.commit(state.trial([present]))
+                    cur = float(metric(state.logits[None])[0])
+                bar.update(task, advance=len(edges))
+                pos = step_end[si]
+                continue
             end = step_end[si] if skip_disconnected else len(tests)
-            chain = _chain(graph, [e for _, e in tests[pos : min(pos + width, end)]])
-            trial = state.trial([chain[: k + 1] for k in range(len(chain))])
+            candidates = [e for _, e in tests[pos : min(pos + width, end)]]
+            chain = _chain(graph, candidates)
+            fits = state.chain_length(candidates) if len(candidates) > len(chain) else 0
+            if fits > len(chain):  # several receivers of a last layer: versions (delta.py)
+                chain = candidates[:fits]
+                trial = state.chain_trial(chain)
+            else:
+                trial = state.trial([chain[: k + 1] for k in range(len(chain))])
             values = metric(trial.logits).tolist()
-            # stacking variants pays where a pass recomputes little at every position (a last-
-            # layer receiver, or later layers already pruned); a wide spread costs ~n x as much
-            width = batch_size if len(trial.outs) <= 2 else 1
             done, decided = -1, len(chain)  # last variant whose removals all stand
             for k, e in enumerate(chain):
                 before = cur if k == 0 else values[k - 1]
@@ -319,15 +338,25 @@ def acdc(
                     without = base.clone()
                     without[e] = False
                     delta = ev_exact(without) - ev_exact(base)
+                scores[e] = delta
                 if delta >= tau:  # kept: the later variants assumed otherwise
                     decided = k + 1
                     break
                 done = k
+            # stacking variants pays where a pass recomputes little at every position (a last-
+            # layer receiver, or later layers already pruned); a wide spread costs ~k x as much
+            if len(trial.outs) > 2:
+                width = 1
+            elif decided == len(chain) and done == decided - 1:  # all removed: look further
+                width = min(2 * width, batch_size)
+            else:  # a keep: as many as were removed before it
+                width = max(1, done + 1)
             if done >= 0:
                 state.commit(trial, done)
                 cur = values[done]
             pos += decided
             bar.update(task, advance=decided, kept=int(mask.sum()) - _untested(bar, task, mask))
     c = _finish(runner, graph, mask, metric, "acdc", ablation, tau, t0, n_tests)
-    c.meta.update(delta_passes=state.n_trials)
+    c.scores = scores
+    c.meta.update(delta_passes=state.n_trials, batch_size=batch_size)
     return c

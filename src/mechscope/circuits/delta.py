@@ -17,6 +17,7 @@ to float32 rounding, which a test checks over long random walks of commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +43,7 @@ class Trial:
     qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
     # (layer, letter) -> (query heads [k], the new q/k/v they read [n, batch, pos, k, d_head]);
     # at-position layers' queries only at the logit positions
+    chain: dict[str, Any] | None = None  # `DeltaCircuit.chain_trial`'s versions (see there)
 
 
 class DeltaCircuit:
@@ -340,9 +342,153 @@ class DeltaCircuit:
             t.logits = self._logits(new_rows([last])[:, 0], t.outs, t.outs_pos)
         return t
 
+    def chain_length(self, edges: list[int]) -> int:
+        """How many leading `edges` `chain_trial` can test together: residual edges into the
+        q/k/v or MLP inputs of one layer computed only at the logit positions, whose heads and
+        MLP feed nothing but the logits (and that MLP): the last layer, or one whose later
+        readers are pruned. 0 when the first cannot be."""
+        g = self.g
+        if not edges or edges[0] >= g.n_add:
+            return 0
+        l = int(g.add_receiver[edges[0]]) // self.per_rcv
+        if l >= self.L or not self.at_pos[l]:
+            return 0
+        s0, rm, last = self._sender(l, 0), self._receiver(l, 3, 0), len(g.receivers) - 1
+        readers = self.K[:, s0 : s0 + self.per_layer].any(1).nonzero().flatten().tolist()
+        allowed = {last, rm} if g.has_mlp else {last}
+        if not set(readers) <= allowed or (g.has_mlp and bool(self.K[:last, s0 + self.H].any())):
+            return 0
+        n = 0
+        for e in edges:
+            if e >= g.n_add or int(g.add_receiver[e]) // self.per_rcv != l:
+                break
+            n += 1
+        return n
+
+    @torch.no_grad()
+    def chain_trial(self, chain: list[int]) -> Trial:
+        """The variants "current circuit without chain[:j + 1]" (j < len(chain)) of edges
+        `chain_length` admits, computing each changed node once per change instead of once per
+        variant: candidate j changes its receiver's input, so the q/k/v it feeds and the heads
+        reading that once; variant j reads, for each head, its latest version up to j. Heads of
+        one layer add into the logits (and the layer's MLP), so each variant's logit input is the
+        stored one plus its heads' changes, and the MLP is recomputed at the logit positions."""
+        g, n, H, B, P = self.g, len(chain), self.H, self.B, self.P
+        npos, dev = len(self.pos), self.device
+        self.n_trials += 1
+        rcv = [int(g.add_receiver[e]) for e in chain]
+        snd = [int(g.add_sender[e]) for e in chain]
+        l = rcv[0] // self.per_rcv
+        r0, rm, last = self._receiver(l, 0, 0), self._receiver(l, 3, 0), len(g.receivers) - 1
+        # per letter: the new versions (chain position, receiver) of its inputs, in chain order
+        versions: list[list[tuple[int, int]]] = [[], [], []]
+        latest: list[dict[int, int]] = [{}, {}, {}]  # letter -> query head -> version
+        pairs: list[tuple[int, int, int, int, int]] = []  # (j, head, q, k, v version; -1 stored)
+        for j, r in enumerate(rcv):
+            if r == rm:
+                continue
+            i = r - r0
+            letter = 0 if i < self.offset[1] else 1 if i < self.offset[2] else 2
+            ix = i - self.offset[letter]  # the q (k, v) input's index
+            versions[letter].append((j, r))
+            heads = [ix] if letter == 0 else range(ix * g.group, (ix + 1) * g.group)
+            for h in heads:
+                latest[letter][h] = len(versions[letter]) - 1
+                qv, kv, vv = (latest[x].get(h, -1) for x in range(3))
+                pairs.append((j, h, qv, kv, vv))
+        removed = torch.zeros(n, len(g.receivers), len(g.senders), device=dev)
+        for j, (r, u) in enumerate(zip(rcv, snd, strict=True)):
+            removed[j:, r, u] = 1.0  # variant j and later lack edge j
+        new: list[Tensor | None] = [None, None, None]  # per letter [B, p, versions, d_head]
+        ins: list[Tensor | None] = [None, None, None]  # new k/v inputs [versions, B*P*d]
+        for x, vs in enumerate(versions):
+            if not vs:
+                continue
+            js, rs = [j for j, _ in vs], [r for _, r in vs]
+            rows = self.K[rs] - removed[js, rs]  # [versions, U]
+            if x == 0:  # queries: at the logit positions, from scratch
+                inp = self._ablated_in_at_pos(l, 0) + rows @ self.Dp
+                p = npos
+            else:  # keys, values: the stored input minus the removed terms
+                us = sorted({snd[j] for j in range(n) if rcv[j] in rs})
+                inp = self.IN[rs] - removed[js, rs][:, us] @ self.D[us]
+                ins[x], p = inp, P
+            inputs = torch.tensor([r - r0 - self.offset[x] for r in rs], device=dev)
+            xin = inp.view(len(rs), B, p, -1).permute(1, 2, 0, 3)
+            new[x] = self.lean.head_qkv(l, xin, x, inputs)
+        hp = torch.tensor([h for _, h, *_ in pairs], dtype=torch.long, device=dev)
+        qkv: list[Tensor] = []
+        for x in range(3):
+            stored = self.q_pos[l] if x == 0 else self.qkv[l, x]  # per query head, after dc
+            nx = new[x]
+            table = stored if nx is None else torch.cat([stored, nx], 2)
+            # a pair reads the stored q/k/v of its head or a new version (after the stored ones)
+            at = torch.tensor([p[1] if p[2 + x] < 0 else H + p[2 + x] for p in pairs], device=dev)
+            abl = self.runner.ablated_qkv[l][x]
+            abl = (abl[:, self.pos] if x == 0 else abl)[:, :, hp]
+            present = self.dc[l, x, hp].view(1, 1, -1, 1)
+            qkv.append(torch.where(present, table[:, :, at], abl))
+        res = self.lean.head_results(l, qkv[0], qkv[1], qkv[2], hp, q_pos=self.pos)
+        s_pairs = self.n_in + l * self.per_layer + hp
+        outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - self.Ap[s_pairs]  # new a - A
+        deltas = outs - self.Dp[s_pairs]
+        # each variant's latest version per head: weights [n, pairs] of the deltas
+        pick = torch.zeros(n, len(pairs), device=dev)
+        last_pair: dict[int, int] = {}
+        k = 0
+        for j in range(n):
+            while k < len(pairs) and pairs[k][0] == j:
+                last_pair[pairs[k][1]] = k
+                k += 1
+            pick[j, list(last_pair.values())] = 1.0
+        sp = s_pairs.tolist()
+
+        def new_input(r: int, ain: Tensor) -> Tensor:
+            rows = self.K[r] - removed[:, r]  # [n, U]
+            return ain + rows @ self.Dp + (pick * rows[:, sp]) @ deltas
+
+        x_logits = new_input(last, self.ain_logits)
+        mlp = None
+        if g.has_mlp and (rm in rcv or bool(self.K[rm, sp].any())):
+            sm = self._sender(l, H)
+            xm = new_input(rm, self._ablated_in_at_pos(l, 3)).view(n * B, npos, -1)
+            mlp = self.lean.mlp_out(l, xm).reshape(n, -1) - self.Ap[sm]
+            x_logits = x_logits + self.K[last, sm] * (mlp - self.Dp[sm])
+        logits = self.lean.unembed(x_logits.view(n, B, npos, -1))
+        t = Trial([chain[: j + 1] for j in range(n)], logits)
+        t.chain = dict(
+            layer=l, versions=versions, ins=ins, pairs=pairs, qkv=qkv, outs=outs, mlp=mlp
+        )
+        return t
+
+    def _commit_chain(self, t: Trial, i: int) -> None:
+        """The state of variant i of a `chain_trial`."""
+        c = t.chain
+        assert c is not None
+        l = c["layer"]
+        for e in t.edge_sets[i]:
+            self.K[int(self.g.add_receiver[e]), int(self.g.add_sender[e])] = 0.0
+        for x in (1, 2):
+            for v, (j, r) in enumerate(c["versions"][x]):
+                if j <= i:
+                    self.IN[r] = c["ins"][x][v]
+        for p, (j, h, *_) in enumerate(c["pairs"]):
+            if j <= i:
+                self.q_pos[l][:, :, h] = c["qkv"][0][:, :, p]
+                self.qkv[l, 1][:, :, h] = c["qkv"][1][:, :, p]
+                self.qkv[l, 2][:, :, h] = c["qkv"][2][:, :, p]
+                self.Dp[self._sender(l, h)] = c["outs"][p]
+        if c["mlp"] is not None:
+            self.Dp[self._sender(l, self.H)] = c["mlp"][i]
+
     @torch.no_grad()
     def commit(self, t: Trial, i: int = 0) -> None:
         """Make variant i of trial `t` (of the current circuit) the current circuit."""
+        if t.chain is not None:
+            self._commit_chain(t, i)
+            self.mask[t.edge_sets[i]] = False
+            self._after_commit(t.logits[i])
+            return
         self.mask[t.edge_sets[i]] = False
         for r, rows in t.rows.items():
             self.K[r] = rows[i]
@@ -362,7 +508,10 @@ class DeltaCircuit:
                 self.q_pos[l][:, :, hs] = val[i]
             else:
                 self.qkv[l, j][:, :, hs] = val[i]
-        self.logits = t.logits[i].clone()
+        self._after_commit(t.logits[i])
+
+    def _after_commit(self, logits: Tensor) -> None:
+        self.logits = logits.clone()
         self.n_commits += 1
         if self.n_commits % self.resync_every == 0:
             self.logits = self._full()

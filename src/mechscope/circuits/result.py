@@ -51,7 +51,8 @@ class Circuit:
     """A circuit: `present` [n_edges] (True = kept) over `graph`'s edges.
 
     method: "acdc", "acdc-reference", "eap", "eap-ig" or "topk"; tau: ACDC's threshold;
-    scores: [n_edges] edge scores of a scoring method (None for ACDC);
+    scores: [n_edges] edge scores of a scoring method; for ACDC each tested edge's metric
+    difference when it was tested (NaN: removed untested, its receiver disconnected);
     metric / ablation: what the circuit was found and measured with;
     full, value, ablated: the metric of the full model, of the circuit and of the fully ablated
     model (lower is better), on the held-out test prompts where `search` is set (`acdc_task`,
