@@ -170,9 +170,6 @@ CASES: dict[str, Any] = {
     "demo": lambda m, t, s: ["--quick", "--only", "patching", "--out", t / "r.html"],
 }
 ZOO_ONLY = {"sae build-bundled", "directions paper"}
-#: ACDC's delta engine (circuits/delta.py) builds float32 buffers whatever the model's dtype, so
-#: ACDC on a bf16 model with q/k/v edges (HF models) fails there: these run float32 on the map
-ACDC_BF16_BUG = {"acdc", "sweep"}
 #: placement -> its command-line options
 PLACEMENTS = {
     "hf-bf16-map": ("--device-map", "cpu", "--dtype", "bfloat16"),
@@ -224,8 +221,6 @@ def test_placement_reaches_the_model(
         monkeypatch.setattr(bundled, "N_EVAL_BATCHES", 1)
         real_configs = bundled.bundled_configs
         monkeypatch.setattr(bundled, "bundled_configs", lambda *a: real_configs(*a)[:1])
-    if placement == "hf-bf16-map" and command in ACDC_BF16_BUG:
-        options = ("--device-map", "cpu")
     model = _model(placement, command, toy_dir)
     key = "toy" if placement == "hf-bf16-map" else "native"
     args = [*command.split(), *map(str, CASES[command](model, tmp_path, saes[key])), *options]

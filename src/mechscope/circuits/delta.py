@@ -81,12 +81,13 @@ class DeltaCircuit:
         self.per_rcv = self.n_qkv + int(g.has_mlp)  # receivers per layer
         self.A = runner.ablated_out.reshape(U, -1)  # A_u [U, B*P*d]
         dev = self.device = lean.device  # a split model's pieces return here
+        dt = runner.diff.dtype  # the model's (bf16 models keep bf16 activations)
         # the q/k/v input each query head reads, per letter: [H] indices into the letter's inputs
         heads = torch.arange(self.H, device=dev)
         self.src = [heads, heads // g.group, heads // g.group]
         self.mask = torch.ones(len(g.edges), dtype=torch.bool) if mask is None else mask.clone()
-        self.K = torch.zeros(V, U, device=dev)
-        self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].float().to(dev)
+        self.K = torch.zeros(V, U, device=dev, dtype=dt)
+        self.K[g.add_receiver, g.add_sender] = self.mask[: g.n_add].to(dev, dt)
         self.dc = (
             self.mask[g.n_add :].view(self.L, 3, self.H).clone()
             if g.dc_edges
@@ -99,8 +100,8 @@ class DeltaCircuit:
         # nor a receiver computed at all positions, reads them): computed there alone
         self.at_pos = [False] * (self.L - 1) + [True]
         self.q_pos: dict[int, Tensor] = {}  # their queries [B, len(pos), H, d_head]
-        self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev)
-        self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev)
+        self.IN = torch.zeros(V - 1, self.B * self.P * lean.W_E.shape[1], device=dev, dtype=dt)
+        self.qkv = torch.zeros(self.L, 3, self.B, self.P, self.H, lean.d_head, device=dev, dtype=dt)
         # (the q/k/v each query head reads)
         self.resync_every, self.n_commits, self.n_trials = resync_every, 0, 0
         self.logits = self._full()
@@ -396,7 +397,7 @@ class DeltaCircuit:
                 latest[letter][h] = len(versions[letter]) - 1
                 qv, kv, vv = (latest[x].get(h, -1) for x in range(3))
                 pairs.append((j, h, qv, kv, vv))
-        removed = torch.zeros(n, len(g.receivers), len(g.senders), device=dev)
+        removed = torch.zeros(n, len(g.receivers), len(g.senders), device=dev, dtype=self.K.dtype)
         for j, (r, u) in enumerate(zip(rcv, snd, strict=True)):
             removed[j:, r, u] = 1.0  # variant j and later lack edge j
         new: list[Tensor | None] = [None, None, None]  # per letter [B, p, versions, d_head]
@@ -433,7 +434,7 @@ class DeltaCircuit:
         outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - self.Ap[s_pairs]  # new a - A
         deltas = outs - self.Dp[s_pairs]
         # each variant's latest version per head: weights [n, pairs] of the deltas
-        pick = torch.zeros(n, len(pairs), device=dev)
+        pick = torch.zeros(n, len(pairs), device=dev, dtype=self.K.dtype)
         last_pair: dict[int, int] = {}
         k = 0
         for j in range(n):

@@ -122,7 +122,9 @@ class CircuitRunner:
         per_rcv = H + 2 * K + int(graph.has_mlp)
         self.first_receiver = [l * per_rcv for l in range(L + 1)]
         # edge existence [receivers, senders]: a receiver reads no sender computed with or after it
-        self.exists = torch.zeros(len(graph.receivers), len(graph.senders), device=lean.device)
+        self.exists = torch.zeros(
+            len(graph.receivers), len(graph.senders), device=lean.device, dtype=self.diff.dtype
+        )
         self.exists[graph.add_receiver, graph.add_sender] = 1.0
         self.n_forwards = 0
 
@@ -169,8 +171,10 @@ class CircuitRunner:
         s = self.start_layer(present) if start_layer is None else start_layer
         n, (B, P) = present.shape[0], self.tokens.shape
         L, H = g.n_layers, g.n_heads
-        removed = (~present).float().to(lean.device)
-        R = torch.zeros(n, len(g.receivers), len(g.senders), device=lean.device)
+        removed = (~present).to(lean.device, self.diff.dtype)
+        R = torch.zeros(
+            n, len(g.receivers), len(g.senders), device=lean.device, dtype=self.diff.dtype
+        )
         R[:, g.add_receiver, g.add_sender] = removed[:, : g.n_add]
         dc = removed[:, g.n_add :].view(n, L, 3, H) if g.dc_edges else None
         shared = self.first_sender[s]  # senders before layer s keep their clean outputs
