@@ -15,6 +15,7 @@ import torch
 import typer
 
 from mechscope.cli import app
+from mechscope.patching.plot import plot_result
 from mechscope.patching.result import PatchResult
 from mechscope.report import demo as D
 from mechscope.report import sections as S
@@ -37,13 +38,13 @@ def test_heatmap_colour_scale_is_centred_on_zero(axes) -> None:
     norm = torch.rand(shape, generator=g) * 1.7 - 0.2
     norm.view(-1)[0], norm.view(-1)[1] = -0.2, 1.5
     clean, corrupted = 2.0, 1.0  # values = corrupted + norm * (clean - corrupted)
-    fig = _result(corrupted + norm * (clean - corrupted), axes, clean, corrupted).plot()
+    fig = plot_result(_result(corrupted + norm * (clean - corrupted), axes, clean, corrupted))
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert heatmaps
     for t in heatmaps:
         assert t.zmid is None
         assert t.zmin == pytest.approx(-1.5, abs=1e-5) and t.zmax == pytest.approx(1.5, abs=1e-5)
-    raw = _result(torch.tensor([[3.0, 1.0], [1.0, 1.0]]), ("layer", "pos"), 1.0, 1.0).plot()
+    raw = plot_result(_result(torch.tensor([[3.0, 1.0], [1.0, 1.0]]), ("layer", "pos"), 1.0, 1.0))
     (t,) = raw.data  # clean == corrupted: raw values, centred on the base run's metric (1)
     assert (t.zmin, t.zmax) == (-1.0, 3.0)
 
