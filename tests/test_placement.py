@@ -166,15 +166,42 @@ CASES: dict[str, Any] = {
         *("--model", m, "--sae", str(s[0]), "--sae", str(s[1]), "--batches", "1"),
         *("--batch-size", "2", "--min-support", "0", "--no-graph", "--out", t),
     ],
+    "graph": lambda m, t, s: [
+        *("--model", "code-2l", "--transcoders", _random_transcoders(t / "tc"), "--prompt"),
+        *("def f(", "--out", t / "g.json"),
+    ],
+    "steer": lambda m, t, s: [
+        *("--model", m, "--prompt", "def f(", "--sae", str(s[0]), "--zero", "0"),
+        *("--max-new-tokens", "2"),
+    ],
     "sweep": lambda m, t, s: _sweep_config(t, m),
     "demo": lambda m, t, s: ["--quick", "--only", "patching", "--out", t / "r.html"],
 }
-ZOO_ONLY = {"sae build-bundled", "directions paper"}
+ZOO_ONLY = {"sae build-bundled", "directions paper", "graph"}
 #: placement -> its command-line options
 PLACEMENTS = {
     "hf-bf16-map": ("--device-map", "cpu", "--dtype", "bfloat16"),
     "native-cpu": ("--device", "cpu"),
 }
+
+
+def _random_transcoders(folder: Path) -> Path:
+    """A circuit-tracer set of random transcoders for code-2l (d_model 128, 2 layers): enough
+    for `mechscope graph` to run, without loading the model here."""
+    from mechscope.sae.config import SAEConfig
+    from mechscope.sae.transcoder import Transcoder, save_circuit_tracer
+
+    cfgs = [
+        SAEConfig(
+            d_in=128,
+            d_sae=32,
+            hook_name=f"blocks.{l}.ln2.hook_normalized",
+            apply_b_dec_to_input=False,
+            model_name="code-2l",
+        )
+        for l in range(2)
+    ]
+    return save_circuit_tracer([Transcoder(c, seed=l) for l, c in enumerate(cfgs)], folder)
 
 
 def _model(placement: str, command: str, toy_dir) -> str:
