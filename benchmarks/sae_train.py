@@ -171,14 +171,13 @@ def main() -> None:
             t0 = time.perf_counter()
             if side == "m":
                 train_sae(mech_config(steps, a.l1, rep), bridge, tokens=token_list, progress=False)
-                n_tok = steps * BATCH
             else:
                 store = saelens_store(bridge, token_list, steps, specials)
                 trainer, _ = saelens_trainer(steps, a.l1, rep, store)
                 trainer.fit()
-                n_tok = steps * BATCH
-            times[f"{side}_e2e"].append(n_tok / (time.perf_counter() - t0))
-    print_table(times, quality)
+            times[f"{side}_e2e"].append(steps * BATCH / (time.perf_counter() - t0))
+        print(f"\nafter {rep + 1} of {a.reps} repetitions:")
+        print_table(times, quality)
 
 
 def _ms(v: list[float], fmt: str) -> str:
@@ -191,7 +190,7 @@ def _ms(v: list[float], fmt: str) -> str:
 def print_table(
     times: dict[str, list[float]], quality: dict[str, list[tuple[float, float, float]]]
 ) -> None:
-    print("\n| mode | mechscope tokens/s | SAELens tokens/s | ratio (per repetition) |")
+    print("| mode | mechscope tokens/s | SAELens tokens/s | ratio (per repetition) |")
     print("|---|---|---|---|")
     for mode, label in (("opt", "optimisation alone"), ("e2e", "end to end from token ids")):
         m, s = times[f"m_{mode}"], times[f"s_{mode}"]

@@ -204,7 +204,8 @@ def _live_inputs(
         if cfg.loss != "local":
             yield toks, None
         else:
-            yield None, collect(lean, toks, cfg.hook_name)[keep_mask(toks, specials)]
+            acts = collect(lean, toks, cfg.hook_name, check=False)  # checked in the read-back
+            yield None, acts[keep_mask(toks, specials)]
 
 
 def _stored_inputs(
@@ -216,9 +217,14 @@ def _stored_inputs(
         yield None, acts.to(device)[keep_mask(toks, specials)]
 
 
-def _read_back(pending: list[tuple[int, float, dict[str, Tensor]]]) -> list[dict[str, float]]:
+def _read_back(
+    pending: list[tuple[int, float, dict[str, Tensor]]], finite: list[Tensor], hook: str
+) -> list[dict[str, float]]:
     """History rows of the pending steps, read from the device in one synchronisation; SAEError
-    at the first non-finite loss."""
+    if the activations were not all finite (`finite`: a bool per local-loss step) or at the first
+    non-finite loss."""
+    if finite and not bool(torch.stack(finite).all()):
+        raise SAEError(f"non-finite values (NaN/inf) in the activations at {hook}")
     names = [list(terms) for _, _, terms in pending]
     values = torch.stack([v.float() for _, _, terms in pending for v in terms.values()]).tolist()
     rows, i = [], 0
@@ -322,6 +328,7 @@ def train_sae(
         inputs = _live_inputs(lean, cfg, tokens, start, specials)
     end = cfg.n_steps if stop_at is None else min(stop_at, cfg.n_steps)
     pending: list[tuple[int, float, dict[str, Tensor]]] = []  # steps not yet read back
+    finite: list[Tensor] = []  # whether each pending local-loss batch was all finite
     with progress_bar(progress) as bar:
         task = bar.add_task(f"SAE {cfg.loss} {cfg.hook_name}", total=cfg.n_steps, stats="")
         bar.update(task, completed=start)
@@ -333,6 +340,8 @@ def train_sae(
                     f"the token batches ran out after {step} of {cfg.n_steps} steps; give more "
                     "data (or a stream with more epochs) or train fewer steps"
                 ) from None
+            if x is not None:
+                finite.append(torch.isfinite(x).all())
             lr = lr_at(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -355,8 +364,9 @@ def train_sae(
                 done == end or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)
             )
             if "l0" in terms or save or done == end:
-                history += _read_back(pending)
+                history += _read_back(pending, finite, cfg.hook_name)
                 pending.clear()
+                finite.clear()
                 row = history[-1]
                 stats = f"loss {row['loss']:.4g}" + (
                     f"  L0 {row['l0']:.1f}  dead {row['dead_frac']:.1%}" if "l0" in row else ""
