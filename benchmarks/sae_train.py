@@ -139,9 +139,13 @@ def main() -> None:
     lean = as_lean(bridge)
     specials = special_ids(lean)
     stream = token_batches(lean.tokenizer, BATCH_SEQ, N_CTX, seed=0)
-    token_list = [next(stream) for _ in range(steps + 2)]
+    token_list: list[Tensor] = []
+    parts: list[Tensor] = []
     with torch.no_grad():
-        acts = torch.cat([collect(lean, t, HOOK)[keep_mask(t, specials)] for t in token_list])
+        while sum(len(p) for p in parts) < steps * BATCH:  # BOS positions are left out
+            token_list.append(next(stream))
+            parts.append(collect(lean, token_list[-1], HOOK)[keep_mask(token_list[-1], specials)])
+        acts = torch.cat(parts)
         held = torch.cat(
             [collect(lean, t, HOOK)[keep_mask(t, specials)] for t in eval_batches(bridge, 16)]
         )
@@ -203,7 +207,7 @@ def print_table(
     print("|---|---|---|---|")
     for side, label in (("m", "mechscope"), ("s", "SAELens")):
         q = quality[side]
-        cols = [_ms([r[i] for r in q], f) for i, f in ((0, ".1f"), (1, ".3f"), (2, ".3f"))]
+        cols = [_ms([r[i] for r in q], f) for i, f in ((0, ".1f"), (1, ".4f"), (2, ".4f"))]
         print(f"| {label} | " + " | ".join(cols) + " |")
 
 
