@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/sae_train.py            # 600k tokens, 3 repetitions
     OMP_NUM_THREADS=1 python benchmarks/sae_train.py --quick    # 90k tokens, 2 repetitions
+    OMP_NUM_THREADS=1 python benchmarks/sae_train.py --mode opt # or e2e: one mode only
 
 The SAE on both sides: code-2l `blocks.0.hook_resid_post` (d_in 128), ReLU + L1, d_sae 2048,
 batches of 3072 tokens, Adam (betas 0.9, 0.999) at lr 2e-3 with 50 warm-up steps then cosine decay
