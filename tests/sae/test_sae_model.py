@@ -1,4 +1,5 @@
-"""SparseAutoencoder: shapes, unit-norm decoder, architectures, dead-latent tracking, bad input."""
+"""SparseAutoencoder: shapes, SAELens's initialisation, decoder-norm folding, architectures,
+dead-latent tracking, bad input."""
 
 from __future__ import annotations
 
@@ -12,22 +13,42 @@ def _sae(arch: str = "standard", k: int | None = None) -> SparseAutoencoder:
     return SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, architecture=arch, k=k), seed=0)  # type: ignore[arg-type]
 
 
-def test_shapes_and_unit_norm_decoder() -> None:
+def test_shapes() -> None:
     sae = _sae()
     x = torch.randn(3, 5, 16)
     codes = sae.encode(x)
     assert codes.shape == (3, 5, 64) and bool((codes >= 0).all())
     assert sae.decode(codes).shape == x.shape
     assert torch.equal(sae(x), sae.decode(codes))
-    norms = sae.W_dec.norm(dim=-1)
-    assert torch.allclose(norms, torch.ones(64), atol=1e-6)
-    assert torch.allclose(sae.feature_directions, sae.W_dec.detach())
 
 
-def test_orthogonal_init_is_seeded() -> None:
+def test_init_is_saelens_and_seeded() -> None:
+    """Decoder rows of norm 0.1 in seeded random directions, encoder = decoder transpose, zero
+    biases (SAELens's `decoder_init_norm=0.1`)."""
     a, b, c = _sae(), _sae(), SparseAutoencoder(SAEConfig(d_in=16, d_sae=64), seed=1)
     assert torch.equal(a.W_dec, b.W_dec) and not torch.equal(a.W_dec, c.W_dec)
-    assert torch.allclose(a.W_enc, a.W_dec.T * 16 / 64)  # encoder: the decoder's transpose, scaled
+    torch.testing.assert_close(a.W_dec.norm(dim=-1), torch.full((64,), 0.1))
+    assert torch.equal(a.W_enc, a.W_dec.T)
+    assert not a.b_enc.any() and not a.b_dec.any()
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu"])
+def test_folding_decoder_norms_keeps_the_function(arch: str) -> None:
+    sae = _sae(arch)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(20, 16, generator=g)
+    before, norms = sae(x), sae.W_dec.norm(dim=-1).detach()
+    codes = sae.encode(x)
+    sae.fold_decoder_norms_()
+    torch.testing.assert_close(sae(x), before, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sae.encode(x), codes * norms)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(64))
+    torch.testing.assert_close(sae.feature_directions, sae.W_dec.detach())
+    with pytest.raises(SAEError, match="TopK"):
+        _sae("topk", k=3).fold_decoder_norms_()
 
 
 def test_pre_encoder_bias_is_subtracted() -> None:
@@ -63,13 +84,6 @@ def test_dead_latent_tracking() -> None:
     dead = sae.dead_mask(window=15)
     assert not dead[:3].any() and dead[3:].all()
     assert not sae.dead_mask(window=21).any()
-
-
-def test_parallel_grad_removed() -> None:
-    sae = _sae()
-    sae.W_dec.grad = sae.W_dec.detach() * 3.0  # purely parallel to each row
-    sae.remove_parallel_grad_()
-    assert sae.W_dec.grad is not None and sae.W_dec.grad.abs().max() < 1e-5
 
 
 def test_width_mismatch_is_a_clear_error() -> None:

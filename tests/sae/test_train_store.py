@@ -110,7 +110,7 @@ def test_store_refusals(store: ActivationStore) -> None:
         train_sae(tiny(n_steps=10), store=store)
     with pytest.raises(SAEError, match="activations of model 'code-2l', not 'code-attn4'"):
         train_sae(tiny(model="code-attn4"), store=store)
-    with pytest.raises(SAEError, match="tokens or store, not both"):
+    with pytest.raises(SAEError, match="at most one of tokens, store and activations"):
         train_sae(tiny(), tokens=batches(6), store=store)
 
 

@@ -58,8 +58,16 @@ class TrainConfig:
     expansion: d_sae = expansion * d_model.
     n_steps, batch_size: optimiser steps, and sequences [batch_size, n_ctx] per step.
     lr, warmup_steps, min_lr_frac: linear warm-up then cosine decay to min_lr_frac * lr.
+    grad_clip: the gradient is clipped at norm grad_clip / d_in, i.e. grad_clip on the scale of
+        SAELens's loss (MSE summed over dimensions), which is d_in times this one. SAELens's 1.0
+        binds on nearly every step: Adam then sees gradients of one size, so the large gradients
+        of the first steps do not inflate its second moment for the rest of a short run.
+    sparsity_warmup_frac: lambda rises linearly from lambda / w to lambda over the first
+        w = round(sparsity_warmup_frac * n_steps) steps (Anthropic, April 2024): fewer dead latents.
         (lr 2e-3 suits runs of ~1k steps; Braun et al. use 5e-4 over ~25k steps.)
     dead_window: a latent is dead after this many training tokens without firing.
+    log_every: steps between the history rows holding L0 and the dead fraction (every row holds
+        the loss and its terms; they are read from the device once per log_every steps).
     mixture: source weights of the zoo's token stream (`mechscope.data.mixture.TokenStream`).
     dataset, dataset_column: train instead on one pass over this HF `datasets` source (a data
         file or glob, a `save_to_disk` folder, a hub name; `mechscope.data.streams`), reading
@@ -81,8 +89,10 @@ class TrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 50
     min_lr_frac: float = 0.1
-    grad_clip: float = 10.0
+    grad_clip: float = 1.0
+    sparsity_warmup_frac: float = 0.05
     dead_window: int = 100_000
+    log_every: int = 25
     seed: int = 0
     mixture: dict[str, float] = field(default_factory=lambda: {"stdlib": 1.0})
     dataset: str = ""
@@ -96,8 +106,8 @@ class TrainConfig:
             raise ValueError("jumprelu SAEs can be loaded and evaluated but not trained here")
         if self.architecture == "topk" and not self.k:
             raise ValueError("architecture 'topk' needs k")
-        if self.expansion < 1 or self.n_steps < 1 or self.batch_size < 1:
-            raise ValueError("expansion, n_steps and batch_size must be >= 1")
+        if self.expansion < 1 or self.n_steps < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("expansion, n_steps, batch_size and log_every must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,8 +4,11 @@ Layout and names follow SAELens so weights move between the two unchanged:
     W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae].
     codes = act((x - b_dec) @ W_enc + b_enc)        (pre-encoder bias: b_dec is subtracted)
     x_hat = codes @ W_dec + b_dec
-Decoder rows (the feature directions) are kept at unit norm during training. The model also counts,
-per latent, the training tokens since it last fired (dead-latent tracking).
+Initialised and trained as SAELens's standard SAE (Anthropic's April 2024 recipe): decoder rows in
+random directions with norm 0.1, the encoder their transpose, zero biases; decoder norms are free
+during training (the L1 penalty is weighted by them) and a trained ReLU SAE folds them into the
+encoder (`fold_decoder_norms_`), so its decoder rows are unit feature directions. The model also
+counts, per latent, the training tokens since it last fired (dead-latent tracking).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from torch import Tensor, nn
 
 from mechscope.errors import SAEError
 from mechscope.sae.config import SAEConfig
+
+DECODER_INIT_NORM = 0.1  # SAELens's `decoder_init_norm` default
 
 
 class SparseAutoencoder(nn.Module):
@@ -26,13 +31,11 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
-        dec = torch.empty(cfg.d_in, cfg.d_sae)
-        nn.init.orthogonal_(dec, generator=g)  # orthogonal init (Braun et al.)
-        W_dec = dec.T.contiguous()
-        W_dec /= W_dec.norm(dim=-1, keepdim=True)
+        W_dec = torch.empty(cfg.d_sae, cfg.d_in)
+        nn.init.kaiming_uniform_(W_dec, generator=g)
+        W_dec *= DECODER_INIT_NORM / W_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        # encoder = decoder transpose scaled so W_enc @ W_dec ~ identity on the span at init
-        self.W_enc = nn.Parameter(W_dec.T * (cfg.d_in / cfg.d_sae))
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())  # encoder = decoder transpose
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
@@ -59,9 +62,10 @@ class SparseAutoencoder(nn.Module):
         """Codes [..., d_sae] of activations x [..., d_in]."""
         self._check(x)
         x = x.to(self.W_enc.dtype)
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        pre = x @ self.W_enc + self.b_enc
+        # (x - b_dec) @ W_enc + b_enc, with b_dec moved into the bias: the gradient of b_dec is
+        # then a vector-matrix product, not a [n, d_sae] x [d_sae, d_in] matmul
+        bias = self.b_enc - self.b_dec @ self.W_enc if self.cfg.apply_b_dec_to_input else self.b_enc
+        pre = torch.addmm(bias, x.reshape(-1, self.d_in), self.W_enc).view(*x.shape[:-1], -1)
         arch = self.cfg.architecture
         if arch == "standard":
             return torch.relu(pre)
@@ -73,7 +77,8 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstruction [..., d_in] of codes [..., d_sae]."""
-        return codes @ self.W_dec + self.b_dec
+        flat = codes.reshape(-1, self.d_sae)
+        return torch.addmm(self.b_dec, flat, self.W_dec).view(*codes.shape[:-1], -1)
 
     def forward_with_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction [..., d_in], codes [..., d_sae]) of x [..., d_in]."""
@@ -92,24 +97,25 @@ class SparseAutoencoder(nn.Module):
 
     # -- training support -----------------------------------------------------------------------
     @torch.no_grad()
-    def normalize_decoder_(self) -> None:
-        """Scale decoder rows back to unit norm (after each optimiser step)."""
-        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-    @torch.no_grad()
-    def remove_parallel_grad_(self) -> None:
-        """Drop the gradient component along each decoder row (it only changes the row's norm)."""
-        if self.W_dec.grad is None:
-            return
-        W = self.feature_directions
-        self.W_dec.grad -= (self.W_dec.grad * W).sum(-1, keepdim=True) * W
+    def fold_decoder_norms_(self) -> None:
+        """Scale decoder rows to unit norm and the latents' encoder columns and biases by the old
+        norms: the same function for a ReLU SAE (and JumpReLU, whose threshold scales too), codes
+        multiplied by the norms. Not for TopK, whose selection the scaling would change."""
+        if self.cfg.architecture == "topk":
+            raise SAEError("folding decoder norms changes a TopK SAE's selection")
+        n = self.W_dec.norm(dim=-1).clamp_min(1e-12)
+        self.W_dec.div_(n[:, None])
+        self.W_enc.mul_(n)
+        self.b_enc.mul_(n)
+        if self.cfg.architecture == "jumprelu":
+            self.threshold.mul_(n)
 
     @torch.no_grad()
     def update_firing_(self, codes: Tensor) -> None:
-        """Count tokens since each latent fired, from a training batch's codes [n, d_sae]."""
-        fired = (codes.reshape(-1, self.cfg.d_sae) != 0).any(0)
-        self.tokens_since_fired += codes.reshape(-1, self.cfg.d_sae).shape[0]
-        self.tokens_since_fired[fired] = 0
+        """Count tokens since each latent fired, from a training batch's codes [n, d_sae] (codes
+        are non-negative in every architecture, so a latent fired where its maximum is > 0)."""
+        codes = codes.reshape(-1, self.cfg.d_sae)
+        self.tokens_since_fired.add_(codes.shape[0]).masked_fill_(codes.amax(0) > 0, 0)
 
     def dead_mask(self, window: int) -> Tensor:
         """Latents [d_sae] (bool) that have not fired in the last `window` training tokens."""

@@ -2,8 +2,11 @@
 
 Each step draws one token batch [batch_size, n_ctx] from a deterministic stream, runs the model
 (`LeanModel`) and updates the SAE with Adam (linear warm-up, cosine decay to min_lr_frac * lr,
-gradient clipping, the decoder-parallel gradient removed and decoder rows renormalised after the
-step). A checkpoint holds the SAE, the optimiser state, the step and the history; resuming skips
+gradient clipping). Decoder norms are free during training (the L1 term is weighted by them, as in
+SAELens); a trained ReLU SAE has them folded into its encoder, so its decoder rows have unit norm.
+Metrics stay on the device: each history row holds the loss and its terms, every `log_every`-th
+row also L0 and the dead fraction, and the rows are read back once per `log_every` steps. A
+checkpoint holds the SAE, the optimiser state, the step and the history; resuming skips
 the batches already used, so an interrupted run ends bit-identical to an uninterrupted one.
 
 With an `ActivationStore` (`mechscope.sae.store`) the local loss trains from stored activations
@@ -67,6 +70,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def sparsity_coeff_at(cfg: TrainConfig, step: int) -> float:
+    """lambda at `step` (0-based): linear warm-up over round(sparsity_warmup_frac * n_steps)."""
+    warm = round(cfg.sparsity_warmup_frac * cfg.n_steps)
+    return cfg.sparsity_coeff * min(1.0, (step + 1) / warm) if warm > 1 else cfg.sparsity_coeff
+
+
 def _capture(store: dict[str, Tensor], name: str) -> Hook:
     def hook(x: Tensor) -> None:
         store[name] = x
@@ -78,32 +87,29 @@ def _step_loss(
     lean: LeanModel | None,
     sae: SparseAutoencoder,
     cfg: TrainConfig,
-    tokens: Tensor,
-    keep: Tensor,
-    init_b_dec: bool,
-    acts: Tensor | None,
+    tokens: Tensor | None,
+    x: Tensor | None,
+    specials: list[int],
+    coeff: float,
 ) -> tuple[LossParts, Tensor]:
     """Loss of one batch and the codes [n_kept, d_sae] it produced.
 
-    acts: the hook's activations [batch, pos, d_in] of `tokens` for the local loss (None: the
-    e2e losses, which run `lean`).
+    x: the hook's activations [n_kept, d_in] at the batch's non-special positions, for the local
+    loss; tokens [batch, pos]: the batch, for the e2e losses (which run `lean`); coeff: lambda at
+    this step.
     """
     use_l1 = cfg.architecture == "standard"
-    if acts is not None:
-        x = acts[keep]
-        if init_b_dec:
-            sae.b_dec.data.copy_(x.mean(0))
+    if x is not None:
         x_hat, codes = sae.forward_with_codes(x)
-        return local_loss(x, x_hat, codes, cfg.sparsity_coeff, use_l1), codes
-    assert lean is not None, "the e2e losses run the model"
+        return local_loss(x, x_hat, codes, sae.W_dec, coeff, use_l1), codes
+    assert lean is not None and tokens is not None, "the e2e losses run the model"
+    keep = keep_mask(tokens, specials)
     ds_names = downstream_hooks(lean, cfg.hook_name) if cfg.loss == "e2e_ds" else []
     orig: dict[str, Tensor] = {}
     with torch.no_grad():
         hooks = {n: _capture(orig, n) for n in [cfg.hook_name, *ds_names]}
         orig_logits = lean.forward(tokens, hooks=hooks)
     check_finite(orig[cfg.hook_name], cfg.hook_name)
-    if init_b_dec:
-        sae.b_dec.data.copy_(orig[cfg.hook_name].to(keep.device)[keep].mean(0))
     new: dict[str, Tensor] = {}
     codes_out: list[Tensor] = []
     hooks = {n: _capture(new, n) for n in ds_names}
@@ -115,8 +121,8 @@ def _step_loss(
         new_logits,
         keep,
         codes,
-        sae.d_in,
-        cfg.sparsity_coeff,
+        sae.W_dec,
+        coeff,
         use_l1,
         kl_coeff=cfg.kl_coeff if cfg.loss == "e2e_ds" else 1.0,
         downstream=[(new[n], orig[n]) for n in ds_names],
@@ -171,14 +177,53 @@ def check_store(cfg: TrainConfig, store: ActivationStore) -> tuple[int, list[int
     return store.hooks[cfg.hook_name], store.special_ids
 
 
+Batch = tuple[Tensor | None, Tensor | None]
+"""One step's input: (tokens [batch, n_ctx] for the e2e losses, else None; the hook's activations
+[n_kept, d_in] at the non-special positions for the local loss, else None)."""
+
+
 def _live_inputs(
-    lean: LeanModel, cfg: TrainConfig, tokens: Iterable[Tensor], start: int
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """(tokens [batch, n_ctx], activations [batch, n_ctx, d_in] for the local loss, else None)
-    of each step from `start` (the batches before it are skipped)."""
+    lean: LeanModel, cfg: TrainConfig, tokens: Iterable[Tensor], start: int, specials: list[int]
+) -> Iterator[Batch]:
+    """The inputs of each step from `start` (the batches before it are skipped)."""
     for toks in itertools.islice(tokens, start, None):
         toks = toks.to(lean.W_E.device)
-        yield toks, collect(lean, toks, cfg.hook_name) if cfg.loss == "local" else None
+        if cfg.loss != "local":
+            yield toks, None
+        else:
+            acts = collect(lean, toks, cfg.hook_name, check=False)  # checked in the read-back
+            yield None, acts[keep_mask(toks, specials)]
+
+
+def _stored_inputs(
+    store: ActivationStore, cfg: TrainConfig, start: int, specials: list[int], device: torch.device
+) -> Iterator[Batch]:
+    """The local loss's inputs of each step from `start`, read from `store`."""
+    for toks, acts in store.batches(cfg.hook_name, cfg.batch_size, start=start * cfg.batch_size):
+        toks = toks.to(device)
+        yield None, acts.to(device)[keep_mask(toks, specials)]
+
+
+def _read_back(
+    pending: list[tuple[int, float, dict[str, Tensor]]], finite: list[Tensor], hook: str
+) -> list[dict[str, float]]:
+    """History rows of the pending steps, read from the device in one synchronisation; SAEError
+    if the activations were not all finite (`finite`: a bool per local-loss step) or at the first
+    non-finite loss."""
+    if finite and not bool(torch.stack(finite).all()):
+        raise SAEError(f"non-finite values (NaN/inf) in the activations at {hook}")
+    names = [list(terms) for _, _, terms in pending]
+    values = torch.stack([v.float() for _, _, terms in pending for v in terms.values()]).tolist()
+    rows, i = [], 0
+    for (step, lr, _), keys in zip(pending, names, strict=True):
+        row: dict[str, float] = {"step": step, "lr": lr} | dict(
+            zip(keys, values[i : i + len(keys)], strict=True)
+        )
+        i += len(keys)
+        if not math.isfinite(row["loss"]):
+            raise SAEError(f"loss became {row['loss']} at step {step}; lower lr or sparsity_coeff")
+        rows.append(row)
+    return rows
 
 
 def train_sae(
@@ -189,11 +234,13 @@ def train_sae(
     stop_at: int | None = None,
     progress: bool = True,
     store: ActivationStore | None = None,
+    activations: Iterable[Tensor] | None = None,
 ) -> TrainResult:
     """Train an SAE on `cfg.hook_name` of `model` as `cfg` says.
 
-    model: a TransformerBridge or LeanModel (needed unless training from a store); the SAE is
-        trained on its device. With a store, only its device is used (default CPU).
+    model: a TransformerBridge or LeanModel (needed unless training from a store or activations);
+        the SAE is trained on its device. With a store or activations, only its device is used
+        (default CPU).
     tokens: token batches [batch, n_ctx] (default: `source_batches` of cfg: cfg.dataset, else
         the corpus stream, seeded with cfg.seed). Pass a fresh iterable of the same batches when
         resuming; the used ones are skipped.
@@ -202,12 +249,26 @@ def train_sae(
     stop_at: stop after this many steps (as if interrupted), leaving a checkpoint.
     store: train the local loss from this activation store instead of running the model (its
         first n_steps * batch_size sequences, in order; d_in and special ids from its manifest).
+    activations: train the local loss on these batches [n_tokens, d_in] of the hook's
+        activations (special-token positions already left out), one per step, instead of running
+        the model (cfg.batch_size is then unused). Pass a fresh iterable when resuming.
     """
     t0 = time.time()
     lean: LeanModel | None = None
-    if store is not None:
-        if tokens is not None:
-            raise SAEError("pass tokens or store, not both")
+    if sum(s is not None for s in (tokens, store, activations)) > 1:
+        raise SAEError("pass at most one of tokens, store and activations")
+    acts_iter: Iterator[Tensor] | None = None
+    if activations is not None:
+        if cfg.loss != "local":
+            raise SAEError(f"loss {cfg.loss!r} runs the model; activations serve the local loss")
+        acts_iter = iter(activations)
+        first = next(acts_iter, None)
+        if first is None or first.ndim != 2:
+            raise SAEError("activations must yield batches [n_tokens, d_in]")
+        acts_iter = itertools.chain([first], acts_iter)
+        d_in, specials = int(first.shape[-1]), list[int]()
+        device = as_lean(model).W_E.device if model is not None else torch.device("cpu")
+    elif store is not None:
         d_in, specials = check_store(cfg, store)
         device = as_lean(model).W_E.device if model is not None else torch.device("cpu")
     else:
@@ -243,55 +304,68 @@ def train_sae(
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
-    inputs: Iterator[tuple[Tensor, Tensor | None]]
-    if store is not None:
-        inputs = store.batches(cfg.hook_name, cfg.batch_size, start=start * cfg.batch_size)
+    inputs: Iterator[Batch]
+    if acts_iter is not None:
+        inputs = ((None, x.to(device)) for x in itertools.islice(acts_iter, start, None))
+    elif store is not None:
+        inputs = _stored_inputs(store, cfg, start, specials, device)
     else:
         assert lean is not None
         if tokens is None:
             tokens = source_batches(
                 lean, cfg.batch_size, cfg.seed, cfg.mixture, cfg.dataset, cfg.dataset_column
             )
-        inputs = _live_inputs(lean, cfg, tokens, start)
+        inputs = _live_inputs(lean, cfg, tokens, start, specials)
     end = cfg.n_steps if stop_at is None else min(stop_at, cfg.n_steps)
+    pending: list[tuple[int, float, dict[str, Tensor]]] = []  # steps not yet read back
+    finite: list[Tensor] = []  # whether each pending local-loss batch was all finite
     with progress_bar(progress) as bar:
         task = bar.add_task(f"SAE {cfg.loss} {cfg.hook_name}", total=cfg.n_steps, stats="")
         bar.update(task, completed=start)
         for step in range(start, end):
             try:
-                toks, acts = next(inputs)
+                toks, x = next(inputs)
             except StopIteration:
                 raise SAEError(
                     f"the token batches ran out after {step} of {cfg.n_steps} steps; give more "
                     "data (or a stream with more epochs) or train fewer steps"
                 ) from None
-            toks = toks.to(device)
-            keep = keep_mask(toks, specials)
+            if x is not None:
+                finite.append(torch.isfinite(x).all())
+            lr = lr_at(cfg, step)
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            acts = acts.to(device) if acts is not None else None
-            parts, codes = _step_loss(lean, sae, cfg, toks, keep, step == 0, acts)
+                group["lr"] = lr
+            parts, codes = _step_loss(
+                lean, sae, cfg, toks, x, specials, sparsity_coeff_at(cfg, step)
+            )
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
-            sae.remove_parallel_grad_()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip / d_in)
             opt.step()
-            sae.normalize_decoder_()
-            sae.update_firing_(codes.detach())
-            l0 = float((codes != 0).sum(-1).float().mean())
-            dead = float(sae.dead_mask(cfg.dead_window).float().mean())
-            loss = float(parts.total.detach())
-            if not math.isfinite(loss):
-                raise SAEError(f"loss became {loss} at step {step}; lower lr or sparsity_coeff")
-            history.append(
-                {"step": step, "loss": loss, "l0": l0, "dead_frac": dead, "lr": lr_at(cfg, step)}
-                | parts.terms
-            )
-            bar.update(task, advance=1, stats=f"loss {loss:.4g}  L0 {l0:.1f}  dead {dead:.1%}")
+            codes = codes.detach()
+            sae.update_firing_(codes)
+            terms = {"loss": parts.total.detach()} | parts.terms
             done = step + 1
-            if folder is not None and (
-                done == end or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-            ):
+            if step % cfg.log_every == 0 or done == cfg.n_steps:
+                terms["l0"] = (codes > 0).sum() / max(1, codes.shape[0])
+                terms["dead_frac"] = sae.dead_mask(cfg.dead_window).float().mean()
+            pending.append((step, lr, terms))
+            save = folder is not None and (
+                done == end or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)
+            )
+            if "l0" in terms or save or done == end:
+                history += _read_back(pending, finite, cfg.hook_name)
+                pending.clear()
+                finite.clear()
+                row = history[-1]
+                stats = f"loss {row['loss']:.4g}" + (
+                    f"  L0 {row['l0']:.1f}  dead {row['dead_frac']:.1%}" if "l0" in row else ""
+                )
+                bar.update(task, completed=done, stats=stats)
+            if save:
+                assert folder is not None
                 _save_checkpoint(folder, cfg, done, sae, opt, history)
+    if cfg.architecture == "standard":
+        sae.fold_decoder_norms_()  # unit feature directions; the checkpoint keeps the trained norms
     sae.eval()
     return TrainResult(sae, cfg, history, time.time() - t0)

@@ -42,7 +42,7 @@ from mechscope.sae.evaluate import _ce
 from mechscope.sae.losses import local_loss
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import _DTYPES, CFG_FILE, FORMAT_VERSION, WEIGHTS_FILE
-from mechscope.sae.train import TrainResult, lr_at
+from mechscope.sae.train import TrainResult, lr_at, sparsity_coeff_at
 
 INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
 OUTPUT_HOOK = "blocks.{layer}.hook_mlp_out"
@@ -167,8 +167,10 @@ def train_transcoder(
     progress: bool = True,
 ) -> TrainResult:
     """Train a transcoder of layer l (cfg.hook_name = `blocks.l.ln2.hook_normalized`) with the
-    local loss MSE(y_hat, y) + lambda * L1(codes) / d_in on the MLP output y; model: a loaded
-    bridge or LeanModel.
+    local loss MSE(y_hat, y) + lambda * sparsity on the MLP output y, trained as the SAE trainer
+    trains SAEs (decoder-norm-weighted L1 / d_in, lambda warm-up, gradient clip grad_clip / d_in,
+    decoder norms free and folded into the encoder at the end); model: a loaded bridge or
+    LeanModel.
 
     cfg: loss "local" and architecture "standard" only; expansion, steps, batch, lr schedule,
         seed and data source as for SAEs. tokens: batches [batch, n_ctx] (default: cfg's stream).
@@ -216,24 +218,25 @@ def train_transcoder(
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step)
             y_hat, codes = tc.forward_with_codes(x)
-            parts = local_loss(y, y_hat, codes, cfg.sparsity_coeff, use_l1=True)
+            coeff = sparsity_coeff_at(cfg, step)
+            parts = local_loss(y, y_hat, codes, tc.W_dec, coeff, use_l1=True)
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
-            tc.remove_parallel_grad_()
-            torch.nn.utils.clip_grad_norm_(tc.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(tc.parameters(), cfg.grad_clip / tc.cfg.d_in)
             opt.step()
-            tc.normalize_decoder_()
             tc.update_firing_(codes.detach())
             loss = float(parts.total.detach())
             if not math.isfinite(loss):
                 raise SAEError(f"loss became {loss} at step {step}; lower lr or sparsity_coeff")
             l0 = float((codes != 0).sum(-1).float().mean())
             dead = float(tc.dead_mask(cfg.dead_window).float().mean())
+            terms = {k: float(v) for k, v in parts.terms.items()}
             history.append(
                 {"step": step, "loss": loss, "l0": l0, "dead_frac": dead, "lr": lr_at(cfg, step)}
-                | parts.terms
+                | terms
             )
             bar.update(task, advance=1, stats=f"loss {loss:.4g}  L0 {l0:.1f}  dead {dead:.1%}")
+    tc.fold_decoder_norms_()  # unit decoder rows, the same function (as the SAE trainer does)
     tc.eval()
     return TrainResult(tc, cfg, history, time.time() - t0)
 
