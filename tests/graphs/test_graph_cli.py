@@ -42,6 +42,19 @@ def test_transcoders_then_graph(tmp_path) -> None:
     assert r.exit_code == 2 and "feature out of range" in r.output
 
 
+def test_graph_defaults_to_the_bundled_transcoders(tmp_path) -> None:
+    out = tmp_path / "g.json"
+    r = runner.invoke(app, ["graph", "--prompt", "def f(x):", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["metadata"]["prompt_tokens"][0] == "<|endoftext|>"
+    assert {"embedding", "logit", "cross layer transcoder"} <= {
+        n["feature_type"] for n in data["nodes"]
+    }
+    r = runner.invoke(app, ["graph", "--model", "code-4l", "--prompt", "x", "--out", str(out)])
+    assert r.exit_code == 2 and "no bundled transcoders for 'code-4l'" in r.output, r.output
+
+
 def test_graph_bad_input(tmp_path) -> None:
     r = runner.invoke(
         app,

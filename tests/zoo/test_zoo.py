@@ -65,14 +65,15 @@ def test_attn4_solves_docstring_on_unseen_prompts(attn4):
 
 
 def test_weights_fit_the_budget():
-    # zoo, bundled SAEs, basis models: every shipped weight
+    # zoo, bundled SAEs and transcoders, basis models: every shipped weight
     total = sum(f.stat().st_size for d in ARTEFACT_DIRS for f in d.rglob("*.safetensors"))
     assert total < 64 * 2**20, f"{total / 2**20:.1f} MiB of bundled weights"
 
 
 def test_one_registry_lists_what_ships():
     """`artefacts.shipped()` agrees with what the zoo, the bundled SAEs' cards and the basis
-    package each list, and every shipped weight lies under one of its folders."""
+    package each list, transcoders ship for the two 2-layer models with MLPs, and every shipped
+    weight lies under one of its folders."""
     from mechscope.basis import pretrained
     from mechscope.circuits.tracr import TASKS
     from mechscope.sae.bundled import list_bundled
@@ -85,6 +86,7 @@ def test_one_registry_lists_what_ships():
     )
     cards = sorted(f"{m}/{e['name']}" for m in found["models"] for e in list_bundled(m))
     assert found["saes"] == cards and len(cards) >= 9
+    assert found["transcoders"] == ["code-2l", "code-llama-2l"]
     assert found["basis"] == pretrained.list_bundled()
     assert found["tracr"] == sorted(TASKS)
     package = WEIGHTS_DIR.parents[1]

@@ -1,14 +1,14 @@
 """`mechscope graph`: the attribution graph of one prompt, written as circuit-tracer's JSON.
 
-mechscope graph --model code-2l --transcoders runs/tc --prompt "def f(x):\n    return x" \\
-    --out out/graph.json --edit 1:12:345=0
+mechscope graph --model code-2l --prompt "def f(x):\n    return x" --out out/graph.json \\
+    --edit 1:12:345=0           # the bundled transcoders; --transcoders runs/tc for others
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -16,19 +16,17 @@ from rich.table import Table
 from mechscope.cli_common import Device, DeviceMap, Dtype, console, fail, load
 from mechscope.models.placement import Placement
 
-if TYPE_CHECKING:
-    pass
-
 
 def graph_command(
     prompt: Annotated[str, typer.Option(help="the prompt (BOS is prepended)")],
     transcoders: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="folder of per-layer transcoders: `sae train --kind transcoder` output or a "
-            "circuit-tracer set (config.yaml + layer_L.safetensors)"
+            "circuit-tracer set (config.yaml + layer_L.safetensors); default: the model's "
+            "bundled set"
         ),
-    ],
+    ] = None,
     model: Annotated[str, typer.Option(help="zoo name, local HF folder or hub name")] = "code-2l",
     node_threshold: Annotated[float, typer.Option(help="cumulative node influence kept")] = 0.8,
     edge_threshold: Annotated[float, typer.Option(help="cumulative edge influence kept")] = 0.98,
@@ -63,14 +61,17 @@ def graph_command(
     from mechscope.graphs.intervene import FeatureEdit, intervene
     from mechscope.graphs.page import write_page
     from mechscope.models.lean import as_lean
+    from mechscope.sae.bundled import load_bundled_transcoders
     from mechscope.sae.transcoder import load_transcoder_set
 
     try:
         lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
-        tcs = [
-            tc.to(device=lean.device, dtype=lean.W_E.dtype)
-            for tc in load_transcoder_set(transcoders)
-        ]
+        tc_set = (
+            load_bundled_transcoders(model)
+            if transcoders is None
+            else load_transcoder_set(transcoders)
+        )
+        tcs = [tc.to(device=lean.device, dtype=lean.W_E.dtype) for tc in tc_set]
         tokens = prompt_tokens(lean, prompt)
         edits = [FeatureEdit.parse(e) for e in edit or []]
         t0 = time.perf_counter()

@@ -3,6 +3,10 @@
 Files: `mechscope/sae/pretrained/<model>/<run name>/` (SAELens format, fp16 weights) and
 `pretrained/<model>/card.json` (how they were trained, the command to remake them, and each SAE's
 evaluation on held-out stdlib files); `pareto.html` is the card's figure.
+
+Transcoders (one per layer, `build_transcoders`): `mechscope/sae/transcoders/<model>/` holds a
+SAELens transcoder folder per layer (fp16), `circuit-tracer/` (the same weights as circuit-tracer's
+set) and card.json (recipe, command, evaluation on held-out tokens).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mechscope.artefacts import sae_dir
+from mechscope.artefacts import sae_dir, transcoder_dir
 from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
 from mechscope.files import write_json
@@ -23,6 +27,12 @@ from mechscope.sae.config import TrainConfig
 from mechscope.sae.hparam_grid import run_name, train_and_save, write_results
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.saelens_format import CFG_FILE, load_saelens
+from mechscope.sae.transcoder import (
+    INPUT_HOOK,
+    Transcoder,
+    load_transcoder_set,
+    train_transcoder_set,
+)
 from mechscope.zoo.specs import SPECS
 
 N_EVAL_BATCHES = 16
@@ -114,3 +124,90 @@ def load_bundled(model: str, name: str, device: Any = None) -> SparseAutoencoder
             "(build with `mechscope sae build-bundled`)"
         )
     return load_saelens(folder, device=device)
+
+
+# -- transcoders ----------------------------------------------------------------------------------
+TC_STEPS = 1500
+
+
+def transcoder_config(model: str = "code-2l", steps: int = TC_STEPS, seed: int = 0) -> TrainConfig:
+    """The bundled transcoders' recipe: ReLU, d_tc = 4 x d_model, lambda 0.5, `steps` steps of
+    16 sequences of the model's own training mixture, seed `seed` (hook_name set per layer)."""
+    if model not in SPECS:
+        raise SAEError(f"bundled transcoders are for the zoo models {sorted(SPECS)}, not {model!r}")
+    return TrainConfig(
+        model=model,
+        hook_name=INPUT_HOOK.format(layer=0),
+        n_steps=steps,
+        batch_size=16,
+        expansion=4,
+        sparsity_coeff=0.5,
+        seed=seed,
+        mixture=dict(SPECS[model].mixture),
+    )
+
+
+def build_transcoders(
+    bridge: Any,
+    model: str = "code-2l",
+    out: str | Path | None = None,
+    steps: int = TC_STEPS,
+    layers: list[int] | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Train (`transcoder_config`; the bundled set is seed 0), save (SAELens fp16 and
+    circuit-tracer) and evaluate one transcoder per layer of zoo model `model`, loaded as
+    `bridge`; write card.json with the evaluation (every MLP replaced at once) on held-out
+    tokens. Returns the folder.
+
+    layers: default every layer (the circuit-tracer set is written only then)."""
+    folder = Path(out) if out is not None else transcoder_dir(model)
+    cfg = transcoder_config(model, steps, seed)
+    layers = list(range(SPECS[model].n_layers)) if layers is None else layers
+    tokens = eval_batches(bridge, N_EVAL_BATCHES, mixture=cfg.mixture)
+    t0 = time.time()
+    ev = train_transcoder_set(
+        cfg, bridge, layers, folder, eval_tokens=tokens, progress=progress, dtype="float16"
+    )
+    assert ev is not None
+    card = {
+        "model": model,
+        "description": "ReLU transcoders (d_tc = 4 x d_model), one per layer: MLP input "
+        "(blocks.L.ln2.hook_normalized) -> MLP output (blocks.L.hook_mlp_out), local loss "
+        "MSE + lambda*L1/d_in; weights rounded to float16 before evaluation and saving",
+        "command": f"mechscope sae build-transcoders --model {model} --steps {steps}"
+        + (f" --seed {seed}" if seed else ""),
+        "training": cfg.to_dict() | {"hook_name": "blocks.L.ln2.hook_normalized"},
+        "layers": layers,
+        "files": "<input hook>__transcoder/ (SAELens transcoder, float16), circuit-tracer/ "
+        "(config.yaml + layer_L.safetensors, float32 copies of the same values)",
+        "eval": {
+            "tokens": "the model's training mixture with held-out stdlib files and synthetic "
+            "documents of another seed; BOS positions excluded",
+            "n_batches": N_EVAL_BATCHES,
+            "batch_size": 16,
+            "definitions": "explained variance of the MLP output; CE, CE recovered (against "
+            "zeroing the MLP outputs) and KL(orig || replaced) with every MLP replaced at once",
+            "seeds": [cfg.seed],
+            "result": ev.to_dict(),
+        },
+        "build_seconds": round(time.time() - t0, 1),
+        "machine": f"{platform.machine()}, torch CPU",
+    }
+    write_json(folder / "card.json", card, indent=2)
+    (folder / "eval.json").unlink(missing_ok=True)  # in the card
+    return folder
+
+
+def load_bundled_transcoders(model: str = "code-2l", device: Any = None) -> list[Transcoder]:
+    """The bundled transcoders of zoo model `model`, layers 0..L-1 (float32, on `device`,
+    default CPU); SAEError naming how to train a set when there is none."""
+    folder = transcoder_dir(model)
+    if not (folder / "card.json").exists():
+        raise SAEError(
+            f"no bundled transcoders for {model!r}; train a set with `mechscope sae train --kind "
+            f"transcoder --model {model} --hook all --out runs/tc` and pass --transcoders "
+            "runs/tc (Python: `load_transcoder_set('runs/tc')`)"
+        )
+    return [tc.to(device) for tc in load_transcoder_set(folder)]

@@ -7,6 +7,7 @@ mechscope sae sweep --model code-2l --hooks all --coeffs 1,3,10 --out runs/sweep
 mechscope sae sweep --model code-2l --hooks all --coeffs 1,2,4 --seeds 0,1,2 --out runs/seeds
 mechscope sae eval runs/sae/blocks.0.hook_resid_post__local__l1-3 --model code-2l
 mechscope sae build-bundled --model code-2l
+mechscope sae build-transcoders --model code-2l
 mechscope sae list
 """
 
@@ -431,6 +432,33 @@ def build_bundled_cmd(
         fail(e)
     folder = build_bundled(bridge, model, out, steps, e2e=e2e)
     console.print(f"[green]built[/] bundled SAEs -> {folder}")
+
+
+@sae_app.command("build-transcoders")
+def build_transcoders_cmd(
+    model: Model = "code-2l",
+    steps: Annotated[int, typer.Option(help="optimiser steps per layer")] = 1500,
+    seed: Annotated[int, typer.Option(help="training seed (the bundled set: 0)")] = 0,
+    out: Annotated[Path | None, typer.Option(help="output (default: the package)")] = None,
+    device: Device = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = None,
+) -> None:
+    """Rebuild the bundled transcoders of a zoo model (one per layer, deterministic) and their
+    card."""
+    if out is not None:
+        check_writable_dir(out)
+    from mechscope.errors import ModelLoadError
+    from mechscope.sae.bundled import build_transcoders
+
+    with option_checks():
+        V.integer("--steps", steps, lo=1)
+    try:
+        bridge = load(model, None, Placement(device, device_map, dtype))
+    except ModelLoadError as e:
+        fail(e)
+    folder = build_transcoders(bridge, model, out, steps, seed=seed)
+    console.print(f"[green]built[/] bundled transcoders -> {folder}")
 
 
 @sae_app.command("list")

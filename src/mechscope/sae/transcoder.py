@@ -533,19 +533,26 @@ def train_transcoder_set(
     skip: bool = False,
     eval_tokens: Iterable[Tensor] = (),
     progress: bool = True,
+    dtype: str = "float32",
 ) -> TranscoderEval | None:
     """Train one transcoder per layer (cfg's hook_name is replaced per layer), save each to
     OUT/<input hook>__transcoder (SAELens format) and, for all layers 0..L-1, the set in
     circuit-tracer's format to OUT/circuit-tracer; evaluate them together on eval_tokens
-    (written to OUT/eval.json). Returns the evaluation (None without eval_tokens)."""
+    (written to OUT/eval.json). Returns the evaluation (None without eval_tokens).
+
+    dtype: of the SAELens weights; the trained weights are rounded to it first, so both
+    formats and the evaluation hold the same values."""
     from dataclasses import replace
 
+    if dtype not in _DTYPES:
+        raise SAEError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     folder = Path(out)
     tcs = []
     for l in layers:
         lcfg = replace(cfg, hook_name=INPUT_HOOK.format(layer=l))
         tc = cast(Transcoder, train_transcoder(lcfg, model, skip=skip, progress=progress).sae)
-        save_transcoder(tc, folder / f"{lcfg.hook_name}__transcoder")
+        tc = tc.to(_DTYPES[dtype]).to(torch.float32)
+        save_transcoder(tc, folder / f"{lcfg.hook_name}__transcoder", dtype=dtype)
         tcs.append(tc)
     if list(layers) == list(range(as_lean(model).n_layers)):
         save_circuit_tracer(tcs, folder / "circuit-tracer", cfg.model)
