@@ -175,7 +175,9 @@ def build_transcoders(
         "model": model,
         "description": "ReLU transcoders (d_tc = 4 x d_model), one per layer: MLP input "
         "(blocks.L.ln2.hook_normalized) -> MLP output (blocks.L.hook_mlp_out), local loss "
-        "MSE + lambda*L1/d_in; weights rounded to float16 before evaluation and saving",
+        "MSE + lambda * decoder-norm-weighted L1 / d_in (trained as SAEs are: lambda warm-up, clip "
+        "grad_clip / d_in, decoder norms folded in at the end); weights rounded to float16 "
+        "before evaluation and saving",
         "command": f"mechscope sae build-transcoders --model {model} --steps {steps}"
         + (f" --seed {seed}" if seed else ""),
         "training": cfg.to_dict() | {"hook_name": "blocks.L.ln2.hook_normalized"},
