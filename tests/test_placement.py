@@ -141,6 +141,9 @@ CASES: dict[str, Any] = {
     "sae build-bundled": lambda m, t, s: [
         *("--model", "code-2l", "--steps", "1", "--no-e2e", "--out", t),
     ],
+    "sae build-transcoders": lambda m, t, s: [
+        *("--model", "code-2l", "--steps", "1", "--out", t),
+    ],
     "regions run": lambda m, t, s: [
         *("--model", m, "--n-prompts", "2", "--n-steps", "3", "--out", t),
     ],
@@ -177,7 +180,7 @@ CASES: dict[str, Any] = {
     "sweep": lambda m, t, s: _sweep_config(t, m),
     "demo": lambda m, t, s: ["--quick", "--only", "patching", "--out", t / "r.html"],
 }
-ZOO_ONLY = {"sae build-bundled", "directions paper", "graph"}
+ZOO_ONLY = {"sae build-bundled", "sae build-transcoders", "directions paper", "graph"}
 #: placement -> its command-line options
 PLACEMENTS = {
     "hf-bf16-map": ("--device-map", "cpu", "--dtype", "bfloat16"),

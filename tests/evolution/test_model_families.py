@@ -34,6 +34,9 @@ def _sae(acts: torch.Tensor, hook: str, seed: int) -> SparseAutoencoder:
     sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=2 * d, hook_name=hook), seed=seed)
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(0))
+        # unit-norm encoder columns (SAELens's init has norm 0.1): pre-activations then stand
+        # well clear of the float rounding between the bridge's activations and LeanModel's
+        sae.W_enc.copy_(F.normalize(sae.W_enc, dim=0))
     return sae
 
 
@@ -55,7 +58,8 @@ def test_streamed_statistics_equal_a_recomputation_from_cached_codes(
     for info, c in zip(result.layers, (x, y), strict=True):
         freq = (c > 0).float().mean(0)
         assert float(((freq > 0) & (freq < 1)).float().mean()) > 0.5  # most features vary
-        torch.testing.assert_close(info.freq, freq)
+        # a pre-activation within rounding of 0 may fire in one run and not the other: one token
+        torch.testing.assert_close(info.freq, freq, atol=1.01 / x.shape[0], rtol=0)
         torch.testing.assert_close(info.max_act, c.max(0).values.clamp_min(0), atol=1e-5, rtol=1e-5)
     ref = dense_reference(x, y, 0.2 * x.max(0).values, 0.2 * y.max(0).values)
     w0, w1 = (F.normalize(s.W_dec, dim=-1) for s in saes)

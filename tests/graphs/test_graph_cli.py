@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_transcoders_then_graph(tmp_path) -> None:
     tc = tmp_path / "tc"
     args = ["sae", "train", "--kind", "transcoder", "--model", "code-2l", "--hook", "all"]
-    args += ["--steps", "5", "--batch-size", "2", "--expansion", "2", "--eval-batches", "1"]
+    args += ["--steps", "60", "--batch-size", "2", "--expansion", "2", "--eval-batches", "1"]
     r = runner.invoke(app, [*args, "--out", str(tc)])
     assert r.exit_code == 0, r.output
     assert "every MLP replaced" in r.output

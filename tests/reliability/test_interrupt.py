@@ -83,7 +83,11 @@ def test_sae_train_interrupted_then_resumed(tmp_path, mechscope_cli, leftovers) 
         assert (out / RUN / f).read_bytes() == (tmp_path / "ref" / RUN / f).read_bytes()
     history = json.loads((out / RUN / "cfg.json").read_text())["metadata"]["evaluation"]
     reference = json.loads((tmp_path / "ref" / RUN / "cfg.json").read_text())
-    assert history == reference["metadata"]["evaluation"]
+    # the same weights; the evaluation's float sums may differ in the last bit between processes
+    want = reference["metadata"]["evaluation"]
+    assert history.keys() == want.keys()
+    for k, v in want.items():
+        assert history[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k
 
 
 SWEEP = """kind: acdc
