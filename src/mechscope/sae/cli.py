@@ -453,6 +453,7 @@ def build_transcoders_cmd(
 
     with option_checks():
         V.integer("--steps", steps, lo=1)
+        V.seed("--seed", seed)
     try:
         bridge = load(model, None, Placement(device, device_map, dtype))
     except ModelLoadError as e:

@@ -32,26 +32,10 @@ def _weight_names(architecture: str) -> set[str]:
     return names | {"threshold"} if architecture == "jumprelu" else names
 
 
-def save_saelens(
-    sae: SparseAutoencoder,
-    path: str | Path,
-    dtype: str = "float32",
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Write `sae` to folder `path` in SAELens format (weights cast to `dtype`); returns the folder.
-
-    metadata: extra entries for cfg.json's metadata block (e.g. context_size, evaluation).
-    """
-    if dtype not in _DTYPES:
-        raise SAEError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    folder = Path(path)
-    c = sae.cfg
-    params = dict(sae.named_parameters())
-    weights = {
-        n: params[n].detach().to(device="cpu", dtype=_DTYPES[dtype]).contiguous()
-        for n in sorted(_weight_names(c.architecture))
-    }
-    cfg: dict[str, Any] = {
+def saelens_cfg(c: SAEConfig, dtype: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SAELens 6.x's cfg.json for an SAE of config `c` saved in `dtype` (`metadata`: extra
+    entries of its metadata block); transcoders add their output keys to it."""
+    return {
         "d_in": c.d_in,
         "d_sae": c.d_sae,
         "dtype": dtype,
@@ -72,6 +56,28 @@ def save_saelens(
         },
         "architecture": c.architecture,
     }
+
+
+def save_saelens(
+    sae: SparseAutoencoder,
+    path: str | Path,
+    dtype: str = "float32",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write `sae` to folder `path` in SAELens format (weights cast to `dtype`); returns the folder.
+
+    metadata: extra entries for cfg.json's metadata block (e.g. context_size, evaluation).
+    """
+    if dtype not in _DTYPES:
+        raise SAEError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    folder = Path(path)
+    c = sae.cfg
+    params = dict(sae.named_parameters())
+    weights = {
+        n: params[n].detach().to(device="cpu", dtype=_DTYPES[dtype]).contiguous()
+        for n in sorted(_weight_names(c.architecture))
+    }
+    cfg = saelens_cfg(c, dtype, metadata)
     if c.architecture == "topk":
         cfg |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
     write_safetensors(folder / WEIGHTS_FILE, weights)

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mechscope.data.batches import source_batches
 from mechscope.errors import SAEError
-from mechscope.files import atomic_write, write_json
+from mechscope.files import read_json, read_safetensors, write_json, write_safetensors, write_text
 from mechscope.metrics import kl_div
 from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.progress import progress_bar
@@ -41,7 +40,7 @@ from mechscope.sae.config import Architecture, SAEConfig, TrainConfig
 from mechscope.sae.evaluate import _ce
 from mechscope.sae.losses import local_loss
 from mechscope.sae.model import SparseAutoencoder
-from mechscope.sae.saelens_format import _DTYPES, CFG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from mechscope.sae.saelens_format import _DTYPES, CFG_FILE, WEIGHTS_FILE, saelens_cfg
 from mechscope.sae.train import TrainResult, lr_at, sparsity_coeff_at
 
 INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
@@ -352,40 +351,40 @@ def save_transcoder(
     """Write `tc` to folder `path` as SAELens 6.x writes a transcoder; returns the folder."""
     if dtype not in _DTYPES:
         raise SAEError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    c = tc.cfg
     weights = {
         n: p.detach().to(device="cpu", dtype=_DTYPES[dtype]).contiguous()
         for n, p in tc.named_parameters()
     }
+    base = saelens_cfg(tc.cfg, dtype, metadata)
+    meta = base.pop("metadata")
+    hooks = {"hook_name_out": tc.output_hook, "hook_head_index_out": None}
     cfg = {
-        "d_in": c.d_in,
-        "d_sae": c.d_sae,
-        "d_out": c.d_in,
-        "dtype": dtype,
-        "device": "cpu",
-        "apply_b_dec_to_input": False,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {
-            "sae_lens_version": FORMAT_VERSION,
-            "sae_lens_training_version": FORMAT_VERSION,
-            "model_name": c.model_name,
-            "hook_name": c.hook_name,
-            "hook_name_out": tc.output_hook,
-            "hook_head_index": None,
-            "hook_head_index_out": None,
-            "prepend_bos": True,
-            "exclude_special_tokens": True,
-            "mechscope": c.extra,
-            **(metadata or {}),
-        },
+        **{k: base[k] for k in ("d_in", "d_sae")},
+        "d_out": tc.cfg.d_in,
+        **{k: v for k, v in base.items() if k not in ("d_in", "d_sae", "architecture")},
+        "metadata": _with_outputs(meta, hooks),
         "architecture": _saelens_architecture(tc),
     }
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    folder = Path(path)
+    write_safetensors(folder / WEIGHTS_FILE, weights)
     write_json(folder / CFG_FILE, cfg, indent=2)  # last: a folder with cfg.json is complete
     return folder
+
+
+def _with_outputs(meta: dict[str, Any], outs: dict[str, Any]) -> dict[str, Any]:
+    """meta with each `<key>_out` of outs right after `<key>` (SAELens's key order)."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        out[k] = v
+        if f"{k}_out" in outs:
+            out[f"{k}_out"] = outs[f"{k}_out"]
+    return out
+
+
+_REMAKE = (
+    "Retrain it (`mechscope sae train --kind transcoder`) or rebuild the bundled set "
+    "(`mechscope sae build-transcoders`)"
+)
 
 
 def _build(
@@ -410,14 +409,14 @@ def load_transcoder(path: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     for f in (CFG_FILE, WEIGHTS_FILE):
         if not (folder / f).exists():
             raise SAEError(f"{folder} has no {f}: not a SAELens-format transcoder folder")
-    cfg = json.loads((folder / CFG_FILE).read_text())
+    cfg = read_json(folder / CFG_FILE, SAEError, _REMAKE)
     arch = cfg.get("architecture", "")
     if not str(arch).endswith("transcoder"):
         raise SAEError(f"{folder / CFG_FILE}: architecture {arch!r} is not a transcoder")
     if int(cfg.get("d_out", cfg["d_in"])) != int(cfg["d_in"]):
         raise SAEError(f"{folder}: d_out != d_in; only MLP-to-MLP transcoders are supported")
     meta = cfg.get("metadata") or {}
-    weights = load_file(str(folder / WEIGHTS_FILE))
+    weights = read_safetensors(folder / WEIGHTS_FILE, SAEError, _REMAKE, finite=True)
     tc = _build(
         int(cfg["d_in"]),
         int(cfg["d_sae"]),
@@ -430,10 +429,6 @@ def load_transcoder(path: str | Path, dtype: torch.dtype = torch.float32) -> Tra
 
 
 # -- circuit-tracer's transcoder sets -------------------------------------------------------------
-def _write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
-
-
 def save_circuit_tracer(
     transcoders: Sequence[Transcoder], path: str | Path, model_name: str = ""
 ) -> Path:
@@ -459,7 +454,7 @@ def save_circuit_tracer(
         if "threshold" in w:
             out["activation_function.threshold"] = w["threshold"]
         out = {k: v.contiguous() for k, v in out.items()}
-        _write_safetensors(folder / f"layer_{tc.layer}.safetensors", out)
+        write_safetensors(folder / f"layer_{tc.layer}.safetensors", out)
     name = model_name or transcoders[0].cfg.model_name
     text = (
         "model_kind: transcoder_set\n"
@@ -467,7 +462,7 @@ def save_circuit_tracer(
         "feature_input_hook: ln2.hook_normalized\n"
         "feature_output_hook: hook_mlp_out\n"
     )
-    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    write_text(folder / "config.yaml", text)
     return folder
 
 
@@ -494,7 +489,7 @@ def load_circuit_tracer(path: str | Path) -> list[Transcoder]:
         raise SAEError(f"{folder} must hold layer_0.safetensors .. layer_{{L-1}}.safetensors")
     out = []
     for l, f in enumerate(files):
-        w = load_file(str(f))
+        w = read_safetensors(f, SAEError, _REMAKE, finite=True)
         if "activation_function.threshold" in w:
             w["threshold"] = w.pop("activation_function.threshold")
             if bool((w["threshold"] < 0).any()):
