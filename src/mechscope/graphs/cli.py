@@ -39,6 +39,13 @@ def graph_command(
         typer.Option(help="keep at most this many features, the most influential (all if unset)"),
     ] = None,
     slug: Annotated[str, typer.Option(help="the graph's slug in the JSON")] = "graph",
+    card_tokens: Annotated[
+        int,
+        typer.Option(
+            help="held-out tokens read for the kept features' cards (top activations, density) "
+            "on the page and in features/ beside OUT; 0: no cards"
+        ),
+    ] = 32768,
     edit: Annotated[
         list[str] | None,
         typer.Option(
@@ -58,6 +65,7 @@ def graph_command(
     from mechscope.files import write_json
     from mechscope.graphs import attribute, graph_json, prune
     from mechscope.graphs.attribution import prompt_tokens
+    from mechscope.graphs.cards import card_batches, feature_cards, write_feature_files
     from mechscope.graphs.intervene import FeatureEdit, intervene
     from mechscope.graphs.page import write_page
     from mechscope.models.lean import as_lean
@@ -92,7 +100,13 @@ def graph_command(
         seconds = time.perf_counter() - t0
         data = graph_json(g, slug=slug, node_threshold=node_threshold, pruned=pr)
         write_json(out, data)
-        page = write_page(data, g.n_layers, out.with_suffix(".html"))
+        cards = None
+        if card_tokens:
+            kept_features = g.active_features[pr.node_mask[: g.n_features]][:, [0, 2]]
+            batches = card_batches(lean, card_tokens)
+            cards = feature_cards(lean, tcs, kept_features, batches, progress=True)
+            write_feature_files(cards, out.parent, data["metadata"]["scan"])
+        page = write_page(data, g.n_layers, out.with_suffix(".html"), cards)
         res = intervene(lean, tcs, g, edits) if edits else None
     except MechscopeError as e:
         fail(str(e))
@@ -105,6 +119,11 @@ def graph_command(
         f"{int(pr.edge_mask.sum())} edges ({seconds:.2f} s)"
     )
     console.print(f"wrote {out} and the page {page}")
+    if cards is not None:
+        console.print(
+            f"cards of {len(cards.cards)} features over {cards.n_tokens:,} held-out tokens "
+            f"({cards.meta['seconds']} s), also in {out.parent / 'features'}"
+        )
     if res is not None:
         table = Table(title="change of the demeaned logits under " + ", ".join(edit or []))
         for col in ("token", "frozen model", "graph predicts", "real model"):

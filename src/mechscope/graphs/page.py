@@ -2,8 +2,11 @@
 graph JSON (`export.graph_json`, circuit-tracer's format).
 
 Nodes are laid out by position (x) and layer (y: tokens at the bottom, logits at the top), links
-drawn blue (positive) or red (negative) with width by |weight|. Clicking a node shows its fields
-and its incoming and outgoing links, strongest first (each clickable). Shift-click adds nodes to a
+drawn blue (positive) or red (negative) with width by |weight|. Clicking a node shows its fields,
+a feature's card when the page has cards (`cards.feature_cards`: density, the tokens its decoder
+raises and lowers, its top activating contexts on held-out text with each token shaded by the
+feature's activation) and the node's incoming and outgoing links, strongest first (each
+clickable). Shift-click adds nodes to a
 selection that "group" turns into a supernode (listed, and kept in the page's `qParams.supernodes`
 as circuit-tracer's frontend stores them). Every string reaches the page as JSON and is shown as
 text.
@@ -16,6 +19,7 @@ from typing import Any
 
 from mechscope.evolution.page import _script_json
 from mechscope.files import atomic_write
+from mechscope.graphs.cards import FeatureCards
 
 CSS = """
 body{font:13px system-ui,sans-serif;margin:0;display:flex;height:100vh}
@@ -24,6 +28,10 @@ body{font:13px system-ui,sans-serif;margin:0;display:flex;height:100vh}
 .node.sel circle{stroke:#f80;stroke-width:3}
 .node.picked circle{stroke:#0a0;stroke-width:3}.lnk{cursor:pointer}.lnk:hover{color:#06c}
 h2{font-size:15px;margin:4px 0}ul{padding-left:16px;margin:4px 0}button{margin:4px 0}
+#card{border:1px solid #ddd;border-radius:4px;padding:4px;margin:6px 0}
+.ex{font-family:monospace;white-space:pre-wrap;margin:3px 0;border-top:1px solid #eee}
+.ex .act{color:#666;margin-right:6px}.ex .top{font-weight:bold;outline:1px solid #f80}
+.muted{color:#888}
 """
 
 JS = r"""
@@ -111,8 +119,33 @@ function show(n) {
   if (n.influence !== null) info.push('influence ' + n.influence.toFixed(4));
   if (n.clerp) info.push(n.clerp);
   side.appendChild(el('div', info.join(' · '), 'info'));
+  if (n.feature_type === 'cross layer transcoder') showCard(n);
   linkList('incoming', D.links.filter(l => l.t === n), l => l.s);
   linkList('outgoing', D.links.filter(l => l.s === n), l => l.t);
+}
+function showCard(n) {
+  if (!D.card_tokens) return;
+  const key = n.node_id.split('_').slice(0, 2).join('_'), c = D.cards[key];
+  const box = el('div', undefined); box.id = 'card';
+  box.appendChild(el('h2', 'feature ' + key + ' on ' + D.card_tokens + ' held-out tokens'));
+  if (!c) { box.appendChild(el('div', 'no card', 'muted')); side.appendChild(box); return; }
+  box.appendChild(el('div', 'density ' + (100 * c.density).toPrecision(3) + '% · max '
+    + c.max_act.toFixed(3), 'density'));
+  box.appendChild(el('div', 'raises ' + c.top_logits.map(t => JSON.stringify(t)).join(' ')));
+  box.appendChild(el('div', 'lowers ' + c.bottom_logits.map(t => JSON.stringify(t)).join(' ')));
+  if (!c.examples.length) box.appendChild(el('div', 'never active on these tokens', 'muted'));
+  c.examples.forEach(e => {
+    const row = el('div', undefined, 'ex');
+    row.appendChild(el('span', e.act.toFixed(3), 'act'));
+    e.tokens.forEach((t, i) => {
+      const s = el('span', t, i === e.index ? 'top' : undefined);
+      s.style.background = 'rgba(255,136,0,' + Math.max(0, e.acts[i]) / c.max_act + ')';
+      s.title = e.acts[i].toFixed(3);
+      row.appendChild(s);
+    });
+    box.appendChild(row);
+  });
+  side.appendChild(box);
 }
 const picked = new Set();
 function toggle(n) {
@@ -139,16 +172,22 @@ HTML = """<!doctype html><html><head><meta charset="utf-8"><title>attribution gr
 """
 
 
-def page_html(graph: dict[str, Any], n_layers: int) -> str:
-    """The page of a graph JSON (`graph_json`) of an n_layers model, as one HTML string."""
-    data = _script_json(graph | {"n_layers": n_layers})
+def page_html(graph: dict[str, Any], n_layers: int, cards: FeatureCards | None = None) -> str:
+    """The page of a graph JSON (`graph_json`) of an n_layers model, with the features' `cards`
+    if given, as one HTML string."""
+    extra = {"n_layers": n_layers, "cards": {}, "card_tokens": 0}
+    if cards is not None:
+        extra |= {"cards": cards.by_key(), "card_tokens": cards.n_tokens}
+    data = _script_json(graph | extra)
     return HTML.replace("{css}", CSS).replace("{js}", JS).replace("{data}", data)
 
 
-def write_page(graph: dict[str, Any], n_layers: int, path: str | Path) -> Path:
+def write_page(
+    graph: dict[str, Any], n_layers: int, path: str | Path, cards: FeatureCards | None = None
+) -> Path:
     """Write `page_html` to `path`; returns the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    html = page_html(graph, n_layers)
+    html = page_html(graph, n_layers, cards)
     atomic_write(out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return out
