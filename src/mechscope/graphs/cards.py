@@ -204,16 +204,21 @@ def feature_cards(
 
 
 def feature_file(card: FeatureCard, scan: str) -> dict[str, Any]:
-    """`card` in circuit-tracer's feature format (frontend/feature_models.py `Model`)."""
-    examples = [
-        {
-            "tokens_acts_list": e.acts,
-            "train_token_ind": e.index,
-            "is_repeated_datapoint": False,
-            "tokens": e.tokens,
-        }
-        for e in card.examples
-    ]
+    """`card` in circuit-tracer's feature format (frontend/feature_models.py `Model`); an example
+    whose window repeats an earlier one's text (the corpus repeats lines) is marked repeated."""
+    examples: list[dict[str, Any]] = []
+    seen: set[tuple[tuple[str, ...], int]] = set()
+    for e in card.examples:
+        text = (tuple(e.tokens), e.index)
+        examples.append(
+            {
+                "tokens_acts_list": e.acts,
+                "train_token_ind": e.index,
+                "is_repeated_datapoint": text in seen,
+                "tokens": e.tokens,
+            }
+        )
+        seen.add(text)
     return {
         "transcoder_id": f"{scan}/{card.layer}",
         "index": card.feature,

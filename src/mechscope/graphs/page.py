@@ -127,7 +127,8 @@ function showCard(n) {
   if (!D.card_tokens) return;
   const key = n.node_id.split('_').slice(0, 2).join('_'), c = D.cards[key];
   const box = el('div', undefined); box.id = 'card';
-  box.appendChild(el('h2', 'feature ' + key + ' on ' + D.card_tokens + ' held-out tokens'));
+  box.appendChild(el('h2', 'feature ' + key + ' on ' + D.card_tokens.toLocaleString('en')
+    + ' held-out tokens'));
   if (!c) { box.appendChild(el('div', 'no card', 'muted')); side.appendChild(box); return; }
   box.appendChild(el('div', 'density ' + (100 * c.density).toPrecision(3) + '% · max '
     + c.max_act.toFixed(3), 'density'));
@@ -138,7 +139,7 @@ function showCard(n) {
     const row = el('div', undefined, 'ex');
     row.appendChild(el('span', e.act.toFixed(3), 'act'));
     e.tokens.forEach((t, i) => {
-      const s = el('span', t, i === e.index ? 'top' : undefined);
+      const s = el('span', t.replace(/\n/g, '⏎'), i === e.index ? 'top' : undefined);
       s.style.background = 'rgba(255,136,0,' + Math.max(0, e.acts[i]) / c.max_act + ')';
       s.title = e.acts[i].toFixed(3);
       row.appendChild(s);
