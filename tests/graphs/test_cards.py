@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 import mechscope.graphs.cards as cards_mod
 from mechscope.cli import app
 from mechscope.errors import GraphError
-from mechscope.graphs.cards import feature_cards, feature_file, write_feature_files
+from mechscope.graphs.cards import (
+    CardExample,
+    FeatureCard,
+    feature_cards,
+    feature_file,
+    write_feature_files,
+)
 from mechscope.graphs.export import cantor
 from mechscope.graphs.handbuilt import exact_model
 
@@ -99,6 +105,13 @@ def test_feature_files_and_bad_input(model, tmp_path) -> None:
         assert [e["tokens_acts_list"][e["train_token_ind"]] for e in ex] == pytest.approx(
             [e.act for e in card.examples]
         )
+    # a window seen before (the corpus repeats lines) is flagged as circuit-tracer does
+    card = FeatureCard(0, 1, 0.5, 2.0, [CardExample(2.0, ["a", "b"], [2.0, 0.0], 0)] * 2)
+    flags = [
+        e["is_repeated_datapoint"]
+        for e in feature_file(card, "s")["examples_quantiles"][0]["examples"]
+    ]
+    assert flags == [False, True]
     with pytest.raises(GraphError, match="feature id out of range for layer 1"):
         feature_cards(lean, tcs, torch.tensor([[1, 16]]), batches)
     with pytest.raises(GraphError, match="there are 2 transcoders"):
@@ -126,5 +139,8 @@ def test_graph_cli_writes_cards(tmp_path) -> None:
     assert files == {f"{c}.json" for _, _, c in feats}
     html = out.with_suffix(".html").read_text()
     assert all(f'"{l}_{f}":' in html for l, f, _ in feats)
+    r = CliRunner().invoke(app, [*args, "--card-tokens", "0", "--out", str(tmp_path / "n.json")])
+    assert r.exit_code == 0 and "held-out tokens" not in r.output, r.output
+    assert '"card_tokens":0' in (tmp_path / "n.html").read_text()
     r = CliRunner().invoke(app, [*args, "--card-tokens", "-1"])
     assert r.exit_code == 2 and "at least one token" in r.output, r.output
