@@ -112,6 +112,7 @@ def test_feature_files_and_bad_input(model, tmp_path) -> None:
         for e in feature_file(card, "s")["examples_quantiles"][0]["examples"]
     ]
     assert flags == [False, True]
+    assert feature_cards(lean, tcs, torch.zeros(0, 2), batches).cards == []
     with pytest.raises(GraphError, match="feature id out of range for layer 1"):
         feature_cards(lean, tcs, torch.tensor([[1, 16]]), batches)
     with pytest.raises(GraphError, match="there are 2 transcoders"):

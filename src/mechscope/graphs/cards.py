@@ -114,6 +114,8 @@ def feature_cards(
     if not batches or len({tuple(b.shape) for b in batches}) != 1:
         raise GraphError("feature cards need token batches of one shape [batch, n_ctx]")
     features = features.reshape(-1, 2).long().cpu()
+    if not len(features):
+        return FeatureCards([], 0, {"batches": 0})
     wanted: dict[int, Tensor] = {}
     for l in sorted(set(features[:, 0].tolist())):
         if not 0 <= l < len(transcoders):
