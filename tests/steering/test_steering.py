@@ -213,3 +213,106 @@ def test_bad_interventions_are_refused_before_any_work(gpt2_2l, tokenizer, code_
     llama = LeanModel(toy_model("llama"))
     with pytest.raises(SteeringError, match="d_in"):
         generate(llama, torch.ones(1, 3, dtype=torch.long), [FeatureEdit(HOOK, code_sae, 0)], 2)
+
+
+# -- transcoder features -------------------------------------------------------------------------
+TC_LAYER, TC_FEATURE = 1, 505  # active (0.11) at the last position of _prompt()
+
+
+@pytest.fixture(scope="module")
+def code_tc():
+    from mechscope.graphs import load_bundled_transcoders
+
+    return load_bundled_transcoders("code-2l")[TC_LAYER]
+
+
+def _bridge_edit(tc, op: str, value: float, positions) -> list:
+    """circuit-tracer's edit written by hand as bridge hooks: at hook_mlp_out add
+    (new - a) * W_dec[f], a read off ln2.hook_normalized, at `positions` ('all' or a list)."""
+    seen = {}
+
+    def grab(x, hook):
+        seen["x"] = x
+
+    def edit(y, hook):
+        a = tc.encode(seen["x"])[..., TC_FEATURE]
+        new = {"clamp": torch.full_like(a, value), "scale": a * value, "zero": 0 * a}[op]
+        at = slice(None) if positions == "all" else list(positions)
+        y = y.clone()
+        y[:, at] += (new - a)[:, at, None] * tc.W_dec[TC_FEATURE]
+        return y
+
+    return [
+        (f"blocks.{TC_LAYER}.ln2.hook_normalized", grab),
+        (f"blocks.{TC_LAYER}.hook_mlp_out", edit),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "positions"),
+    [("clamp", 6.0, "all"), ("scale", 20.0, (4, 9)), ("zero", 0.0, "all")],
+)
+def test_transcoder_edit_equals_a_hand_written_bridge_hook(
+    gpt2_2l, tokenizer, code_tc, op, value, positions
+):
+    from mechscope.steering import TranscoderEdit
+
+    prompt = _prompt(tokenizer)
+    iv = TranscoderEdit(code_tc, TC_FEATURE, op, value, positions)
+    effect = intervene(gpt2_2l, prompt, [iv])
+    with torch.no_grad():
+        want = gpt2_2l.run_with_hooks(prompt, fwd_hooks=_bridge_edit(code_tc, op, value, positions))
+    torch.testing.assert_close(effect.logits, want[:, -1], atol=1e-4, rtol=1e-4)
+    assert float(effect.kl[0]) > 1e-4
+
+
+def test_transcoder_steering_equals_a_literal_loop(gpt2_2l, tokenizer, code_tc):
+    """Greedy KV-cached generation with a clamped transcoder feature equals re-running the
+    bridge on the whole sequence each step with the edit as hand-written hooks; sampled, the
+    cache equals recomputation; and the edit does steer."""
+    from mechscope.steering import TranscoderEdit
+
+    prompt = _prompt(tokenizer, "def foo(")
+    iv = TranscoderEdit(code_tc, TC_FEATURE, "clamp", 8.0)
+    got = generate(gpt2_2l, prompt, [iv], 6)
+    tokens = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            logits = gpt2_2l.run_with_hooks(
+                tokens, fwd_hooks=_bridge_edit(code_tc, "clamp", 8.0, "all")
+            )
+            tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got.tokens, tokens)
+    assert not torch.equal(got.tokens, generate(gpt2_2l, prompt, [], 6).tokens)
+    kw = dict(temperature=0.9, top_k=50, seed=4)
+    scaled = [TranscoderEdit(code_tc, TC_FEATURE, "scale", 4.0, "new")]
+    assert torch.equal(
+        generate(gpt2_2l, prompt, scaled, 6, **kw).tokens,
+        generate(gpt2_2l, prompt, scaled, 6, kv_cache=False, **kw).tokens,
+    )
+
+
+def test_bad_transcoder_edits(gpt2_2l, tokenizer, code_tc, attn4):
+    from mechscope.sae.transcoder import Transcoder
+    from mechscope.steering import TranscoderEdit
+
+    lean = as_lean(gpt2_2l)
+    prompt = _prompt(tokenizer)
+    def tc(d_in: int, layer: int) -> Transcoder:
+        hook = f"blocks.{layer}.ln2.hook_normalized"
+        return Transcoder(SAEConfig(d_in, 16, hook_name=hook, apply_b_dec_to_input=False))
+
+    far, narrow = tc(128, 4), tc(64, 0)
+    cases = [
+        (TranscoderEdit(far, 0), "2 layers"),
+        (TranscoderEdit(narrow, 0), "d_in=64"),
+        (TranscoderEdit(code_tc, code_tc.d_sae), "out of range"),
+        (TranscoderEdit(code_tc, 0, positions=(99,)), "outside the context"),
+    ]
+    for iv, match in cases:
+        with pytest.raises(SteeringError, match=match):
+            intervene(lean, prompt, [iv])
+    with pytest.raises(SteeringError, match="need the model"):
+        hooks_for([TranscoderEdit(code_tc, 0)], 0, 3)
+    with pytest.raises(SteeringError, match="no MLPs"):
+        generate(attn4, torch.ones(1, 3, dtype=torch.long), [TranscoderEdit(code_tc, 0)], 2)
