@@ -179,3 +179,60 @@ def test_sae_edits(model) -> None:
     torch.testing.assert_close(sae_logits(lean, sae, TOKS, [(p - len(TOKS), f, 3.0)]), want)
     with pytest.raises(GraphError, match="out of range"):
         sae_logits(lean, sae, TOKS, [(0, 99, 1.0)])
+
+
+# -- `mechscope graph --edit` --------------------------------------------------------------------
+PROMPT = "def area(width, height):\n    return width *"
+
+
+def _table(output: str) -> list[list[str]]:
+    """The cells of the rows of the printed change table."""
+    return [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in output.splitlines()
+        if line.count("│") == 5 and not line.startswith("┃")
+    ]
+
+
+def test_graph_edit_cli(tmp_path) -> None:
+    """Every edit kind from the CLI: the frozen model's change printed equals the graph's
+    prediction; an edit at the first position (no node there) has no prediction."""
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    runner = CliRunner()
+    base = ["graph", "--prompt", PROMPT, "--out", str(tmp_path / "g.json")]
+    r = runner.invoke(app, [*base, "--edit", "1:-1:9*2", "--edit", "0:all:173=0"])
+    assert r.exit_code == 0, r.output
+    rows = _table(r.output)
+    assert len(rows) >= 2 and all(row[1] == row[2] for row in rows), r.output
+    assert any(float(row[1]) != 0 for row in rows)
+    r = runner.invoke(app, [*base, "--edit", "1:0:5=3"])
+    assert r.exit_code == 0, r.output
+    assert all(row[2] == "n/a" for row in _table(r.output)) and "no node" in r.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("0:40:1=0", "position out of range"),
+        ("0:3,-30:1=0", "position out of range"),
+        ("2:1:1=0", "layer out of range"),
+        ("1:1:99999=0", "feature out of range"),
+        ("1:1:1", "LAYER:POS:FEATURE=VALUE"),
+    ],
+)
+def test_graph_bad_edits_exit_2_before_any_work(tmp_path, monkeypatch, edit, message) -> None:
+    from typer.testing import CliRunner
+
+    import mechscope.graphs
+    from mechscope.cli import app
+
+    def refuse(*a, **k):
+        raise AssertionError("the graph was computed for a bad edit")
+
+    monkeypatch.setattr(mechscope.graphs, "attribute", refuse)
+    args = ["graph", "--prompt", PROMPT, "--out", str(tmp_path / "g.json"), "--edit", edit]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and message in r.output, r.output

@@ -216,17 +216,23 @@ def test_bad_interventions_are_refused_before_any_work(gpt2_2l, tokenizer, code_
 
 
 # -- transcoder features -------------------------------------------------------------------------
-TC_LAYER, TC_FEATURE = 1, 505  # active (0.11) at the last position of _prompt()
+TC_LAYER = 1
 
 
 @pytest.fixture(scope="module")
-def code_tc():
+def code_tc(gpt2_2l, tokenizer):
+    """(code-2l's bundled layer-1 transcoder, its feature most active at the last position of
+    _prompt(), the positions where that feature is active)."""
     from mechscope.graphs import load_bundled_transcoders
 
-    return load_bundled_transcoders("code-2l")[TC_LAYER]
+    tc = load_bundled_transcoders("code-2l")[TC_LAYER]
+    _, cache = gpt2_2l.run_with_cache(_prompt(tokenizer))
+    codes = tc.encode(cache[f"blocks.{TC_LAYER}.ln2.hook_normalized"])[0].detach()
+    f = int(codes[-1].argmax())
+    return tc, f, tuple(codes[:, f].nonzero()[:, 0].tolist())
 
 
-def _bridge_edit(tc, op: str, value: float, positions) -> list:
+def _bridge_edit(tc, f: int, op: str, value: float, positions) -> list:
     """circuit-tracer's edit written by hand as bridge hooks: at hook_mlp_out add
     (new - a) * W_dec[f], a read off ln2.hook_normalized, at `positions` ('all' or a list)."""
     seen = {}
@@ -235,11 +241,11 @@ def _bridge_edit(tc, op: str, value: float, positions) -> list:
         seen["x"] = x
 
     def edit(y, hook):
-        a = tc.encode(seen["x"])[..., TC_FEATURE]
+        a = tc.encode(seen["x"])[..., f]
         new = {"clamp": torch.full_like(a, value), "scale": a * value, "zero": 0 * a}[op]
         at = slice(None) if positions == "all" else list(positions)
         y = y.clone()
-        y[:, at] += (new - a)[:, at, None] * tc.W_dec[TC_FEATURE]
+        y[:, at] += (new - a)[:, at, None] * tc.W_dec[f]
         return y
 
     return [
@@ -250,18 +256,19 @@ def _bridge_edit(tc, op: str, value: float, positions) -> list:
 
 @pytest.mark.parametrize(
     ("op", "value", "positions"),
-    [("clamp", 6.0, "all"), ("scale", 20.0, (4, 9)), ("zero", 0.0, "all")],
+    [("clamp", 6.0, "all"), ("scale", 20.0, "active"), ("zero", 0.0, "all")],
 )
 def test_transcoder_edit_equals_a_hand_written_bridge_hook(
     gpt2_2l, tokenizer, code_tc, op, value, positions
 ):
     from mechscope.steering import TranscoderEdit
 
+    tc, f, active = code_tc
+    positions = active if positions == "active" else positions
     prompt = _prompt(tokenizer)
-    iv = TranscoderEdit(code_tc, TC_FEATURE, op, value, positions)
-    effect = intervene(gpt2_2l, prompt, [iv])
+    effect = intervene(gpt2_2l, prompt, [TranscoderEdit(tc, f, op, value, positions)])
     with torch.no_grad():
-        want = gpt2_2l.run_with_hooks(prompt, fwd_hooks=_bridge_edit(code_tc, op, value, positions))
+        want = gpt2_2l.run_with_hooks(prompt, fwd_hooks=_bridge_edit(tc, f, op, value, positions))
     torch.testing.assert_close(effect.logits, want[:, -1], atol=1e-4, rtol=1e-4)
     assert float(effect.kl[0]) > 1e-4
 
@@ -272,20 +279,20 @@ def test_transcoder_steering_equals_a_literal_loop(gpt2_2l, tokenizer, code_tc):
     cache equals recomputation; and the edit does steer."""
     from mechscope.steering import TranscoderEdit
 
+    tc, f, _ = code_tc
     prompt = _prompt(tokenizer, "def foo(")
-    iv = TranscoderEdit(code_tc, TC_FEATURE, "clamp", 8.0)
-    got = generate(gpt2_2l, prompt, [iv], 6)
+    got = generate(gpt2_2l, prompt, [TranscoderEdit(tc, f, "clamp", 8.0)], 6)
     tokens = prompt
     with torch.no_grad():
         for _ in range(6):
             logits = gpt2_2l.run_with_hooks(
-                tokens, fwd_hooks=_bridge_edit(code_tc, "clamp", 8.0, "all")
+                tokens, fwd_hooks=_bridge_edit(tc, f, "clamp", 8.0, "all")
             )
             tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got.tokens, tokens)
     assert not torch.equal(got.tokens, generate(gpt2_2l, prompt, [], 6).tokens)
     kw = dict(temperature=0.9, top_k=50, seed=4)
-    scaled = [TranscoderEdit(code_tc, TC_FEATURE, "scale", 4.0, "new")]
+    scaled = [TranscoderEdit(tc, f, "scale", 4.0, "new")]
     assert torch.equal(
         generate(gpt2_2l, prompt, scaled, 6, **kw).tokens,
         generate(gpt2_2l, prompt, scaled, 6, kv_cache=False, **kw).tokens,
@@ -298,6 +305,8 @@ def test_bad_transcoder_edits(gpt2_2l, tokenizer, code_tc, attn4):
 
     lean = as_lean(gpt2_2l)
     prompt = _prompt(tokenizer)
+    real = code_tc[0]
+
     def tc(d_in: int, layer: int) -> Transcoder:
         hook = f"blocks.{layer}.ln2.hook_normalized"
         return Transcoder(SAEConfig(d_in, 16, hook_name=hook, apply_b_dec_to_input=False))
@@ -306,13 +315,13 @@ def test_bad_transcoder_edits(gpt2_2l, tokenizer, code_tc, attn4):
     cases = [
         (TranscoderEdit(far, 0), "2 layers"),
         (TranscoderEdit(narrow, 0), "d_in=64"),
-        (TranscoderEdit(code_tc, code_tc.d_sae), "out of range"),
-        (TranscoderEdit(code_tc, 0, positions=(99,)), "outside the context"),
+        (TranscoderEdit(real, real.d_sae), "out of range"),
+        (TranscoderEdit(real, 0, positions=(99,)), "outside the context"),
     ]
     for iv, match in cases:
         with pytest.raises(SteeringError, match=match):
             intervene(lean, prompt, [iv])
     with pytest.raises(SteeringError, match="need the model"):
-        hooks_for([TranscoderEdit(code_tc, 0)], 0, 3)
+        hooks_for([TranscoderEdit(real, 0)], 0, 3)
     with pytest.raises(SteeringError, match="no MLPs"):
-        generate(attn4, torch.ones(1, 3, dtype=torch.long), [TranscoderEdit(code_tc, 0)], 2)
+        generate(attn4, torch.ones(1, 3, dtype=torch.long), [TranscoderEdit(real, 0)], 2)
