@@ -94,6 +94,21 @@ def test_prediction_of_features_without_a_node(model, graph) -> None:
     assert res.predicted is None and max(abs(x) for x in res.frozen) > 1e-6
 
 
+def test_no_prediction_for_features_left_out_of_the_graph(model, graph) -> None:
+    """With max_feature_nodes a dropped active feature has no node: editing it has no
+    prediction; editing a kept one still matches the frozen model."""
+    lean, tcs = model
+    small = attribute(lean, tcs, TOKS, max_feature_nodes=3)
+    kept = {tuple(f) for f in small.active_features.tolist()}
+    dropped = next(f for f in graph.active_features.tolist() if tuple(f) not in kept)
+    assert intervene(lean, tcs, small, [FeatureEdit(*dropped, 0.0)]).predicted is None
+    res = intervene(lean, tcs, small, [FeatureEdit(*next(iter(kept)), 2.0, "scale")])
+    assert res.predicted is not None
+    torch.testing.assert_close(
+        torch.tensor(res.frozen), torch.tensor(res.predicted), atol=1e-9, rtol=1e-7
+    )
+
+
 def _mlp_inputs(lean, tcs) -> list[torch.Tensor]:
     from mechscope.sae.transcoder import mlp_input
 

@@ -77,10 +77,16 @@ def test_lean_incremental_forward_with_hooks_equals_the_full_run(setup):
 
 @pytest.mark.parametrize("sampled", [False, True])
 def test_cached_generation_equals_full_recompute(setup, sampled):
-    """Token for token, with and without interventions (at all, new and listed positions),
+    """Token for token, with and without interventions (at all, new and listed positions; a
+    random transcoder's feature edited at the MLP output after an SAE edit at the MLP input),
     greedy and sampled: the KV-cached loop equals re-running the whole sequence each step."""
+    from mechscope.sae.transcoder import Transcoder
+    from mechscope.steering import TranscoderEdit
+
     lean, prompt, sae, direction = setup
-    n = prompt.shape[1]
+    n, d = prompt.shape[1], lean.W_E.shape[1]
+    hook = "blocks.1.ln2.hook_normalized"
+    tc = Transcoder(SAEConfig(d, 4 * d, hook_name=hook, apply_b_dec_to_input=False), seed=2)
     plans = [
         [],
         [FeatureEdit(HOOK, sae, 5, "clamp", 6.0)],
@@ -88,6 +94,11 @@ def test_cached_generation_equals_full_recompute(setup, sampled):
             AddDirection("blocks.1.hook_resid_pre", direction, 2.0, "new"),
             AblateDirection(HOOK, direction, (1, n + 2)),
             FeatureEdit(HOOK, sae, 7, "scale", 3.0, (0, n - 1, n + 1)),
+        ],
+        [
+            AddDirection("blocks.1.hook_mlp_in", direction, 1.0, (2, n)),
+            TranscoderEdit(tc, 3, "clamp", 4.0),
+            TranscoderEdit(tc, 8, "scale", 0.0, "new"),
         ],
     ]
     kw = dict(temperature=0.9, top_k=50, top_p=0.95, seed=4) if sampled else {}
@@ -99,6 +110,7 @@ def test_cached_generation_equals_full_recompute(setup, sampled):
         assert torch.equal(cached.tokens[:, :n], prompt)
         outs.append(cached.new_tokens)
     assert not torch.equal(outs[0], outs[2])  # the interventions do steer
+    assert not torch.equal(outs[0], outs[3])
 
 
 def test_zero_inactive_and_clamp_to_current_change_nothing(gpt2_2l, tokenizer, code_sae):
