@@ -86,6 +86,7 @@ def test_prediction_of_features_without_a_node(model, graph) -> None:
     assert res.predicted == [0.0] * graph.n_logits
     assert max(abs(x) for x in res.frozen) < 1e-12 and max(abs(x) for x in res.real) < 1e-12
     res = intervene(lean, tcs, graph, [FeatureEdit(*inactive, 1.0)])
+    assert res.moves == [(0.0, 1.0)]
     assert res.predicted is None and max(abs(x) for x in res.frozen) > 1e-4
     codes0 = tcs[0].encode(_mlp_inputs(lean, tcs)[0][0])
     f0 = int(codes0.argmax())
@@ -223,6 +224,7 @@ def test_graph_edit_cli(tmp_path) -> None:
     rows = _table(r.output)
     assert len(rows) >= 2 and all(row[1] == row[2] for row in rows), r.output
     assert any(float(row[1]) != 0 for row in rows)
+    assert "activations (real run -> edited): 1:12:9 " in r.output
     r = runner.invoke(app, [*base, "--edit", "1:0:5=3"])
     assert r.exit_code == 0, r.output
     assert all(row[2] == "n/a" for row in _table(r.output)) and "no node" in r.output

@@ -116,6 +116,11 @@ def graph_command(
             predicted = "n/a" if res.predicted is None else f"{res.predicted[i]:+.4f}"
             table.add_row(repr(text), f"{res.frozen[i]:+.4f}", predicted, f"{res.real[i]:+.4f}")
         console.print(table)
+        moved = [
+            f"{e.layer}:{e.pos % g.n_pos}:{e.feature} {a:.3g} -> {new:.3g}"
+            for e, (a, new) in zip(res.edits, res.moves, strict=True)
+        ]
+        console.print("activations (real run -> edited): " + ", ".join(moved))
         if res.predicted is None:
             console.print(
                 "the graph predicts nothing here: an edit moves a feature that has no node "

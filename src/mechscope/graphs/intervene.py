@@ -170,6 +170,7 @@ class InterventionResult:
     where an edit moves a feature the graph has no node for)."""
 
     edits: list[FeatureEdit]
+    moves: list[tuple[float, float]]  # per edit (activation in the real run, edited value)
     logit_tokens: list[int]
     logit_strs: list[str]
     frozen: list[float]
@@ -225,6 +226,7 @@ def intervene(
     predicted = predicted_change(g, edits, moves)
     return InterventionResult(
         edits=list(edits),
+        moves=moves,
         logit_tokens=ids.tolist(),
         logit_strs=list(g.meta.get("logit_strs", [])),
         frozen=frozen.tolist(),
