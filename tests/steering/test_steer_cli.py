@@ -36,6 +36,28 @@ def test_steer_prints_both_runs_and_writes_them(tmp_path, gpt2_2l, tokenizer):
     assert saved["steered"]["text"] == steered.texts(tokenizer)[0]
 
 
+def test_steer_with_transcoder_features(tmp_path, gpt2_2l, tokenizer):
+    """--tc-edit clamps / scales a bundled transcoder feature at every token: the steered run is
+    generate() with the same TranscoderEdits."""
+    from mechscope.graphs import load_bundled_transcoders
+    from mechscope.steering import TranscoderEdit
+
+    out = tmp_path / "steer.json"
+    args = ["steer", "--prompt", "def foo(", "--tc-edit", "1:9=6", "--tc-edit", "0:17*0"]
+    r = runner.invoke(app, [*args, "--max-new-tokens", "5", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "transcoder feature 9 of layer 1 = 6" in r.output and "x 0" in r.output
+    ids = torch.tensor(
+        [[tokenizer.bos_token_id, *tokenizer.encode("def foo(", add_special_tokens=False)]]
+    )
+    tcs = load_bundled_transcoders("code-2l")
+    ivs = [TranscoderEdit(tcs[1], 9, "clamp", 6.0), TranscoderEdit(tcs[0], 17, "scale", 0.0)]
+    steered = generate(gpt2_2l, ids, ivs, 5)
+    saved = json.loads(out.read_text())
+    assert saved["steered"]["tokens"] == steered.tokens.tolist()
+    assert saved["steered"]["tokens"] != saved["unsteered"]["tokens"]
+
+
 def test_steer_with_a_direction_file_sampled(tmp_path):
     vec = tmp_path / "dir.pt"
     torch.save(torch.randn(128, generator=torch.Generator().manual_seed(0)), vec)
@@ -60,6 +82,11 @@ def test_steer_with_a_direction_file_sampled(tmp_path):
         (["--add-direction", "DIR:2@" + HOOK, "--top-p", "2"], "--top-p"),
         (["--add-direction", "DIR:2@" + HOOK, "--temperature", "-1"], "--temperature"),
         (["--add-direction", "DIR:2@" + HOOK, "--json", "TMP"], "is a folder"),
+        (["--tc-edit", "1:5000=1"], "out of range"),
+        (["--tc-edit", "5:3=1"], "no transcoder for layer 5"),
+        (["--tc-edit", "1:3"], "LAYER:FEATURE=VALUE"),
+        (["--tc-edit", "1=3"], "LAYER:FEATURE=VALUE"),
+        (["--tc-edit", "1:3=1", "--transcoders", "TMP"], "neither a circuit-tracer"),
         ([], "nothing to steer"),
     ],
 )

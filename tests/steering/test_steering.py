@@ -77,10 +77,16 @@ def test_lean_incremental_forward_with_hooks_equals_the_full_run(setup):
 
 @pytest.mark.parametrize("sampled", [False, True])
 def test_cached_generation_equals_full_recompute(setup, sampled):
-    """Token for token, with and without interventions (at all, new and listed positions),
+    """Token for token, with and without interventions (at all, new and listed positions; a
+    random transcoder's feature edited at the MLP output after an SAE edit at the MLP input),
     greedy and sampled: the KV-cached loop equals re-running the whole sequence each step."""
+    from mechscope.sae.transcoder import Transcoder
+    from mechscope.steering import TranscoderEdit
+
     lean, prompt, sae, direction = setup
-    n = prompt.shape[1]
+    n, d = prompt.shape[1], lean.W_E.shape[1]
+    hook = "blocks.1.ln2.hook_normalized"
+    tc = Transcoder(SAEConfig(d, 4 * d, hook_name=hook, apply_b_dec_to_input=False), seed=2)
     plans = [
         [],
         [FeatureEdit(HOOK, sae, 5, "clamp", 6.0)],
@@ -88,6 +94,11 @@ def test_cached_generation_equals_full_recompute(setup, sampled):
             AddDirection("blocks.1.hook_resid_pre", direction, 2.0, "new"),
             AblateDirection(HOOK, direction, (1, n + 2)),
             FeatureEdit(HOOK, sae, 7, "scale", 3.0, (0, n - 1, n + 1)),
+        ],
+        [
+            AddDirection("blocks.1.hook_mlp_in", direction, 1.0, (2, n)),
+            TranscoderEdit(tc, 3, "clamp", 4.0),
+            TranscoderEdit(tc, 8, "scale", 0.0, "new"),
         ],
     ]
     kw = dict(temperature=0.9, top_k=50, top_p=0.95, seed=4) if sampled else {}
@@ -99,6 +110,7 @@ def test_cached_generation_equals_full_recompute(setup, sampled):
         assert torch.equal(cached.tokens[:, :n], prompt)
         outs.append(cached.new_tokens)
     assert not torch.equal(outs[0], outs[2])  # the interventions do steer
+    assert not torch.equal(outs[0], outs[3])
 
 
 def test_zero_inactive_and_clamp_to_current_change_nothing(gpt2_2l, tokenizer, code_sae):
@@ -213,3 +225,115 @@ def test_bad_interventions_are_refused_before_any_work(gpt2_2l, tokenizer, code_
     llama = LeanModel(toy_model("llama"))
     with pytest.raises(SteeringError, match="d_in"):
         generate(llama, torch.ones(1, 3, dtype=torch.long), [FeatureEdit(HOOK, code_sae, 0)], 2)
+
+
+# -- transcoder features -------------------------------------------------------------------------
+TC_LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def code_tc(gpt2_2l, tokenizer):
+    """(code-2l's bundled layer-1 transcoder, its feature most active at the last position of
+    _prompt(), the positions where that feature is active)."""
+    from mechscope.graphs import load_bundled_transcoders
+
+    tc = load_bundled_transcoders("code-2l")[TC_LAYER]
+    _, cache = gpt2_2l.run_with_cache(_prompt(tokenizer))
+    codes = tc.encode(cache[f"blocks.{TC_LAYER}.ln2.hook_normalized"])[0].detach()
+    f = int(codes[-1].argmax())
+    return tc, f, tuple(codes[:, f].nonzero()[:, 0].tolist())
+
+
+def _bridge_edit(tc, f: int, op: str, value: float, positions) -> list:
+    """circuit-tracer's edit written by hand as bridge hooks: at hook_mlp_out add
+    (new - a) * W_dec[f], a read off ln2.hook_normalized, at `positions` ('all' or a list)."""
+    seen = {}
+
+    def grab(x, hook):
+        seen["x"] = x
+
+    def edit(y, hook):
+        a = tc.encode(seen["x"])[..., f]
+        new = {"clamp": torch.full_like(a, value), "scale": a * value, "zero": 0 * a}[op]
+        at = slice(None) if positions == "all" else list(positions)
+        y = y.clone()
+        y[:, at] += (new - a)[:, at, None] * tc.W_dec[f]
+        return y
+
+    return [
+        (f"blocks.{TC_LAYER}.ln2.hook_normalized", grab),
+        (f"blocks.{TC_LAYER}.hook_mlp_out", edit),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "positions"),
+    [("clamp", 6.0, "all"), ("scale", 20.0, "active"), ("zero", 0.0, "all")],
+)
+def test_transcoder_edit_equals_a_hand_written_bridge_hook(
+    gpt2_2l, tokenizer, code_tc, op, value, positions
+):
+    from mechscope.steering import TranscoderEdit
+
+    tc, f, active = code_tc
+    positions = active if positions == "active" else positions
+    prompt = _prompt(tokenizer)
+    effect = intervene(gpt2_2l, prompt, [TranscoderEdit(tc, f, op, value, positions)])
+    with torch.no_grad():
+        want = gpt2_2l.run_with_hooks(prompt, fwd_hooks=_bridge_edit(tc, f, op, value, positions))
+    torch.testing.assert_close(effect.logits, want[:, -1], atol=1e-4, rtol=1e-4)
+    assert float(effect.kl[0]) > 1e-4
+
+
+def test_transcoder_steering_equals_a_literal_loop(gpt2_2l, tokenizer, code_tc):
+    """Greedy KV-cached generation with a clamped transcoder feature equals re-running the
+    bridge on the whole sequence each step with the edit as hand-written hooks; sampled, the
+    cache equals recomputation; and the edit does steer."""
+    from mechscope.steering import TranscoderEdit
+
+    tc, f, _ = code_tc
+    prompt = _prompt(tokenizer, "def foo(")
+    got = generate(gpt2_2l, prompt, [TranscoderEdit(tc, f, "clamp", 8.0)], 6)
+    tokens = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            logits = gpt2_2l.run_with_hooks(
+                tokens, fwd_hooks=_bridge_edit(tc, f, "clamp", 8.0, "all")
+            )
+            tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got.tokens, tokens)
+    assert not torch.equal(got.tokens, generate(gpt2_2l, prompt, [], 6).tokens)
+    kw = dict(temperature=0.9, top_k=50, seed=4)
+    scaled = [TranscoderEdit(tc, f, "scale", 4.0, "new")]
+    assert torch.equal(
+        generate(gpt2_2l, prompt, scaled, 6, **kw).tokens,
+        generate(gpt2_2l, prompt, scaled, 6, kv_cache=False, **kw).tokens,
+    )
+
+
+def test_bad_transcoder_edits(gpt2_2l, tokenizer, code_tc, attn4):
+    from mechscope.sae.transcoder import Transcoder
+    from mechscope.steering import TranscoderEdit
+
+    lean = as_lean(gpt2_2l)
+    prompt = _prompt(tokenizer)
+    real = code_tc[0]
+
+    def tc(d_in: int, layer: int) -> Transcoder:
+        hook = f"blocks.{layer}.ln2.hook_normalized"
+        return Transcoder(SAEConfig(d_in, 16, hook_name=hook, apply_b_dec_to_input=False))
+
+    far, narrow = tc(128, 4), tc(64, 0)
+    cases = [
+        (TranscoderEdit(far, 0), "2 layers"),
+        (TranscoderEdit(narrow, 0), "d_in=64"),
+        (TranscoderEdit(real, real.d_sae), "out of range"),
+        (TranscoderEdit(real, 0, positions=(99,)), "outside the context"),
+    ]
+    for iv, match in cases:
+        with pytest.raises(SteeringError, match=match):
+            intervene(lean, prompt, [iv])
+    with pytest.raises(SteeringError, match="need the model"):
+        hooks_for([TranscoderEdit(real, 0)], 0, 3)
+    with pytest.raises(SteeringError, match="no MLPs"):
+        generate(attn4, torch.ones(1, 3, dtype=torch.long), [TranscoderEdit(real, 0)], 2)

@@ -1,7 +1,7 @@
 """`mechscope graph`: the attribution graph of one prompt, written as circuit-tracer's JSON.
 
 mechscope graph --model code-2l --prompt "def f(x):\n    return x" --out out/graph.json \\
-    --edit 1:12:345=0           # the bundled transcoders; --transcoders runs/tc for others
+    --edit 1:12:345=0 --edit '0:all:17*2'  # bundled transcoders; --transcoders runs/tc for others
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def graph_command(
     edit: Annotated[
         list[str] | None,
         typer.Option(
-            help="set a feature, 'layer:pos:feature=value' (repeatable): prints the logit "
-            "targets' changes in the frozen and the real model and the graph's prediction"
+            help="edit a transcoder feature: 'LAYER:POS:FEATURE=VALUE' (clamp), "
+            "'LAYER:POS:FEATURE*FACTOR' (scale), 'LAYER:POS:FEATURE=0' (zero); POS a position, "
+            "a list 3,5,-1 or 'all' (repeatable): prints the logit targets' changes in the "
+            "frozen and the real model and the graph's prediction"
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="output JSON")] = Path("out/graph.json"),
@@ -66,7 +68,7 @@ def graph_command(
     from mechscope.graphs import attribute, graph_json, prune
     from mechscope.graphs.attribution import prompt_tokens
     from mechscope.graphs.cards import card_batches, feature_cards, write_feature_files
-    from mechscope.graphs.intervene import FeatureEdit, intervene
+    from mechscope.graphs.intervene import check_edits, intervene, parse_edits
     from mechscope.graphs.page import write_page
     from mechscope.models.lean import as_lean
     from mechscope.sae.bundled import load_bundled_transcoders
@@ -81,7 +83,8 @@ def graph_command(
         )
         tcs = [tc.to(device=lean.device, dtype=lean.W_E.dtype) for tc in tc_set]
         tokens = prompt_tokens(lean, prompt)
-        edits = [FeatureEdit.parse(e) for e in edit or []]
+        edits = [e for spec in edit or [] for e in parse_edits(spec, len(tokens))]
+        check_edits(tcs, len(tokens), edits)
         t0 = time.perf_counter()
         g = attribute(
             lean,
@@ -129,6 +132,16 @@ def graph_command(
         for col in ("token", "frozen model", "graph predicts", "real model"):
             table.add_column(col)
         for i, text in enumerate(res.logit_strs):
-            row = (res.frozen[i], res.predicted[i], res.real[i])
-            table.add_row(repr(text), *(f"{x:+.4f}" for x in row))
+            predicted = "n/a" if res.predicted is None else f"{res.predicted[i]:+.4f}"
+            table.add_row(repr(text), f"{res.frozen[i]:+.4f}", predicted, f"{res.real[i]:+.4f}")
         console.print(table)
+        moved = [
+            f"{e.layer}:{e.pos % g.n_pos}:{e.feature} {a:.3g} -> {new:.3g}"
+            for e, (a, new) in zip(res.edits, res.moves, strict=True)
+        ]
+        console.print("activations (real run -> edited): " + ", ".join(moved))
+        if res.predicted is None:
+            console.print(
+                "the graph predicts nothing here: an edit moves a feature that has no node "
+                "(inactive, at the first position, or left out by --max-feature-nodes)"
+            )

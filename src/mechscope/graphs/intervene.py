@@ -1,15 +1,18 @@
-"""Feature interventions: set transcoder features to chosen values at chosen positions, in the
+"""Feature interventions: clamp, scale or zero transcoder features at chosen positions, in the
 frozen replacement model and in the real model, next to what the attribution graph predicts.
 
-Setting feature f of layer l at position p to v adds (v - a) * W_dec[f] to that MLP output, a
-being the feature's activation in the run being intervened on (circuit-tracer's
-`feature_intervention`):
+Editing feature f of layer l at position p moves its activation from a to a new value (clamp:
+`value`; scale: a * `value`; zero: 0) by adding (new - a) * W_dec[f] to that MLP output
+(circuit-tracer's `feature_intervention`; the transcoder's error and other features stay):
     frozen: the prompt's local replacement model (patterns, norm denominators and every other
-        node frozen), so only direct effects act; the change of each logit target equals the
-        graph's prediction sum_s (v_s / a_s - 1) * A[logit, s] exactly.
-    real: the model itself through hooks; later activations (and the intervened feature's own
-        activation, when an earlier intervention moves it) are recomputed.
-SAE features are set in the real model the same way at the SAE's hook (`sae_logits`).
+        node frozen; a the real activation), so only direct effects act. The frozen model is
+        affine in its MLP writes, so the change of each logit target is exactly the graph's
+        prediction sum_s (new_s / a_s - 1) * A[logit, s] for every edit kind.
+    real: the model itself through hooks (`steering.TranscoderEdit`); later activations (and
+        the edited feature's own a, when an earlier edit moves it) are recomputed.
+The graph predicts nothing for an edit that moves a feature without a node (inactive, at the
+excluded first position, or left out by max_feature_nodes): `predicted` is then None.
+SAE features are edited in the real model the same way at the SAE's hook (`sae_logits`).
 """
 
 from __future__ import annotations
@@ -22,37 +25,52 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import GraphError
-from mechscope.graphs.attribution import AttributionGraph, setup
+from mechscope.graphs.attribution import AttributionGraph, _Setup, setup
 from mechscope.graphs.replacement import frozen_forward
-from mechscope.models.lean import Hook, LeanModel, as_lean
+from mechscope.models.lean import LeanModel, as_lean
 from mechscope.sae.model import SparseAutoencoder
-from mechscope.sae.transcoder import Transcoder, mlp_input
+from mechscope.sae.transcoder import Transcoder
+from mechscope.steering.spec import FeatureEdit as SAEEdit
+from mechscope.steering.spec import Op, TranscoderEdit, hooks_for, new_code, parse_feature_op
+
+EDIT_SYNTAX = (
+    "'LAYER:POS:FEATURE=VALUE' (clamp), 'LAYER:POS:FEATURE*FACTOR' (scale) or "
+    "'LAYER:POS:FEATURE=0' (zero); POS one position, a list 3,5,-1 or 'all'"
+)
 
 
 @dataclass(frozen=True)
 class FeatureEdit:
-    """Set feature `feature` of layer `layer` at position `pos` to `value`."""
+    """Edit transcoder feature `feature` of layer `layer` at position `pos`: op "clamp" sets
+    it to `value`, "scale" multiplies it by `value`, "zero" sets it to 0."""
 
     layer: int
     pos: int
     feature: int
     value: float
+    op: Op = "clamp"
 
-    @classmethod
-    def parse(cls, spec: str) -> FeatureEdit:
-        """From 'layer:pos:feature=value' (e.g. '1:12:345=0')."""
-        try:
-            where, value = spec.split("=")
-            layer, pos, feature = (int(x) for x in where.split(":"))
-            return cls(layer, pos, feature, float(value))
-        except ValueError:
-            raise GraphError(
-                f"a feature edit is 'layer:pos:feature=value' (e.g. 1:12:345=0), got {spec!r}"
-            ) from None
+
+def parse_edits(spec: str, n_pos: int, n_excluded: int = 1) -> list[FeatureEdit]:
+    """The edits of one EDIT_SYNTAX spec on an n_pos-token prompt, one per position (negative
+    positions count from the end; 'all' is every position but the first n_excluded, where the
+    graph has no features)."""
+    try:
+        layer, where, rest = spec.split(":")
+        feature, op, value = parse_feature_op(rest)
+        if where == "all":
+            positions = list(range(n_excluded, n_pos))
+        else:
+            positions = [int(p) for p in where.split(",")]
+        return [FeatureEdit(int(layer), p, feature, value, op) for p in positions]
+    except ValueError:
+        raise GraphError(
+            f"a feature edit is {EDIT_SYNTAX} (e.g. 1:12:345=0), got {spec!r}"
+        ) from None
 
 
 def check_edits(
-    lean: LeanModel, transcoders: Sequence[Transcoder], n_pos: int, edits: Sequence[FeatureEdit]
+    transcoders: Sequence[Transcoder], n_pos: int, edits: Sequence[FeatureEdit]
 ) -> None:
     """GraphError for an edit whose layer, position or feature index does not exist."""
     for e in edits:
@@ -66,6 +84,36 @@ def check_edits(
             )
 
 
+def _moves(codes: Sequence[Tensor], edits: Sequence[FeatureEdit]) -> list[tuple[float, float]]:
+    """(a, new) of each edit: its feature's activation in codes (per layer [pos, d_tc]) and
+    the edited value."""
+    out = []
+    for e in edits:
+        a = codes[e.layer][e.pos, e.feature]
+        out.append((float(a), float(new_code(a, e.op, e.value))))
+    return out
+
+
+def _frozen(
+    lean: LeanModel,
+    transcoders: Sequence[Transcoder],
+    s: _Setup,
+    edits: Sequence[FeatureEdit],
+    moves: Sequence[tuple[float, float]],
+) -> Tensor:
+    """Last-position logits [vocab] of setup s's frozen model with edits moved as `moves`."""
+    writes = s.writes.clone()
+    for e, (a, new) in zip(edits, moves, strict=True):
+        writes[e.layer, e.pos] += (new - a) * transcoders[e.layer].W_dec[e.feature]
+    _, final = frozen_forward(lean, s.fz, transcoders, s.embed, writes)
+    return final @ lean.W_U + lean.b_U
+
+
+def _real_codes(transcoders: Sequence[Transcoder], s: _Setup) -> list[Tensor]:
+    """Each layer's real transcoder activations [pos, d_tc] (the excluded positions too)."""
+    return [tc.encode(x) for tc, x in zip(transcoders, s.fz.tc_in, strict=True)]
+
+
 @torch.no_grad()
 def frozen_logits(
     model: Any, transcoders: Sequence[Transcoder], tokens: Tensor, edits: Sequence[FeatureEdit]
@@ -73,13 +121,8 @@ def frozen_logits(
     """Last-position logits [vocab] of the prompt's frozen replacement model with `edits`."""
     lean = as_lean(model)
     s = setup(lean, transcoders, tokens)
-    check_edits(lean, transcoders, s.fz.n_pos, edits)
-    writes = s.writes.clone()
-    for e in edits:
-        a = s.fz.codes[e.layer][e.pos, e.feature]
-        writes[e.layer, e.pos] += (e.value - a) * transcoders[e.layer].W_dec[e.feature]
-    _, final = frozen_forward(lean, s.fz, transcoders, s.embed, writes)
-    return final @ lean.W_U + lean.b_U
+    check_edits(transcoders, s.fz.n_pos, edits)
+    return _frozen(lean, transcoders, s, edits, _moves(_real_codes(transcoders, s), edits))
 
 
 @torch.no_grad()
@@ -89,27 +132,11 @@ def real_logits(
     """Last-position logits [vocab] of the real model with `edits` applied through hooks."""
     lean = as_lean(model)
     n = int(tokens.shape[-1])
-    check_edits(lean, transcoders, n, edits)
-    hooks: dict[str, Hook] = {}
-    for l in sorted({e.layer for e in edits}):
-        mine = [e for e in edits if e.layer == l]
-        seen: dict[str, Tensor] = {}
-
-        def grab(x: Tensor, seen: dict[str, Tensor] = seen) -> None:
-            seen["x"] = x
-
-        def edit(
-            y: Tensor, seen: dict[str, Tensor] = seen, l: int = l, mine: list[FeatureEdit] = mine
-        ) -> Tensor:
-            tc = transcoders[l]
-            codes = tc.encode(mlp_input(lean, l, seen["x"][0]))
-            y = y.clone()
-            for e in mine:
-                y[0, e.pos] += (e.value - codes[e.pos, e.feature]) * tc.W_dec[e.feature]
-            return y
-
-        hooks[f"blocks.{l}.hook_mlp_in"] = grab
-        hooks[f"blocks.{l}.hook_mlp_out"] = edit
+    check_edits(transcoders, n, edits)
+    ivs = [
+        TranscoderEdit(transcoders[e.layer], e.feature, e.op, e.value, (e.pos % n,)) for e in edits
+    ]
+    hooks = hooks_for(ivs, 0, n, lean)
     return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks=hooks)[0, -1]
 
 
@@ -119,7 +146,7 @@ def sae_logits(
 ) -> Tensor:
     """Last-position logits [vocab] of the real model with SAE features set: each edit
     (pos, feature, value) adds (value - a) * W_dec[feature] at the SAE's hook and position, a
-    being the feature's activation there in this run."""
+    being the feature's activation there in this run (`steering.FeatureEdit`)."""
     lean = as_lean(model)
     n = int(tokens.shape[-1])
     hook = sae.cfg.hook_name
@@ -131,45 +158,46 @@ def sae_logits(
                 f"SAE edit ({p}, {f}): position or feature out of range ({n} tokens, "
                 f"d_sae = {sae.d_sae})"
             )
-
-    def edit(x: Tensor) -> Tensor:
-        codes = sae.encode(x[0])
-        x = x.clone()
-        for p, f, v in edits:
-            x[0, p] += (v - codes[p, f]) * sae.W_dec[f].to(x)
-        return x
-
-    return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks={hook: edit})[0, -1]
+    ivs = [SAEEdit(hook, sae, f, "clamp", v, (p % n,)) for p, f, v in edits]
+    hooks = hooks_for(ivs, 0, n)
+    return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks=hooks)[0, -1]
 
 
 @dataclass
 class InterventionResult:
     """Changes of the graph's logit targets (demeaned logits) under the edits: in the frozen
-    replacement model, in the real model, and as the graph predicts (direct effects)."""
+    replacement model, in the real model, and as the graph predicts (direct effects; None
+    where an edit moves a feature the graph has no node for)."""
 
     edits: list[FeatureEdit]
+    moves: list[tuple[float, float]]  # per edit (activation in the real run, edited value)
     logit_tokens: list[int]
     logit_strs: list[str]
     frozen: list[float]
     real: list[float]
-    predicted: list[float]
+    predicted: list[float] | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def predicted_change(g: AttributionGraph, edits: Sequence[FeatureEdit]) -> Tensor:
-    """The graph's prediction [n_logits] of the change of its logit targets: for each edit of an
-    active feature, (value / a - 1) times its column; inactive features have no node (0)."""
+def predicted_change(
+    g: AttributionGraph, edits: Sequence[FeatureEdit], moves: Sequence[tuple[float, float]]
+) -> Tensor | None:
+    """The graph's prediction [n_logits] of the change of its logit targets: for each edit,
+    with moves[i] = (a, new) its feature's activation and edited value, (new / a - 1) times
+    its node's column (the column is a times the direct effect of W_dec[f]); an edit that
+    changes nothing adds 0; None when an edit moves a feature without a node."""
     out = torch.zeros(g.n_logits, dtype=torch.float64)
     rows = [g.logit_index(i) for i in range(g.n_logits)]
-    for e in edits:
+    for e, (a, new) in zip(edits, moves, strict=True):
+        if new == a:
+            continue
         try:
             s = g.feature_index(e.layer, e.pos % g.n_pos, e.feature)
         except GraphError:
-            continue
-        a = float(g.activation_values[s])
-        out += (e.value / a - 1) * g.adjacency[rows, s].double()
+            return None
+        out += (new - a) / a * g.adjacency[rows, s].double()
     return out
 
 
@@ -181,20 +209,27 @@ def intervene(
 ) -> InterventionResult:
     """Apply `edits` to graph g's prompt in the frozen and the real model; compare the changes
     of g's logit targets (demeaned logits) with the graph's prediction."""
+    lean = as_lean(model)
+    check_edits(transcoders, g.n_pos, edits)
     ids = g.logit_tokens
 
     def demeaned(logits: Tensor) -> Tensor:
         return (logits - logits.mean())[ids.to(logits.device)].double().cpu()
 
-    base_frozen = demeaned(frozen_logits(model, transcoders, g.tokens, []))
-    base_real = demeaned(real_logits(model, transcoders, g.tokens, []))
-    frozen = demeaned(frozen_logits(model, transcoders, g.tokens, edits)) - base_frozen
-    real = demeaned(real_logits(model, transcoders, g.tokens, edits)) - base_real
+    with torch.no_grad():
+        s = setup(lean, transcoders, g.tokens)
+        moves = _moves(_real_codes(transcoders, s), edits)
+        frozen = demeaned(_frozen(lean, transcoders, s, edits, moves))
+        frozen -= demeaned(_frozen(lean, transcoders, s, [], []))
+    real = demeaned(real_logits(lean, transcoders, g.tokens, edits))
+    real -= demeaned(real_logits(lean, transcoders, g.tokens, []))
+    predicted = predicted_change(g, edits, moves)
     return InterventionResult(
         edits=list(edits),
+        moves=moves,
         logit_tokens=ids.tolist(),
         logit_strs=list(g.meta.get("logit_strs", [])),
         frozen=frozen.tolist(),
         real=real.tolist(),
-        predicted=predicted_change(g, edits).tolist(),
+        predicted=None if predicted is None else predicted.tolist(),
     )

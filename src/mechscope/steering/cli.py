@@ -3,6 +3,7 @@
 mechscope steer --model code-2l --prompt "def foo(" --sae blocks.0.hook_resid_post__local__l1-2 \\
     --clamp 12=8 --max-new-tokens 20
 mechscope steer --model code-2l --prompt "import " --add-direction dir.pt:4@blocks.1.hook_resid_post
+mechscope steer --model code-2l --prompt "def foo(" --tc-edit '1:468*3'   # bundled transcoders
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ def _direction(spec: str, what: str, with_scale: bool) -> tuple[Any, float, str]
     return vec.float(), scale, hook
 
 
+def _tc_edit(spec: str) -> tuple[int, int, Op, float]:
+    """(layer, feature, op, value) of 'LAYER:FEATURE=VALUE' or 'LAYER:FEATURE*FACTOR'."""
+    from mechscope.steering.spec import parse_feature_op
+
+    layer, _, rest = spec.partition(":")
+    try:
+        return int(layer), *parse_feature_op(rest)
+    except ValueError:
+        raise SteeringError(
+            f"--tc-edit {spec!r} is not LAYER:FEATURE=VALUE (clamp; =0 zeroes) or "
+            "LAYER:FEATURE*FACTOR (scale), e.g. 1:468=0"
+        ) from None
+
+
 def _positions(spec: str) -> Any:
     if spec in ("all", "new"):
         return spec
@@ -104,6 +119,20 @@ def steer_command(
         list[str] | None,
         typer.Option(help="activation addition: FILE.pt:SCALE@HOOK (a vector [d]; repeat)"),
     ] = None,
+    tc_edit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="edit a transcoder feature at its MLP's output: LAYER:FEATURE=VALUE (clamp; "
+            "=0 zeroes) or LAYER:FEATURE*FACTOR (scale) (repeat)"
+        ),
+    ] = None,
+    transcoders: Annotated[
+        Path | None,
+        typer.Option(
+            help="transcoders for --tc-edit: `sae train --kind transcoder` output or a "
+            "circuit-tracer set; default: the model's bundled set"
+        ),
+    ] = None,
     ablate_direction: Annotated[
         list[str] | None, typer.Option(help="project a direction out: FILE.pt@HOOK (repeat)")
     ] = None,
@@ -127,12 +156,15 @@ def steer_command(
     from mechscope.files import check_writable_file, write_json
     from mechscope.models.lean import as_lean
     from mechscope.models.placement import Placement
+    from mechscope.sae.bundled import load_bundled_transcoders
     from mechscope.sae.sources import resolve
+    from mechscope.sae.transcoder import load_transcoder_set
     from mechscope.steering import (
         AblateDirection,
         AddDirection,
         FeatureEdit,
         Intervention,
+        TranscoderEdit,
         check_interventions,
         generate,
         intervene,
@@ -153,11 +185,12 @@ def steer_command(
         ablates = [_direction(s, "--ablate-direction", False) for s in ablate_direction or []]
         edits_wanted = [("clamp", s) for s in clamp or []] + [("scale", s) for s in scale or []]
         edits_wanted += [("zero", s) for s in zero or []]
+        tc_edits = [_tc_edit(s) for s in tc_edit or []]
         if edits_wanted and sae is None:
             raise SteeringError("--clamp / --scale / --zero edit SAE features: give --sae")
-        if not (edits_wanted or adds or ablates):
+        if not (edits_wanted or tc_edits or adds or ablates):
             raise SteeringError(
-                "nothing to steer with: give --clamp/--scale/--zero (with --sae), "
+                "nothing to steer with: give --clamp/--scale/--zero (with --sae), --tc-edit, "
                 "--add-direction or --ablate-direction"
             )
         bridge = load(model, None, Placement(device, device_map, dtype))
@@ -171,6 +204,20 @@ def steer_command(
             f, v, hook = _feature(s, f"--{op}", sae_hook, op != "zero")
             assert sae_model is not None
             ivs.append(FeatureEdit(hook, sae_model, f, cast(Op, op), v, where))
+        if tc_edits:
+            tc_set = (
+                load_bundled_transcoders(model)
+                if transcoders is None
+                else load_transcoder_set(transcoders)
+            )
+            by_layer = {tc.layer: tc for tc in tc_set}
+            for (l, f, op, v), s in zip(tc_edits, tc_edit or [], strict=True):
+                if l not in by_layer:
+                    raise SteeringError(
+                        f"--tc-edit {s!r}: no transcoder for layer {l} (the set has layers "
+                        f"{sorted(by_layer)})"
+                    )
+                ivs.append(TranscoderEdit(by_layer[l], f, op, v, where))
         ivs += [AddDirection(h, d, k, where) for d, k, h in adds]
         ivs += [AblateDirection(h, d, where) for d, _, h in ablates]
     except MechscopeError as e:

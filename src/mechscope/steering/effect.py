@@ -77,5 +77,5 @@ def intervene(
         )
     ivs = on_device(interventions, lean.device)
     clean = lean(tokens, logit_pos=[-1])[:, -1]
-    steered = lean(tokens, hooks_for(ivs, 0, tokens.shape[1]), logit_pos=[-1])[:, -1]
+    steered = lean(tokens, hooks_for(ivs, 0, tokens.shape[1], lean), logit_pos=[-1])[:, -1]
     return InterventionEffect(clean.cpu(), steered.cpu())

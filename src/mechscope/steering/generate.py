@@ -157,7 +157,7 @@ def generate(
         task = bar.add_task("generate", total=max_new_tokens)
         for step in range(max_new_tokens):
             start = tokens.shape[1] - 1 if kv_cache and step else 0
-            hooks = hooks_for(ivs, start, prompt_len)
+            hooks = hooks_for(ivs, start, prompt_len, lean)
             if kv_cache:
                 hooks = _with_kv(lean, hooks, kv)
             logits = lean(
