@@ -254,12 +254,12 @@ def conventions(
 ) -> dict[str, tuple[float, float]]:
     """What the two runs feed the graph, mechscope's (the folded, centred bridge) against
     circuit-tracer's (an unfolded, uncentred HookedTransformer): per quantity the largest
-    |difference| and the largest after removing each vector's mean (over d_model; over the
-    vocabulary for logits; over the logit targets for their values and kappa).
+    |difference| and, for vectors, the largest after removing each one's mean (over d_model;
+    over the vocabulary for logits).
 
     circuit-tracer reports no target values or kappa; here its feature target's value is the
-    pre-activation - b_enc at its own transcoder input, a logit target's the demeaned logit of
-    its own run, and its kappa = value - row sum (completeness)."""
+    pre-activation - b_enc at its own transcoder input (the same encoder), a logit target's the
+    demeaned logit of its own run, and its kappa = value - row sum (completeness)."""
     s = setup(lean, tcs, g.tokens)
     nodes = align(g, ct)
 
@@ -277,7 +277,7 @@ def conventions(
     (fm, fc), (lm, lc) = nodes["feature"], nodes["logit"]
     tc_in, logits = ct["tc_in"].double(), ct["logits"].double()
     feats = g.active_features[fm].tolist()
-    pre = [float(tc_in[l, p] @ tcs[l].W_enc[:, f].double()) for l, p, f in feats]
+    pre = [float(tc_in[l, p] @ tcs[l].W_enc[:, f].detach().double()) for l, p, f in feats]
     vocab = g.logit_tokens[torch.tensor(lm) - g.logit_index(0)]
     ct_value = {
         "feature": torch.tensor(pre, dtype=torch.float64),
