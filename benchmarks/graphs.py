@@ -22,7 +22,7 @@ transcoders, same prompts, same run.
 2. mechscope's batched `attribute` against `attribute_literal` (one backward pass per target
    node, one dot product per edge): seconds and the largest adjacency difference.
 
-If `.venv-circuittracer` is missing the script creates it (a minute; needs the package index;
+If `.venv-circuittracer` is missing the script creates it (minutes; needs the package index;
 torch first, so the CPU build on this machine's disk is the one used):
 
     python3.11 -m venv .venv-circuittracer
@@ -138,7 +138,7 @@ os._exit(0)  # the replacement model's __del__ fails at interpreter shutdown
 def _ensure_venv() -> None:
     if CT_PYTHON.exists():
         return
-    print(f"creating {CT_VENV} (circuit-tracer needs transformer-lens < 4) ...", flush=True)
+    print(f"creating {CT_VENV} (circuit-tracer 0.5.0 needs transformers <= 4.57.3) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(CT_VENV)], check=True)
     pip = [str(CT_VENV / "bin" / "pip"), "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0"], check=True)
