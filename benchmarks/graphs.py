@@ -185,6 +185,7 @@ def _time(fn: Callable[[], AttributionGraph], repeats: int) -> tuple[list[float]
     return times, out
 
 
+TOL = 1e-4  # adjacency agreement asked of the two graphs (issue #22)
 BLOCKS = [
     (t, s) for t in ("feature", "logit") for s in ("feature", "error", "token")
 ]  # (target rows, source columns)
@@ -300,6 +301,8 @@ def main() -> None:
     ap.add_argument("--no-literal", action="store_true", help="skip attribute_literal")
     ap.add_argument("--no-circuit-tracer", action="store_true", help="skip circuit-tracer")
     args = ap.parse_args()
+    if args.repeats < 1 or args.literal_repeats < 1:
+        ap.error("--repeats and --literal-repeats must be at least 1")
     folder = Path(args.transcoders or transcoder_dir(args.model) / "circuit-tracer")
     lean = as_lean(mechscope.load_model(args.model, device="cpu"))
     tcs = [tc.to(dtype=lean.W_E.dtype) for tc in load_transcoder_set(folder)]
@@ -317,10 +320,11 @@ def main() -> None:
             ct = _circuit_tracer(args.model, ct_folder, toks, args.repeats, args.batch_size)
         print(f"circuit-tracer 0.5.0 in {CT_VENV.name}, torch threads {ct['torch_threads']}")
         for i, (t, p) in enumerate(zip(toks, PROMPTS, strict=True)):
-            more, _ = _time(
-                partial(attribute, lean, tcs, t, p, args.batch_size), args.repeats - half
-            )
-            runs[i][0].extend(more)
+            if args.repeats > half:
+                more, _ = _time(
+                    partial(attribute, lean, tcs, t, p, args.batch_size), args.repeats - half
+                )
+                runs[i][0].extend(more)
         heads = [f"{t} <- {s}" for t, s in BLOCKS]
         print(
             "\nadjacency, mechscope - circuit-tracer, nodes aligned: max |difference| (max |entry|)"
@@ -331,9 +335,11 @@ def main() -> None:
             + " | elsewhere |"
         )
         print("|---" * (6 + len(heads)) + "|")
-        convs = []
+        convs, same = [], True
         for (_, g), c in zip(runs, ct["graphs"], strict=True):
             r = compare(g, c)
+            worst = max(max(d for d, _ in r["blocks"].values()), r["rest"])
+            same &= len(set(r["features"])) == 1 and r["logits_same"] and worst <= TOL
             cells = [f"{d:.1e} ({m:.2g})" for d, m in r["blocks"].values()]
             print(
                 f"| {g.n_pos} | {' / '.join(map(str, r['features']))} | {r['logits_same']} | "
@@ -342,6 +348,7 @@ def main() -> None:
                 + f" | {r['rest']:.1e} |"
             )
             convs.append(conventions(lean, tcs, g, c))
+        print(f"same features, same logits, every entry within {TOL:g}: {'yes' if same else 'NO'}")
         print("\ninputs to the graph, mechscope - circuit-tracer: max |difference| (centred)")
         print("| quantity | " + " | ".join(f"{g.n_pos} tokens" for _, g in runs) + " |")
         print("|---" * (1 + len(runs)) + "|")
