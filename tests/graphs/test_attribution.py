@@ -65,11 +65,10 @@ def test_completeness(model, exact: bool) -> None:
     torch.testing.assert_close(total[targets], g.values[targets], atol=2e-6, rtol=1e-6)
     errors = g.adjacency[:, g.n_features : g.token_index(0)]
     assert (errors.abs().max() < 1e-12) == exact  # exact transcoders: error nodes carry nothing
-    # demeaned logits of the real model (b_U's demeaned part is in the bias)
+    # the logit targets' values are the real demeaned logits (b_U's demeaned part in the bias)
     real = lean.forward(TOKS[None])[0, -1]
     want = (real - real.mean())[g.logit_tokens]
-    got = total[g.logit_index(0) :] + (lean.b_U - lean.b_U.mean())[g.logit_tokens]
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(total[g.logit_index(0) :], want, atol=1e-6, rtol=1e-6)
 
 
 def test_batched_equals_literal(model) -> None:
@@ -228,6 +227,9 @@ def test_bundled_models(request, name: str) -> None:
     rows = list(range(g.n_features)) + [g.logit_index(i) for i in range(g.n_logits)]
     total = g.adjacency.double().sum(1) + g.bias
     torch.testing.assert_close(total[rows], g.values[rows], atol=2e-6 * scale, rtol=0)
+    # the real demeaned logits, whatever folding moved into b_U (code-2l: ln_final's bias)
+    want = (real - real.mean()).double()[g.logit_tokens]
+    torch.testing.assert_close(g.values[g.logit_index(0) :], want, atol=2e-6 * scale, rtol=0)
 
 
 def test_feature_budget(model) -> None:

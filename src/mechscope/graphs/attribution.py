@@ -45,7 +45,7 @@ class AttributionGraph:
     logit_probs [n_logits]; adjacency [N, N] float32, N = n_feat + L * pos + pos + n_logits;
     bias [N]: each target's value with every node at zero (zero for error and token rows);
     values [N]: each target's value at the prompt (feature pre-activation - b_enc, demeaned
-    logit); n_layers; prompt.
+    logit, b_U included); n_layers; prompt.
     """
 
     prompt: str
@@ -121,6 +121,7 @@ class _Setup:
     logit_ids: Tensor
     logit_probs: Tensor
     logit_vecs: Tensor  # [n_logits, d] demeaned unembedding columns
+    logit_bias: Tensor  # [n_logits] demeaned b_U: part of each logit target's value and kappa
 
 
 def setup(
@@ -152,6 +153,7 @@ def setup(
     ids, probs = select_logits(fz.logits, max_n_logits, desired_logit_prob)
     W_U = lean.W_U.to(lean.device)
     vecs = (W_U[:, ids] - W_U.mean(1, keepdim=True)).T
+    b_U = lean.b_U.to(lean.device)
     return _Setup(
         fz=fz,
         embed=token_vectors(lean, fz.tokens),
@@ -161,6 +163,7 @@ def setup(
         logit_ids=ids.cpu(),
         logit_probs=probs.cpu(),
         logit_vecs=vecs,
+        logit_bias=b_U[ids] - b_U.mean(),
     )
 
 
@@ -258,9 +261,13 @@ def _assemble(
     )
 
 
-def _read(targets: list[tuple[int, int, Tensor]], ins: Tensor, final: Tensor) -> Tensor:
-    """Each target's value [T] from the frozen model's outputs."""
-    return torch.stack([(final if l == ins.shape[0] else ins[l, p]) @ v for l, p, v in targets])
+def _read(s: _Setup, targets: list[tuple[int, int, Tensor]], ins: Tensor, final: Tensor) -> Tensor:
+    """Each target's value [T] from the frozen model's outputs: a feature's pre-activation -
+    b_enc, a logit's demeaned logit (its demeaned b_U included, so the value does not depend on
+    where weight processing put the final norm's bias)."""
+    vals = torch.stack([(final if l == ins.shape[0] else ins[l, p]) @ v for l, p, v in targets])
+    n_feat = len(s.feats)
+    return torch.cat([vals[:n_feat], vals[n_feat:] + s.logit_bias.to(vals.dtype)])
 
 
 def attribute(
@@ -307,7 +314,7 @@ def attribute(
     with torch.no_grad():
         (ins, final), vjp, *_ = torch.func.vjp(fn, s.embed, s.writes)
         ins0, final0 = fn(torch.zeros_like(s.embed), torch.zeros_like(s.writes))
-        values, bias = _read(targets, ins, final), _read(targets, ins0, final0)
+        values, bias = _read(s, targets, ins, final), _read(s, targets, ins0, final0)
         batched = torch.func.vmap(vjp)
 
         def rows_of(idx: Sequence[int]) -> Tensor:
@@ -390,12 +397,12 @@ def attribute_literal(
     embed = s.embed.detach().clone().requires_grad_(True)
     writes = s.writes.detach().clone().requires_grad_(True)
     ins, final = frozen_forward(lean, s.fz, transcoders, embed, writes)
-    values = _read(targets, ins, final).detach()
+    values = _read(s, targets, ins, final).detach()
     with torch.no_grad():
         ins0, final0 = frozen_forward(
             lean, s.fz, transcoders, torch.zeros_like(embed), torch.zeros_like(writes)
         )
-        bias = _read(targets, ins0, final0)
+        bias = _read(s, targets, ins0, final0)
     n_src = len(s.feats) + L * n + n
     rows = torch.zeros(len(targets), n_src, dtype=writes.dtype, device=writes.device)
     for t, (l, p, v) in enumerate(targets):
