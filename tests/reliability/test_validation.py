@@ -179,7 +179,13 @@ def test_model_dims_without_loading_match_the_loaded_model(name):
 def test_estimates_follow_their_formulas():
     d = V.Dims(n_layers=2, d_model=8, d_mlp=32, d_vocab=100, n_ctx=16)
     per = 6 * 8 + 2 * 32
-    assert V.patch_bytes(d, 3, 5) == 4 * (2 * 3 * 5 * 2 * per + 3 * 5 * (2 * per + 200))
+    h = V.Dims(n_layers=2, d_model=8, d_mlp=32, d_vocab=100, n_ctx=16, n_heads=2, d_head=4)
+    # per layer and token: 4 d_model-sized hooks, q, k, v, z (2 heads x 4) and the pattern (2 x 5)
+    caches = 4 * 2 * 3 * 5 * (2 * (4 * 8 + 4 * 2 * 4 + 2 * 5) + 8)
+    row = 4 * (5 * (5 * 2 * 8 + 3 * 2 * 5 + 2 * 32 + 8 * 8) + 100)
+    assert V.patch_cache_bytes(h, 3, 5, "resid_pre", "denoising") == caches
+    assert V.patch_row_bytes(h, 5, 5, 1) == row
+    assert V.patch_bytes(h, 3, 5, "resid_pre", memory_mb=0) == caches + 2 * 5 * 5 + 3 * row
     assert V.regions_bytes(d, 4, 10, 5, 25) == 4 * (2 * 4 * 10 * 8 + 20 * (5 * 2 * per + 300))
     assert V.sae_bytes(d, 2, 4) == 4 * (2 * 8 * 32 * 4 + 3 * 32 * 32 + 32 * (2 * per + 200))
 

@@ -37,6 +37,7 @@ from mechscope.patching.specs import (
     check_component,
     validate_site,
 )
+from mechscope.validate import Dims, patch_row_bytes
 
 Direction = Literal["denoising", "noising", "zero", "mean"]
 DIRECTIONS: tuple[str, ...] = ("denoising", "noising", "zero", "mean")
@@ -223,12 +224,19 @@ def sweep_hooks(lean: LeanModel, component: str, layers: Sequence[int] | None = 
 
 def row_bytes(lean: LeanModel, n_pos: int, seq_len: int, n_logits: int) -> int:
     """Rough peak bytes of one prompt row running positions seq_len - n_pos.. of every layer
-    (per-head copies and attention scores dominate; earlier positions' keys and values add on)."""
-    d = lean.W_E.shape[1]
-    d_mlp = lean.layers[0].W_in.shape[1] if lean.layers[0].W_in is not None else 0
-    per_pos = 5 * lean.n_heads * d + 3 * lean.n_heads * seq_len + 2 * d_mlp + 8 * d
-    prefix = 2 * lean.n_layers * (seq_len - n_pos) * lean.n_kv_heads * lean.d_head
-    return 4 * (n_pos * per_pos + prefix + n_logits * lean.W_U.shape[1])
+    (`validate.patch_row_bytes` of the model's sizes)."""
+    W_in = lean.layers[0].W_in
+    dims = Dims(
+        n_layers=lean.n_layers,
+        d_model=lean.W_E.shape[1],
+        d_mlp=0 if W_in is None else W_in.shape[1],
+        d_vocab=lean.W_U.shape[1],
+        n_ctx=seq_len,
+        n_heads=lean.n_heads,
+        n_kv_heads=lean.n_kv_heads,
+        d_head=lean.d_head,
+    )
+    return patch_row_bytes(dims, n_pos, seq_len, n_logits)
 
 
 def _stack_hook(variants: Sequence[Variant], hook: str) -> Hook:
