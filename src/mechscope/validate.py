@@ -48,6 +48,15 @@ def integer(option: str, value: int | None, lo: int | None = None, hi: int | Non
         raise OptionError(f"{option} must be an integer {_range(lo, hi)}, got {value}")
 
 
+def position(option: str, value: int | None, n_pos: int, what: str = "sequences") -> None:
+    """`value` (None: not given) indexes n_pos positions: in [-n_pos, n_pos - 1]."""
+    if value is not None and not -n_pos <= value < n_pos:
+        raise OptionError(
+            f"{option} must be a position in [{-n_pos}, {n_pos - 1}] of the {n_pos}-token "
+            f"{what}, got {value}"
+        )
+
+
 def seed(option: str, value: int | None) -> None:
     """A seed in [0, 2**32 - 1] (what numpy and torch both accept)."""
     integer(option, value, 0, SEED_MAX)
@@ -147,6 +156,25 @@ def port(option: str, value: int, host: str = "127.0.0.1") -> None:
             raise OptionError(
                 f"{option} {value} cannot be used on {host} ({e.strerror}); give another port"
             ) from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def model_tokenizer(option: str, model: str) -> None:
+    """A local HF model folder (config.json with a model_type) holds its tokenizer (any of
+    `TOKENIZER_FILES`): without one, HF builds an empty tokenizer and prompts cannot be made.
+    Zoo names, hub names and mechscope-native folders (the bundled tokenizer) pass."""
+    folder = Path(model).expanduser()
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # not a local model folder: loading says what is wrong
+    if "model_type" in cfg and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise OptionError(
+            f"{option} {model}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)})"
+            f"; save the model's tokenizer beside it: tokenizer.save_pretrained({str(folder)!r})"
+        )
 
 
 # -- memory --------------------------------------------------------------------------------------
