@@ -260,13 +260,17 @@ def patch_row_bytes(dims: Dims, n_pos: int, seq_len: int, n_logits: int) -> int:
     return 4 * (n_pos * per_pos + prefix + n_logits * dims.d_vocab)
 
 
+# patching components with a head axis ("pos_head" layout in patching/specs.py)
+PER_HEAD_COMPONENTS = ("q", "k", "v", "z", "result", "q_input", "k_input", "v_input")
+
+
 def _component_floats(dims: Dims, component: str, seq_len: int) -> tuple[int, int]:
     """(heads, floats per token at one layer) of a patching component's hook."""
     H, K, dh = _heads(dims)
     heads = K if component in ("k", "v", "k_input", "v_input") else H
-    if component in ("q", "k", "v", "z"):
+    if component in PER_HEAD_COMPONENTS[:4]:
         return heads, heads * dh
-    if component in ("result", "q_input", "k_input", "v_input"):
+    if component in PER_HEAD_COMPONENTS[4:]:
         return heads, heads * dims.d_model
     return heads, H * seq_len if component == "pattern" else dims.d_model
 
@@ -302,16 +306,18 @@ def patch_bytes(
     the projections of q/k/v inputs); every variant's boolean mask; and one chunk of patched runs
     (`patch_row_bytes` per row): the variants sharing a layer and a first position (one, or one
     per head), as many as `memory_mb` holds, at least one."""
-    from mechscope.patching.specs import check_component
-
     H, _, dh = _heads(dims)
     T, L = seq_len, dims.n_layers
     heads, own = _component_floats(dims, component, seq_len)
     sources = {"zero": n * T * L * own, "mean": T * L * own}.get(direction, 0)
     sources += n * T * L * heads * dh if component.endswith("_input") else 0
-    layout = check_component(component)[1]
-    group = 1 if layout == "pos" else heads  # variants sharing a layer and a first position
-    masks = L * T * group * {"pos": T, "pos_head": T * heads, "head_pos": H * T * T}[layout]
+    if component == "pattern":  # masks [head, dest, src], one per layer x head x position
+        group, mask = H, H * T * T
+    elif component in PER_HEAD_COMPONENTS:  # [pos, head], one per layer x position x head
+        group, mask = heads, T * heads
+    else:  # [pos], one per layer x position
+        group, mask = 1, T
+    masks = L * T * group * mask
     per_variant = n * patch_row_bytes(dims, T, T, 1)  # from position 0
     chunk = min(group, max(1, int(memory_mb * 2**20) // per_variant)) * per_variant
     caches = patch_cache_bytes(dims, n, T, component, direction)

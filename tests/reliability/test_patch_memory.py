@@ -17,6 +17,7 @@ import torch
 from mechscope import validate as V
 from mechscope.models.lean import as_lean
 from mechscope.patching.engine import make_runs, sweep_hooks
+from mechscope.patching.specs import COMPONENTS
 from mechscope.tasks import make_task
 
 FACTOR = 2.0  # estimate / measured peak in [1 / FACTOR, FACTOR]
@@ -30,6 +31,11 @@ def cached_bytes(*caches: dict[str, torch.Tensor] | None) -> int:
             s = t.untyped_storage()
             storages[s.data_ptr()] = s.nbytes()
     return sum(storages.values())
+
+
+def test_estimate_knows_the_component_layouts():
+    per_head = {c for c, (_, layout) in COMPONENTS.items() if layout == "pos_head"}
+    assert set(V.PER_HEAD_COMPONENTS) == per_head
 
 
 @pytest.mark.parametrize("name", ["attn4", "gpt2_2l", "llama_2l"])
