@@ -44,7 +44,7 @@ from rich.table import Table
 import mechscope
 from mechscope.models.lean import LeanModel, as_lean
 from mechscope.patching import PatchMetric, patch_sweep, task_metric
-from mechscope.patching.engine import _row_bytes
+from mechscope.patching.engine import row_bytes
 from mechscope.patching.specs import check_component
 from mechscope.tasks import make_task
 
@@ -99,7 +99,7 @@ def floors(
             key = (l if start_layers else 0, p if start_pos else 0)
             groups[key] = groups.get(key, 0) + 1
         for (l, p), count in groups.items():
-            per_run = batch * _row_bytes(lean, seq_len - p, seq_len, len(logit_pos))
+            per_run = batch * row_bytes(lean, seq_len - p, seq_len, len(logit_pos))
             chunk = max(1, int(memory_mb * 2**20 // per_run))
             for at in range(0, count, chunk):
                 n = min(chunk, count - at)

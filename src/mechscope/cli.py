@@ -162,6 +162,7 @@ def run_task_cmd(
         V.integer("--n", n, lo=1)
         V.seed("--seed", seed)
         V.choice("--metric", metric, NAMES)
+        V.model_tokenizer("--model", model)
     if json_out is not None:
         check_writable_file(json_out, "--json")
     try:

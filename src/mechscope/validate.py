@@ -48,6 +48,15 @@ def integer(option: str, value: int | None, lo: int | None = None, hi: int | Non
         raise OptionError(f"{option} must be an integer {_range(lo, hi)}, got {value}")
 
 
+def position(option: str, value: int | None, n_pos: int, what: str = "sequences") -> None:
+    """`value` (None: not given) indexes n_pos positions: in [-n_pos, n_pos - 1]."""
+    if value is not None and not -n_pos <= value < n_pos:
+        raise OptionError(
+            f"{option} must be a position in [{-n_pos}, {n_pos - 1}] of the {n_pos}-token "
+            f"{what}, got {value}"
+        )
+
+
 def seed(option: str, value: int | None) -> None:
     """A seed in [0, 2**32 - 1] (what numpy and torch both accept)."""
     integer(option, value, 0, SEED_MAX)
@@ -149,16 +158,41 @@ def port(option: str, value: int, host: str = "127.0.0.1") -> None:
             ) from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def model_tokenizer(option: str, model: str) -> None:
+    """A local HF model folder (config.json with a model_type) holds its tokenizer (any of
+    `TOKENIZER_FILES`): without one, HF builds an empty tokenizer and prompts cannot be made.
+    Zoo names, hub names and mechscope-native folders (the bundled tokenizer) pass."""
+    folder = Path(model).expanduser()
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # not a local model folder: loading says what is wrong
+    if "model_type" in cfg and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise OptionError(
+            f"{option} {model}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)})"
+            f"; save the model's tokenizer beside it: tokenizer.save_pretrained({str(folder)!r})"
+        )
+
+
 # -- memory --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dims:
-    """The sizes of a model that memory estimates need."""
+    """The sizes of a model that memory estimates need (n_kv_heads 0: n_heads; d_head 0:
+    d_model // n_heads)."""
 
     n_layers: int
     d_model: int
     d_mlp: int
     d_vocab: int
     n_ctx: int
+    n_heads: int = 1
+    n_kv_heads: int = 0
+    d_head: int = 0
+    attn_only: bool = False
+    rotary: bool = False
 
 
 _KEYS = {
@@ -167,6 +201,9 @@ _KEYS = {
     "d_mlp": ("d_mlp", "n_inner", "intermediate_size"),
     "d_vocab": ("d_vocab", "vocab_size"),
     "n_ctx": ("n_ctx", "n_positions", "max_position_embeddings"),
+    "n_heads": ("n_heads", "n_head", "num_attention_heads"),
+    "n_kv_heads": ("n_key_value_heads", "num_key_value_heads"),
+    "d_head": ("d_head", "head_dim"),
 }
 
 
@@ -176,7 +213,11 @@ def model_dims(model: Any) -> Dims | None:
     cfg: dict[str, Any]
     if not isinstance(model, str | Path):
         c = model.cfg
-        cfg = {k: getattr(c, k, None) for k in _KEYS}
+        cfg = {k: getattr(c, k, None) for keys in _KEYS.values() for k in keys}
+        cfg.update(
+            attn_only=getattr(c, "attn_only", False),
+            positional_embedding_type=getattr(c, "positional_embedding_type", None),
+        )
     else:
         from mechscope.artefacts import model_dir, zoo_names
 
@@ -194,17 +235,93 @@ def model_dims(model: Any) -> Dims | None:
         return None
     found["d_mlp"] = found["d_mlp"] or 4 * found["d_model"]
     found["n_ctx"] = found["n_ctx"] or 1024
-    return Dims(**found)
+    found["n_heads"] = found["n_heads"] or max(1, found["d_model"] // 64)
+    found["n_kv_heads"] = found["n_kv_heads"] or found["n_heads"]
+    found["d_head"] = found["d_head"] or found["d_model"] // found["n_heads"]
+    pos = cfg.get("positional_embedding_type")  # a TransformerLens cfg; HF: rope_* / rotary_*
+    rotary = pos == "rotary" if pos else any(k.startswith(("rope", "rotary")) for k in cfg)
+    return Dims(**found, attn_only=bool(cfg.get("attn_only")), rotary=rotary)
 
 
-def patch_bytes(dims: Dims, n: int, seq_len: int) -> int:
-    """Peak bytes of a patching sweep over n prompt pairs of seq_len tokens (float32): the clean
-    and corrupted caches of every hook (about 6 d_model-sized and 2 d_mlp-sized per layer) and
-    one patched run's activations and logits."""
-    per_token_layer = 6 * dims.d_model + 2 * dims.d_mlp
-    caches = 2 * n * seq_len * dims.n_layers * per_token_layer
-    run = n * seq_len * (dims.n_layers * per_token_layer + 2 * dims.d_vocab)
-    return 4 * (caches + run)
+def _heads(dims: Dims) -> tuple[int, int, int]:
+    """(query heads, key/value heads, d_head) of dims."""
+    H = dims.n_heads
+    return H, dims.n_kv_heads or H, dims.d_head or dims.d_model // H
+
+
+def patch_row_bytes(dims: Dims, n_pos: int, seq_len: int, n_logits: int) -> int:
+    """Rough peak bytes of one prompt row of a patched run over positions seq_len - n_pos.. of
+    every layer (float32; per-head copies and attention scores dominate; earlier positions' keys
+    and values add on); the patching engine chunks its runs by it."""
+    H, K, dh = _heads(dims)
+    d, d_mlp = dims.d_model, 0 if dims.attn_only else dims.d_mlp
+    per_pos = 5 * H * d + 3 * H * seq_len + 2 * d_mlp + 8 * d
+    prefix = 2 * dims.n_layers * (seq_len - n_pos) * K * dh
+    return 4 * (n_pos * per_pos + prefix + n_logits * dims.d_vocab)
+
+
+# patching components with a head axis ("pos_head" layout in patching/specs.py)
+PER_HEAD_COMPONENTS = ("q", "k", "v", "z", "result", "q_input", "k_input", "v_input")
+
+
+def _component_floats(dims: Dims, component: str, seq_len: int) -> tuple[int, int]:
+    """(heads, floats per token at one layer) of a patching component's hook."""
+    H, K, dh = _heads(dims)
+    heads = K if component in ("k", "v", "k_input", "v_input") else H
+    if component in PER_HEAD_COMPONENTS[:4]:
+        return heads, heads * dh
+    if component in PER_HEAD_COMPONENTS[4:]:
+        return heads, heads * dims.d_model
+    return heads, H * seq_len if component == "pattern" else dims.d_model
+
+
+def patch_cache_bytes(dims: Dims, n: int, seq_len: int, component: str, direction: str) -> int:
+    """Bytes of the caches a sweep of `component` holds (float32): the base run's (and the source
+    run's, denoising / noising) hooks that it reads (`engine.sweep_hooks`). Per layer and token:
+    hook_resid_post, hook_attn_out (+ hook_resid_mid, hook_mlp_out with MLPs), hook_q / _k / _v,
+    hook_z (+ hook_rot_q / _k, rotary), hook_pattern (seq_len per head); hook_resid_pre is the
+    previous resid_post (one more at layer 0) and hook_{q,k,v}_input are views of it;
+    hook_result adds H x d_model."""
+    H, K, dh = _heads(dims)
+    d = dims.d_model
+    per_layer = 2 * d + (2 * H + 2 * K) * dh + H * seq_len
+    per_layer += (H + K) * dh if dims.rotary else 0
+    per_layer += 0 if dims.attn_only else 2 * d
+    per_layer += _component_floats(dims, component, seq_len)[1] if component == "result" else 0
+    runs = 2 if direction in ("denoising", "noising") else 1
+    return 4 * runs * n * seq_len * (dims.n_layers * per_layer + d)
+
+
+def patch_bytes(
+    dims: Dims,
+    n: int,
+    seq_len: int,
+    component: str = "z",
+    direction: str = "denoising",
+    memory_mb: float = 512.0,
+) -> int:
+    """Peak bytes of a sweep of `component` (one patch per layer x position (x head)) over n
+    prompt pairs of seq_len tokens (float32), as patching/engine.py holds them: the caches
+    (`patch_cache_bytes`); the sources made from them (zeros for the zero ablation, the mean,
+    the projections of q/k/v inputs); every variant's boolean mask; and one chunk of patched runs
+    (`patch_row_bytes` per row): the variants sharing a layer and a first position (one, or one
+    per head), as many as `memory_mb` holds, at least one."""
+    H, _, dh = _heads(dims)
+    T, L = seq_len, dims.n_layers
+    heads, own = _component_floats(dims, component, seq_len)
+    sources = {"zero": n * T * L * own, "mean": T * L * own}.get(direction, 0)
+    sources += n * T * L * heads * dh if component.endswith("_input") else 0
+    if component == "pattern":  # masks [head, dest, src], one per layer x head x position
+        group, mask = H, H * T * T
+    elif component in PER_HEAD_COMPONENTS:  # [pos, head], one per layer x position x head
+        group, mask = heads, T * heads
+    else:  # [pos], one per layer x position
+        group, mask = 1, T
+    masks = L * T * group * mask
+    per_variant = n * patch_row_bytes(dims, T, T, 1)  # from position 0
+    chunk = min(group, max(1, int(memory_mb * 2**20) // per_variant)) * per_variant
+    caches = patch_cache_bytes(dims, n, T, component, direction)
+    return caches + 4 * sources + masks + chunk
 
 
 def regions_bytes(dims: Dims, n_paths: int, n_steps: int, seq_len: int, batch: int) -> int:

@@ -1,6 +1,6 @@
-"""SIGINT and SIGKILL in the middle of the commands that resume (`sae train`, `sweep`): the
-interrupted run leaves only whole files, and rerunning the same command finishes with the
-result an uninterrupted run gives, byte for byte."""
+"""SIGINT and SIGKILL in the middle of the commands that resume (`sae train`, `sweep`,
+`evolution run --checkpoint`): the interrupted run leaves only whole files, and rerunning the
+same command finishes with the result an uninterrupted run gives, byte for byte."""
 
 from __future__ import annotations
 
@@ -126,3 +126,42 @@ def test_sweep_interrupted_then_resumed(tmp_path, mechscope_cli, leftovers) -> N
     _finish(args, log)
     assert _trial_results(out) == _trial_results(tmp_path / "ref")
     assert "skipped" in log.read_text()
+
+
+EVOLUTION = [
+    *["evolution", "run", "--model", "code-2l", "--batches", "200", "--batch-size", "2"],
+    *["--checkpoint-every", "5", "--no-graph"],
+]
+
+
+def _without_meta(folder: Path) -> dict:
+    """evolution.json less its meta (timings; a resumed run records where it went on from)."""
+    doc = json.loads((folder / "evolution.json").read_text())
+    del doc["meta"]
+    return doc
+
+
+@pytest.mark.slow
+def test_evolution_run_interrupted_then_resumed(tmp_path, mechscope_cli, leftovers) -> None:
+    ref = mechscope_cli([*EVOLUTION, "--out", tmp_path / "ref"])
+    assert ref.exit_code == 0, ref.output
+    out, ck, log = tmp_path / "out", tmp_path / "ck", tmp_path / "log"
+    state = ck / "state.safetensors"
+    args = [*EVOLUTION, "--checkpoint", str(ck), "--out", str(out)]
+
+    proc = _start(args, log)
+    _wait_for(proc, state.exists, log)
+    assert "Error: interrupted; every file written so far is whole" in _interrupt(
+        proc, signal.SIGINT, log
+    )
+    first = state.stat().st_mtime_ns
+    proc = _start(args, log)  # resumes, then is killed past a later checkpoint
+    _wait_for(proc, lambda: state.stat().st_mtime_ns != first, log)
+    _interrupt(proc, signal.SIGKILL, log)
+    assert not out.exists(), "killed after the run ended: give it more batches"
+    assert not leftovers(ck)
+    _finish(args, log)
+    assert "resumed_from" in json.loads((out / "evolution.json").read_text())["meta"]
+    for f in ("tensors.safetensors",):
+        assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes()
+    assert _without_meta(out) == _without_meta(tmp_path / "ref")

@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import mechscope
@@ -85,6 +86,8 @@ CASES = [
     (["sweep", "any.yaml", "--workers", "0"], "--workers must be an integer >= 1"),
     (["sweep", "any.yaml", "--backend", "dask"], "choose one of auto, ray, serial"),
     (["sweep", "any.yaml", "--retries", "-1"], "--retries must be an integer >= 0"),
+    (["directions", "sweep", "--position", "96"], "--position must be a position in [-96, 95]"),
+    (["directions", "error", "--position", "-97"], "of the 96-token held-out sequences (n_ctx)"),
 ]
 
 
@@ -159,6 +162,32 @@ def test_patch_refuses_a_sweep_bigger_than_memory_after_loading_only(tmp_path):
     assert time.perf_counter() - t0 < 30
 
 
+def test_run_task_on_a_folder_without_tokenizer_is_one_line(no_model, tmp_path):
+    """An HF model folder without tokenizer files: HF would build an empty tokenizer and the
+    task's prompts fail deep inside; the check names what is missing and how to add it."""
+    from mechscope.artefacts import model_dir
+
+    (tmp_path / "config.json").write_text((model_dir("code-2l") / "config.json").read_text())
+    r = runner.invoke(app, ["run-task", "--model", str(tmp_path)])
+    assert r.exit_code == 2
+    line = _one_line_error(r.output)
+    assert "the folder has no tokenizer (none of tokenizer.json" in line
+    assert f"tokenizer.save_pretrained('{tmp_path}')" in line
+    (tmp_path / "tokenizer.json").write_text("{}")
+    V.model_tokenizer("--model", str(tmp_path))  # a tokenizer file: passes
+    V.model_tokenizer("--model", "code-2l")  # zoo names pass
+
+
+def test_position_is_checked_against_a_loaded_models_context(gpt2_2l):
+    from mechscope.directions.cli import check_position
+    from mechscope.models.lean import as_lean
+
+    check_position(95, as_lean(gpt2_2l))
+    check_position(None, "nobody/hub-model")  # unknown without loading: checked after loading
+    with pytest.raises(typer.Exit):
+        check_position(-97, as_lean(gpt2_2l))
+
+
 def test_check_memory_names_estimate_and_option():
     V.check_memory("x", 2**30, "--n", available=2**31)  # fits: nothing happens
     V.check_memory("x", 2**40, "--n", available=0)  # unknown free memory: no check
@@ -179,7 +208,13 @@ def test_model_dims_without_loading_match_the_loaded_model(name):
 def test_estimates_follow_their_formulas():
     d = V.Dims(n_layers=2, d_model=8, d_mlp=32, d_vocab=100, n_ctx=16)
     per = 6 * 8 + 2 * 32
-    assert V.patch_bytes(d, 3, 5) == 4 * (2 * 3 * 5 * 2 * per + 3 * 5 * (2 * per + 200))
+    h = V.Dims(n_layers=2, d_model=8, d_mlp=32, d_vocab=100, n_ctx=16, n_heads=2, d_head=4)
+    # per layer and token: 4 d_model-sized hooks, q, k, v, z (2 heads x 4) and the pattern (2 x 5)
+    caches = 4 * 2 * 3 * 5 * (2 * (4 * 8 + 4 * 2 * 4 + 2 * 5) + 8)
+    row = 4 * (5 * (5 * 2 * 8 + 3 * 2 * 5 + 2 * 32 + 8 * 8) + 100)
+    assert V.patch_cache_bytes(h, 3, 5, "resid_pre", "denoising") == caches
+    assert V.patch_row_bytes(h, 5, 5, 1) == row
+    assert V.patch_bytes(h, 3, 5, "resid_pre", memory_mb=0) == caches + 2 * 5 * 5 + 3 * row
     assert V.regions_bytes(d, 4, 10, 5, 25) == 4 * (2 * 4 * 10 * 8 + 20 * (5 * 2 * per + 300))
     assert V.sae_bytes(d, 2, 4) == 4 * (2 * 8 * 32 * 4 + 3 * 32 * 32 + 32 * (2 * per + 200))
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from mechscope.errors import SAEError, StoreError
 from mechscope.models.lean import LeanModel
 from mechscope.sae.activations import collect
-from mechscope.sae.store import ActivationStore, write_store
+from mechscope.sae.store import ActivationStore, store_bytes, write_store
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
 N_CTX = 24
@@ -155,3 +155,31 @@ def test_bad_requests(lean: LeanModel, tmp_path: Path) -> None:
     store = write(lean, tmp_path / "c", n_batches=1)
     with pytest.raises(StoreError, match=r"'blocks.0.hook_resid_pre' is not in the store"):
         next(store.batches("blocks.0.hook_resid_pre", 4))
+
+
+def test_store_bytes_is_what_the_store_writes(lean: LeanModel, tmp_path: Path) -> None:
+    """n_tokens rounds up to whole batches: 150 tokens of [4, 24] batches are 8 sequences."""
+    store = write(lean, tmp_path / "s", n_batches=None, n_tokens=150)
+    widths = {h: lean.W_E.shape[1] for h in HOOKS}
+    est = store_bytes(8, N_CTX, widths, "float32")
+    assert est == 8 * N_CTX * (4 + 4 * 2 * 128)
+    files = list((tmp_path / "s").iterdir())
+    written = sum(f.stat().st_size for f in files)
+    assert len(store) == 8 and est <= written <= est + 1024 * len(files)
+
+
+def test_refuses_a_store_bigger_than_the_free_space(lean, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from mechscope.sae import store as store_module
+
+    need = store_bytes(20, N_CTX, {h: 128 for h in HOOKS}, "float16")  # 5 batches of 4
+    free = shutil.disk_usage(tmp_path)._replace(free=need - 1)
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda _: free)
+    with pytest.raises(StoreError, match=r"the store would write about 0\.2 MB to .* is free"):
+        write(lean, tmp_path / "s", dtype="float16")
+    assert not (tmp_path / "s").exists()  # refused before anything was made
+    write(lean, tmp_path / "s", n_batches=4, dtype="float16")  # 16 sequences fit
+    # overwriting counts the old store's files as free
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda _: free._replace(free=0))
+    write(lean, tmp_path / "s", n_batches=1, dtype="float16", overwrite=True)

@@ -53,6 +53,15 @@ AbsJitter = Annotated[
 Cdn = Annotated[bool, typer.Option(help="load plotly.js from the web (small HTML files)")]
 
 
+def check_position(position: int | None, model: Any) -> None:
+    """--position indexes the model's held-out n_ctx-token sequences; model: a zoo name or local
+    folder (read from its config.json, nothing loaded; other names pass) or a loaded model."""
+    dims = V.model_dims(model) if position is not None else None
+    if dims is not None:
+        with option_checks():
+            V.position("--position", position, dims.n_ctx, "held-out sequences (n_ctx)")
+
+
 def _config(
     batches: int,
     batch_size: int,
@@ -136,6 +145,7 @@ def sweep_cmd(
     from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, lengths, position, seed, abs_jitter)
+    check_position(position, model)
     fams = family or ["isotropic", "cov_mixture", "real_mixture", "toward_cov"]
     with option_checks():
         V.choices("--family", fams, FAMILIES)
@@ -143,6 +153,7 @@ def sweep_cmd(
         fams.append("sae_error")
     try:
         lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        check_position(position, lean)  # a hub model's n_ctx is known once it is loaded
         saes = load_saes(model, [sae], device=lean.device) if sae is not None else {}
         ((name, s),) = saes.items() if saes else (("", None),)
         res = sweep_directions(lean, hook, fams, sae=s, sae_name=name, cfg=cfg)
@@ -178,8 +189,10 @@ def error_cmd(
     from mechscope.models.lean import as_lean
 
     cfg = _config(batches, batch_size, None, position, seed, abs_jitter)
+    check_position(position, model)
     try:
         lean = as_lean(load(model, None, Placement(device, device_map, dtype)))
+        check_position(position, lean)  # a hub model's n_ctx is known once it is loaded
         res = error_vs_baselines(lean, load_saes(model, sae, device=lean.device), cfg=cfg)
     except MechscopeError as e:
         fail(e)

@@ -303,9 +303,10 @@ class LeanModel:
         clip = self.arch.clip_qkv
         return out if clip is None else out.clamp(-clip, clip)
 
-    def _finish_qk(self, l: int, x: Tensor, letter: int, positions: Tensor) -> Tensor:
-        """Queries or keys [batch, pos, k, d_head] as attention reads them: q/k norm, then
-        rotation at `positions` [pos] (identity without either)."""
+    def finish_qk(self, l: int, x: Tensor, letter: int, positions: Tensor) -> Tensor:
+        """Queries (letter 0) or keys (letter 1) [batch, pos, k, d_head] of layer l as attention
+        reads them: q/k norm, then rotation at absolute `positions` [pos] (identity without
+        either)."""
         w = self.layers[l]
         p = w.q_norm if letter == 0 else w.k_norm
         if p is not None:
@@ -319,12 +320,13 @@ class LeanModel:
         cos, sin = rot.tables(positions)
         return rot(x, cos, sin)
 
-    def _attend(
+    def attend(
         self, l: int, q: Tensor, k: Tensor, v: Tensor, q_positions: Tensor, h: Any = None
     ) -> Tensor:
         """z [batch, q_pos, H', d_head] from finished queries [batch, q_pos, H', d_head] at
         absolute positions q_positions, keys and values [batch, k_pos, K', d_head] of positions
-        0.. (K' = H' / group: each key/value head serves `group` consecutive query heads)."""
+        0.. (K' = H' / group: each key/value head serves `group` consecutive query heads) of
+        layer l; h: the block's hook h(name, x) -> x at attn.hook_attn_scores / hook_pattern."""
         if k.shape[2] != q.shape[2]:
             g = q.shape[2] // k.shape[2]
             k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
@@ -341,7 +343,9 @@ class LeanModel:
             pattern = h("attn.hook_pattern", pattern)
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
-    def _post(self, p: NormParams, x: Tensor) -> Tensor:
+    def post_norm(self, p: NormParams, x: Tensor) -> Tensor:
+        """An attention or MLP output x [..., d_model] through its post-norm p (ln1_post /
+        ln2_post of a layer; None: x unchanged)."""
         return x if p is None else self.norm(x, p)
 
     def _mlp(self, w: LayerWeights, y: Tensor, h: Any = None) -> Tensor:
@@ -396,9 +400,9 @@ class LeanModel:
             if q_pos is None
             else torch.tensor([p % n for p in q_pos], device=dev)
         )
-        q = self._finish_qk(l, q, 0, qp)
-        k = self._finish_qk(l, k, 1, torch.arange(n, device=dev))
-        z = self._attend(l, q, k, v, qp)
+        q = self.finish_qk(l, q, 0, qp)
+        k = self.finish_qk(l, k, 1, torch.arange(n, device=dev))
+        z = self.attend(l, q, k, v, qp)
         return torch.einsum("bqhd,hdm->bqhm", z, w.W_O[heads]).to(back)
 
     def mlp_out(self, l: int, x: Tensor) -> Tensor:
@@ -406,7 +410,7 @@ class LeanModel:
         (hook_mlp_in)."""
         w = self.layers[l]
         y = self.pre_norm(x.to(w.device), w.ln2)
-        return self._post(w.ln2_post, self._mlp(w, y)).to(x.device)
+        return self.post_norm(w.ln2_post, self._mlp(w, y)).to(x.device)
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits [..., vocab] of final residual-stream vectors [..., d_model]."""
@@ -562,8 +566,8 @@ class LeanModel:
         k = hb("attn.hook_k", self._project(l, xk, 1))
         v = hb("attn.hook_v", self._project(l, xv, 2))
         if self.rotary or w.q_norm is not None:
-            q = self._finish_qk(l, q, 0, q_positions)
-            k = self._finish_qk(l, k, 1, positions)
+            q = self.finish_qk(l, q, 0, q_positions)
+            k = self.finish_qk(l, k, 1, positions)
             if self.rotary:
                 q, k = hb("attn.hook_rot_q", q), hb("attn.hook_rot_k", k)
         if start_pos:
@@ -571,13 +575,13 @@ class LeanModel:
             if kv is None:
                 raise ValueError(f"prefix_kv[{l}] is missing")
             k, v = torch.cat([kv[0].to(k.device), k], 1), torch.cat([kv[1].to(v.device), v], 1)
-        z = hb("attn.hook_z", self._attend(l, q, k, v, q_positions, hb))
+        z = hb("attn.hook_z", self.attend(l, q, k, v, q_positions, hb))
         if cache is not None or f"{b}.attn.hook_result" in hooks:
             result = hb("attn.hook_result", torch.einsum("bqhd,hdm->bqhm", z, w.W_O))
             attn = result.sum(2) + w.b_O
         else:  # no per-head results wanted: one matmul over all heads
             attn = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
-        attn_out = hb("hook_attn_out", self._post(w.ln1_post, attn))
+        attn_out = hb("hook_attn_out", self.post_norm(w.ln1_post, attn))
         pre = resid if rows is None else resid[:, list(rows)]
         if self.attn_only:
             return hb("hook_resid_post", pre + attn_out)
@@ -587,7 +591,7 @@ class LeanModel:
             pre = hb("hook_resid_mid", pre + attn_out)
             mlp_in = hb("hook_mlp_in", pre)
         mlp = self._mlp(w, self.pre_norm(mlp_in, w.ln2), hb)
-        mlp_out = hb("hook_mlp_out", self._post(w.ln2_post, mlp))
+        mlp_out = hb("hook_mlp_out", self.post_norm(w.ln2_post, mlp))
         out = pre + attn_out + mlp_out if self.arch.parallel else pre + mlp_out
         return hb("hook_resid_post", out)
 

@@ -73,7 +73,9 @@ def patch_command(
         with option_checks():  # prompt length from one prompt, before making n of them
             seq_len = int(make_task(task, bridge.tokenizer, n=1, seed=seed).clean_tokens.shape[1])
             if dims := V.model_dims(bridge):
-                need = V.patch_bytes(dims, n, seq_len) + int(memory_mb * 2**20)
+                need = max(
+                    V.patch_bytes(dims, n, seq_len, c, direction, memory_mb) for c in components
+                )
                 V.check_memory(f"patching {n} prompt pairs", need, "--n or --memory-mb")
         t = make_task(task, bridge.tokenizer, n=n, seed=seed)
         lean = as_lean(bridge)

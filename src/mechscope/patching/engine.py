@@ -37,6 +37,7 @@ from mechscope.patching.specs import (
     check_component,
     validate_site,
 )
+from mechscope.validate import Dims, patch_row_bytes
 
 Direction = Literal["denoising", "noising", "zero", "mean"]
 DIRECTIONS: tuple[str, ...] = ("denoising", "noising", "zero", "mean")
@@ -221,14 +222,21 @@ def sweep_hooks(lean: LeanModel, component: str, layers: Sequence[int] | None = 
     return [h for h in dict.fromkeys(every + own) if h in names]
 
 
-def _row_bytes(lean: LeanModel, n_pos: int, seq_len: int, n_logits: int) -> int:
+def row_bytes(lean: LeanModel, n_pos: int, seq_len: int, n_logits: int) -> int:
     """Rough peak bytes of one prompt row running positions seq_len - n_pos.. of every layer
-    (per-head copies and attention scores dominate; earlier positions' keys and values add on)."""
-    d = lean.W_E.shape[1]
-    d_mlp = lean.layers[0].W_in.shape[1] if lean.layers[0].W_in is not None else 0
-    per_pos = 5 * lean.n_heads * d + 3 * lean.n_heads * seq_len + 2 * d_mlp + 8 * d
-    prefix = 2 * lean.n_layers * (seq_len - n_pos) * lean.n_kv_heads * lean.d_head
-    return 4 * (n_pos * per_pos + prefix + n_logits * lean.W_U.shape[1])
+    (`validate.patch_row_bytes` of the model's sizes)."""
+    W_in = lean.layers[0].W_in
+    dims = Dims(
+        n_layers=lean.n_layers,
+        d_model=lean.W_E.shape[1],
+        d_mlp=0 if W_in is None else W_in.shape[1],
+        d_vocab=lean.W_U.shape[1],
+        n_ctx=seq_len,
+        n_heads=lean.n_heads,
+        n_kv_heads=lean.n_kv_heads,
+        d_head=lean.d_head,
+    )
+    return patch_row_bytes(dims, n_pos, seq_len, n_logits)
 
 
 def _stack_hook(variants: Sequence[Variant], hook: str) -> Hook:
@@ -328,7 +336,7 @@ class _Chunk:
         x = x.flatten(0, 1)
         w = self.lean.layers[self.layer]
         if self.lean.rotary or w.q_norm is not None:
-            x = self.lean._finish_qk(self.layer, x, letter, positions)
+            x = self.lean.finish_qk(self.layer, x, letter, positions)
         return x
 
     def attention(self) -> Tensor:
@@ -357,7 +365,7 @@ class _Chunk:
             v = torch.cat([v[:, : self.start].repeat(n, 1, 1, 1), new], 1)
         else:
             v = v.repeat(n, 1, 1, 1)
-        z = lean._attend(l, q, k, v, self.sel)
+        z = lean.attend(l, q, k, v, self.sel)
         return z.view(n, -1, *z.shape[1:])
 
     def pattern(self) -> Tensor:
@@ -384,7 +392,7 @@ class _Chunk:
             attn = z.flatten(-2) @ w.W_O.flatten(0, 1) + w.b_O
         attn_out = self.patched(hook) if c == "attn_out" else None
         if attn is not None:
-            attn_out = lean._post(w.ln1_post, attn)
+            attn_out = lean.post_norm(w.ln1_post, attn)
         mid = self.patched(hook) if c == "resid_mid" else None
         if c == "mlp_out":
             if lean.arch.parallel:  # pre + attn_out + mlp_out
@@ -486,7 +494,7 @@ def run_variants(
         dev = lean.layers[layer].device
         last = layer == lean.n_layers - 1 and component != "resid_pre"
         sel = torch.tensor(logit_pos if last else range(start, seq_len), device=dev)
-        per_variant = batch * _row_bytes(lean, seq_len - start, seq_len, len(logit_pos))
+        per_variant = batch * row_bytes(lean, seq_len - start, seq_len, len(logit_pos))
         chunk = max(1, int(memory_mb * 2**20 // per_variant))
         for at in range(0, len(idx), chunk):
             part = _Chunk(lean, runs, component, layer, start, reps[at : at + chunk], sel)
@@ -494,7 +502,7 @@ def run_variants(
             values = metric(logits, prompt.repeat(len(part.reps)))
             out[idx[at : at + chunk]] = values.view(-1, batch).mean(1).to(out.device)
     for layer, idx in sorted(hooked.items()):
-        per_variant = batch * _row_bytes(lean, seq_len, seq_len, len(logit_pos))
+        per_variant = batch * row_bytes(lean, seq_len, seq_len, len(logit_pos))
         chunk = max(1, int(memory_mb * 2**20 // per_variant))
         resid0 = runs.base_cache[f"blocks.{layer}.hook_resid_pre"]
         for at in range(0, len(idx), chunk):

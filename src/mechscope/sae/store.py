@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -115,6 +117,39 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def store_bytes(n_seq: int, n_ctx: int, widths: dict[str, int], dtype: str) -> int:
+    """Bytes of the tensors a store of n_seq sequences of n_ctx tokens holds: the int32 tokens
+    and one [n_seq, n_ctx, width] tensor per hook in `dtype` (shard headers and the manifest
+    add about a kilobyte per shard)."""
+    size = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    return n_seq * n_ctx * (4 + size * sum(widths.values()))
+
+
+def _used(folder: Path) -> int:
+    """Bytes of the store files in `folder` (what overwriting it frees)."""
+    files = [folder / MANIFEST, *folder.glob("shard-*.safetensors*")]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def check_free_space(folder: Path, nbytes: int, overwrite: bool = False) -> None:
+    """StoreError unless the file system of `folder` (or its nearest existing parent) has
+    `nbytes` free, counting the store files an overwrite would delete."""
+    at = folder
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    free = shutil.disk_usage(at).free + (_used(folder) if overwrite and folder.is_dir() else 0)
+    if nbytes > free:
+        raise StoreError(
+            f"the store would write about {_size(nbytes)} to {folder} and {_size(free)} is free "
+            "there; free space, write elsewhere (--out), or store fewer tokens (--n-tokens), "
+            "fewer hooks or float16 (--store-dtype)"
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
 def write_store(
     model: Any,
     hook_names: Sequence[str],
@@ -158,12 +193,21 @@ def write_store(
         raise StoreError("no hooks to store")
     widths = {h: hook_width(lean, h) for h in hooks}
     folder = Path(out)
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise StoreError("no token batches to store")
+    if first.ndim == 2:  # a bad shape is named below
+        b, T = first.shape
+        planned = b * (n_batches or -(-(n_tokens or 0) // (b * T)))  # whole batches
+        if planned:  # 0: neither n_batches nor n_tokens, the size is unknown
+            check_free_space(folder, store_bytes(planned, T, widths, dtype), overwrite)
     _prepare_folder(folder, overwrite)
     writer: _ShardWriter | None = None
     n_ctx = n_seq = done = 0
     with progress_bar(progress) as bar:
         task = bar.add_task(f"store {len(hooks)} hook(s)", total=n_tokens, stats="")
-        for toks in batches:
+        for toks in itertools.chain([first], it):
             if toks.ndim != 2 or toks.dtype.is_floating_point or (n_ctx and toks.shape[1] != n_ctx):
                 raise StoreError(
                     f"token batches must be integer [batch, n_ctx] of one n_ctx; got "
@@ -184,8 +228,7 @@ def write_store(
             bar.update(task, advance=toks.numel(), stats=f"{n_seq} sequences")
             if done == n_batches or (n_tokens is not None and n_seq * n_ctx >= n_tokens):
                 break
-    if writer is None:
-        raise StoreError("no token batches to store")
+    assert writer is not None
     writer.close()
     if (n_batches is not None and done < n_batches) or (n_tokens or 0) > n_seq * n_ctx:
         asked = f"{n_batches} batches" if n_batches is not None else f"{n_tokens} tokens"
