@@ -213,19 +213,17 @@ def acdc_reference(
     return c
 
 
-def _chain(graph: Graph, edges: list[int]) -> list[int]:
-    """The longest prefix of `edges` worth testing in one delta pass: edges into the first
-    edge's receiver, or, while every receiver is computed only at the metric's positions (the
-    logits, a last-layer query), edges into any of those."""
-
-    def at_pos(r: str) -> bool:
-        return r == "logits" or (r.endswith(".q") and graph.layer(r) == graph.n_layers - 1)
-
+def _chain(graph: Graph, state: DeltaCircuit, edges: list[int]) -> list[int]:
+    """The longest prefix of `edges` worth testing in one delta pass: residual edges into the
+    inputs of the first edge's layer (each changed head computed once per change, delta.py), or
+    else edges into the first edge's receiver."""
+    n = state.layer_chain_length(edges)
+    if n:
+        return edges[:n]
     first = graph.edges[edges[0]].receiver
     out = edges[:1]
     for e in edges[1:]:
-        r = graph.edges[e].receiver
-        if r != first and not (at_pos(first) and at_pos(r)):
+        if graph.edges[e].receiver != first:
             break
         out.append(e)
     return out
@@ -319,13 +317,8 @@ def acdc(
                 continue
             end = step_end[si] if skip_disconnected else len(tests)
             candidates = [e for _, e in tests[pos : min(pos + width, end)]]
-            chain = _chain(graph, candidates)
-            fits = state.chain_length(candidates) if len(candidates) > len(chain) else 0
-            if fits > len(chain):  # several receivers of a last layer: versions (delta.py)
-                chain = candidates[:fits]
-                trial = state.chain_trial(chain)
-            else:
-                trial = state.trial([chain[: k + 1] for k in range(len(chain))])
+            chain = _chain(graph, state, candidates)
+            trial = state.trial([chain[: k + 1] for k in range(len(chain))])
             values = metric(trial.logits).tolist()
             done, decided = -1, len(chain)  # last variant whose removals all stand
             for k, e in enumerate(chain):
