@@ -40,10 +40,15 @@ class Picked:
 
     def at(self, f: Callable[[Tensor], Tensor]) -> Tensor:
         """f of the versions ([versions, m] -> [versions, m']), per variant [n, m']."""
-        return f(self.table)[self.index]
+        return f(self.table).index_select(0, self.index)
 
 
 Rows = Tensor | Picked  # per-variant rows [n, m]
+
+
+def _take(x: Tensor, idx: list[int] | Tensor, dim: int = 0) -> Tensor:
+    """x indexed by idx along dim (index_select: many times faster than x[idx] on CPU)."""
+    return x.index_select(dim, torch.as_tensor(idx, device=x.device))
 
 
 def _full(x: Rows, f: Callable[[Tensor], Tensor] = lambda x: x) -> Tensor:
@@ -148,7 +153,7 @@ class DeltaCircuit:
 
     def _at_pos(self, x: Tensor) -> Tensor:
         """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
-        return x.view(len(x), self.B, self.P, -1)[:, :, self.pos].reshape(len(x), -1)
+        return _take(x.view(len(x), self.B, self.P, -1), self.pos, 2).reshape(len(x), -1)
 
     # -- the full forward of the current circuit ------------------------------------------------
     @torch.no_grad()
@@ -222,7 +227,7 @@ class DeltaCircuit:
         if idx:
             new = [_full(outs[s], self._at_pos) for s in outs]
             new += [_full(x) for x in outs_pos.values()]
-            x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - self.Dp[idx])
+            x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - _take(self.Dp, idx))
         return x
 
     def _logits(self, rows: Tensor, outs: dict[int, Rows], outs_pos: dict[int, Rows]) -> Tensor:
@@ -265,10 +270,10 @@ class DeltaCircuit:
 
         def new_inputs(rs: list[int]) -> Tensor:
             """Inputs [n, k, B*P*d] of receivers rs: stored ones plus what changed."""
-            x = self.IN[rs].expand(n, -1, -1)
+            x = _take(self.IN, rs).expand(n, -1, -1)
             rows = new_rows(rs)  # [n, k, U]
             if removed:
-                x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ self.D[removed]
+                x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ _take(self.D, removed)
             ch = list(t.outs)
             if ch:  # the changed senders these receivers read
                 read = rows[:, :, ch].any(0).any(0).tolist()
@@ -328,7 +333,7 @@ class DeltaCircuit:
                         at_pos = is_last and j == 0  # the last layer's queries: logit positions
                         p = npos if at_pos else P
                         base = self.q_pos[l] if at_pos else self.qkv[l, j]
-                        cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
+                        cur = base.index_select(2, hs).expand(n, -1, -1, -1, -1)
                         src = self.src[j][hs]  # the input each head of hs reads
                         a = self.offset[j]
                         ins = in_touched[a : a + self.runner.n_inputs[j]].nonzero().flatten()
@@ -354,7 +359,8 @@ class DeltaCircuit:
                         present = dc[:, l, j, hs]  # [n, k]
                         if (len(ins) or t.dc is not None) and not bool(present.all()):
                             abl = self.runner.ablated_qkv[l][j]
-                            abl = (abl[:, self.pos] if at_pos else abl)[:, :, hs]
+                            abl = _take(abl, self.pos, 1) if at_pos else abl
+                            abl = abl.index_select(2, hs)
                             cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
                         t.qkv[(l, j)] = (hs, cur)
                         qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
@@ -455,7 +461,7 @@ class DeltaCircuit:
                 inp = self._ablated_in_at_pos(l, 0) + rows @ self.Dp
                 p = len(self.pos)
             else:  # the stored input minus the removed terms
-                inp = self.IN[rs] - gone @ self.D[us]
+                inp = _take(self.IN, rs) - gone @ _take(self.D, us)
                 p = self.P
                 for r in dict.fromkeys(rs):  # each variant's latest version of r
                     last, pick = -1, []
@@ -491,11 +497,11 @@ class DeltaCircuit:
                 [p[1] if p[2 + x] < 0 else self.H + p[2 + x] for p in pairs], device=dev
             )
             abl = self.runner.ablated_qkv[l][x]
-            abl = (abl[:, self.pos] if x == 0 and at_pos else abl)[:, :, hp]
+            abl = (_take(abl, self.pos, 1) if x == 0 and at_pos else abl).index_select(2, hp)
             present = self.dc[l, x, hp].view(1, 1, -1, 1)
-            qx = torch.where(present, table[:, :, at], abl)  # [B, p, pairs, d_head]
+            qx = torch.where(present, table.index_select(2, at), abl)  # [B, p, pairs, d_head]
             qkv.append(qx)
-            both = torch.cat([stored[:, :, hs_t], qx], 2)
+            both = torch.cat([stored.index_select(2, hs_t), qx], 2)
             t.qkv[(l, x)] = (hs_t, Picked(both, pick_t, dim=2))
         res = self.lean.head_results(
             l, qkv[0], qkv[1], qkv[2], hp, q_pos=self.pos if at_pos else None
@@ -503,8 +509,8 @@ class DeltaCircuit:
         s_hs = [self._sender(l, h) for h in hs]
         base, dest = (self.Ap, t.outs_pos) if at_pos else (self.A, t.outs)
         s_pairs = self.n_in + l * self.per_layer + hp
-        outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - base[s_pairs]  # new a - A
-        table = torch.cat([(self.Dp if at_pos else self.D)[s_hs], outs])
+        outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - _take(base, s_pairs)  # a - A
+        table = torch.cat([_take(self.Dp if at_pos else self.D, s_hs), outs])
         for c, s in enumerate(s_hs):
             dest[s] = Picked(table, pick_t[:, c])
 
@@ -522,7 +528,7 @@ class DeltaCircuit:
             self.D[s] = out[i]
         if t.outs:
             idx = list(t.outs)
-            self.Dp[idx] = self._at_pos(self.D[idx])
+            self.Dp[idx] = self._at_pos(_take(self.D, idx))
         for s, out in t.outs_pos.items():  # at-position layers': D keeps stale rows for them
             self.Dp[s] = out[i]
         for (l, j), (hs, val) in t.qkv.items():
