@@ -260,11 +260,11 @@ def acdc(
     sequential search compares with tau after removing 1..j-1; the removals stand up to the
     first candidate kept, and the search resumes after it. The width k doubles after a pass
     that removed all its candidates, falls to the number removed before a keep and restarts at
-    1 in each layer. Candidates of one pass go into one receiver (or into receivers computed
-    only at the metric's positions, or into a last layer's inputs: `DeltaCircuit.chain_trial`),
-    within one step when skipping disconnected receivers, and k stays 1 where the last pass
-    recomputed more than two nodes at every position (there a pass of k variants costs about
-    k single ones).
+    1 in each layer. Candidates of one pass are residual edges into one layer's inputs (that
+    layer's heads computed once per version of their inputs, delta.py) or edges into one
+    receiver, within one step when skipping disconnected receivers, and k stays 1 where the
+    last pass recomputed more than two nodes at every position (there a pass of k variants
+    costs about k single ones).
     tie_tol: where the metric difference lies within tie_tol (+ tie_tol x |metric|) of tau,
     both sides are recomputed with acdc_reference's own full forward before deciding, so float
     rounding cannot flip a decision. Other arguments as there.

@@ -240,8 +240,9 @@ class DeltaCircuit:
     def trial(self, edge_sets: list[list[int]]) -> Trial:
         """Variants of the current circuit, variant i without `edge_sets[i]` (present edges):
         their logits and what changed, recomputing only the nodes whose inputs differ.
-        Variants share one pass (stacked along the batch), so a chain of tentative removals
-        costs about as much as one."""
+        Variants share one pass (stacked along the batch). Where variant j removes chain[:j + 1]
+        of residual edges into one layer's inputs (`layer_chain_length`), that layer's heads are
+        computed once per version of their inputs (`_head_versions`), later layers per variant."""
         g, n = self.g, len(edge_sets)
         self.n_trials += 1
         t = Trial([list(es) for es in edge_sets], self.logits.expand(n, *self.logits.shape))
