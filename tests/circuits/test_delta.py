@@ -149,27 +149,29 @@ def test_a_layer_read_by_a_layer_computed_at_all_positions_stays_there(tiny3, ti
 
 
 def _chain_walk(runner: CircuitRunner, seed: int) -> None:
-    """ACDC's order without skipping; wherever `chain_length` admits them, a chain trial of up to 9
-    next edges (receivers of one layer, interleaved) is held to the full forward of every
-    variant, and a random variant committed."""
+    """ACDC's order without skipping; wherever `layer_chain_length` admits them, a trial of the
+    variants "without the next 1..k edges" (k <= 9; receivers of one layer, interleaved, heads
+    computed once per version of their inputs) is held to the full forward of every variant, and
+    a random variant committed. Chains come both in layers computed at all positions and in
+    layers computed at the logit positions alone."""
     state = DeltaCircuit(runner, resync_every=50)
     g = torch.Generator().manual_seed(seed)
     edges = [e for _, es in runner.graph.acdc_steps() for e in es]
     perm = torch.randperm(len(edges), generator=g).tolist()
     layer = [runner.graph.layer(runner.graph.edges[e].receiver) for e in edges]
     edges = sorted(edges, key=lambda e: (-layer[edges.index(e)], perm[edges.index(e)]))
-    pos, n_chains = 0, 0
+    pos, n_chains = 0, {False: 0, True: 0}
     while pos < len(edges):
         chain = [e for e in edges[pos : pos + 9] if bool(state.mask[e])]
-        chain = chain[: max(1, state.chain_length(chain))]
+        chain = chain[: max(1, state.layer_chain_length(chain))]
         if len(chain) < 2:
             trial = state.trial([chain]) if chain else None
             if trial is not None and bool(torch.rand(1, generator=g) < 0.8):
                 state.commit(trial)
             pos += 1
             continue
-        n_chains += 1
-        trial = state.chain_trial(chain)
+        n_chains[state.at_pos[runner.graph.layer(runner.graph.edges[chain[0]].receiver)]] += 1
+        trial = state.trial([chain[: k + 1] for k in range(len(chain))])
         masks = state.mask.repeat(len(chain), 1)
         for k in range(len(chain)):
             masks[k, chain[: k + 1]] = False
@@ -179,9 +181,37 @@ def _chain_walk(runner: CircuitRunner, seed: int) -> None:
         ref = runner.logits(state.mask[None], start_layer=0)[0]
         torch.testing.assert_close(state.logits, ref, atol=1e-5, rtol=1e-5)
         pos += len(chain)
-    assert n_chains > 3
+    assert min(n_chains.values()) >= 1, n_chains
     full = runner.logits(state.mask[None], start_layer=0)[0]
     torch.testing.assert_close(state.logits, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dc", [True, False])
+def test_layer_chains_where_every_later_layer_is_computed_at_all_positions(
+    tiny3, tiny_attn, toy_lean, prompts, toy_prompts, dc
+):
+    """From the full circuit (every layer but the last computed at all positions), chains of
+    interleaved edges into each layer's q/k/v and MLP inputs: every variant equals its full
+    forward, and so does the committed one."""
+    for model, tokens in ((tiny3, prompts), (tiny_attn, prompts), (toy_lean("llama"), toy_prompts)):
+        graph = Graph.from_model(model, dc_edges=dc)
+        runner = CircuitRunner(model, graph, *tokens, logit_pos=(-1, 2))
+        state = DeltaCircuit(runner)
+        assert not any(state.at_pos[:-1])
+        g = torch.Generator().manual_seed(9)
+        for layer in range(graph.n_layers):
+            into = [e for e in range(graph.n_add) if graph.layer(graph.edges[e].receiver) == layer]
+            chain = [into[i] for i in torch.randperm(len(into), generator=g)[:7].tolist()]
+            assert state.layer_chain_length(chain) == len(chain)
+            assert len({graph.edges[e].receiver for e in chain}) > 2  # receivers interleave
+            trial = state.trial([chain[: k + 1] for k in range(len(chain))])
+            masks = state.mask.repeat(len(chain), 1)
+            for k in range(len(chain)):
+                masks[k, chain[: k + 1]] = False
+            torch.testing.assert_close(trial.logits, runner.logits(masks), atol=1e-5, rtol=1e-5)
+            state.commit(trial, 3)
+            ref = runner.logits(state.mask[None], start_layer=0)[0]
+            torch.testing.assert_close(state.logits, ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dc", [True, False])

@@ -213,19 +213,17 @@ def acdc_reference(
     return c
 
 
-def _chain(graph: Graph, edges: list[int]) -> list[int]:
-    """The longest prefix of `edges` worth testing in one delta pass: edges into the first
-    edge's receiver, or, while every receiver is computed only at the metric's positions (the
-    logits, a last-layer query), edges into any of those."""
-
-    def at_pos(r: str) -> bool:
-        return r == "logits" or (r.endswith(".q") and graph.layer(r) == graph.n_layers - 1)
-
+def _chain(graph: Graph, state: DeltaCircuit, edges: list[int]) -> list[int]:
+    """The longest prefix of `edges` worth testing in one delta pass: residual edges into the
+    inputs of the first edge's layer (each changed head computed once per change, delta.py), or
+    else edges into the first edge's receiver."""
+    n = state.layer_chain_length(edges)
+    if n:
+        return edges[:n]
     first = graph.edges[edges[0]].receiver
     out = edges[:1]
     for e in edges[1:]:
-        r = graph.edges[e].receiver
-        if r != first and not (at_pos(first) and at_pos(r)):
+        if graph.edges[e].receiver != first:
             break
         out.append(e)
     return out
@@ -262,11 +260,11 @@ def acdc(
     sequential search compares with tau after removing 1..j-1; the removals stand up to the
     first candidate kept, and the search resumes after it. The width k doubles after a pass
     that removed all its candidates, falls to the number removed before a keep and restarts at
-    1 in each layer. Candidates of one pass go into one receiver (or into receivers computed
-    only at the metric's positions, or into a last layer's inputs: `DeltaCircuit.chain_trial`),
-    within one step when skipping disconnected receivers, and k stays 1 where the last pass
-    recomputed more than two nodes at every position (there a pass of k variants costs about
-    k single ones).
+    1 in each layer. Candidates of one pass are residual edges into one layer's inputs (that
+    layer's heads computed once per version of their inputs, delta.py) or edges into one
+    receiver, within one step when skipping disconnected receivers, and k stays 1 where the
+    last pass recomputed more than two nodes at every position (there a pass of k variants
+    costs about k single ones).
     tie_tol: where the metric difference lies within tie_tol (+ tie_tol x |metric|) of tau,
     both sides are recomputed with acdc_reference's own full forward before deciding, so float
     rounding cannot flip a decision. Other arguments as there.
@@ -319,13 +317,8 @@ def acdc(
                 continue
             end = step_end[si] if skip_disconnected else len(tests)
             candidates = [e for _, e in tests[pos : min(pos + width, end)]]
-            chain = _chain(graph, candidates)
-            fits = state.chain_length(candidates) if len(candidates) > len(chain) else 0
-            if fits > len(chain):  # several receivers of a last layer: versions (delta.py)
-                chain = candidates[:fits]
-                trial = state.chain_trial(chain)
-            else:
-                trial = state.trial([chain[: k + 1] for k in range(len(chain))])
+            chain = _chain(graph, state, candidates)
+            trial = state.trial([chain[: k + 1] for k in range(len(chain))])
             values = metric(trial.logits).tolist()
             done, decided = -1, len(chain)  # last variant whose removals all stand
             for k, e in enumerate(chain):

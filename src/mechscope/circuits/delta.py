@@ -16,14 +16,44 @@ to float32 rounding, which a test checks over long random walks of commits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mechscope.circuits.graph import per_query_head
 from mechscope.circuits.patched import CircuitRunner
+
+
+@dataclass
+class Picked:
+    """Per-variant values taken from a table of versions: variant i's is `table` indexed by
+    `index[i]` along `dim` (a scalar index: one row [m]; a vector: a slice of those rows)."""
+
+    table: Tensor
+    index: Tensor  # [n] or [n, k]
+    dim: int = 0
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.table[(slice(None),) * self.dim + (self.index[i],)]
+
+    def at(self, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """f of the versions ([versions, m] -> [versions, m']), per variant [n, m']."""
+        return f(self.table).index_select(0, self.index)
+
+
+Rows = Tensor | Picked  # per-variant rows [n, m]
+
+
+def _take(x: Tensor, idx: list[int] | Tensor, dim: int = 0) -> Tensor:
+    """x indexed by idx along dim (index_select: many times faster than x[idx] on CPU)."""
+    return x.index_select(dim, torch.as_tensor(idx, device=x.device))
+
+
+def _full(x: Rows, f: Callable[[Tensor], Tensor] = lambda x: x) -> Tensor:
+    """f of per-variant rows, [n, m']."""
+    return x.at(f) if isinstance(x, Picked) else f(x)
 
 
 @dataclass
@@ -37,13 +67,12 @@ class Trial:
     logits: Tensor  # [n, batch, len(logit_pos), vocab]
     rows: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new K rows [n, U]
     dc: Tensor | None = None  # new dc presence [n, L, 3, H] (per query head; None: unchanged)
-    outs: dict[int, Tensor] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
-    outs_pos: dict[int, Tensor] = field(default_factory=dict)  # at-position layers' senders
-    ins: dict[int, Tensor] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
-    qkv: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    outs: dict[int, Rows] = field(default_factory=dict)  # sender -> new a_u - A_u [n, B*P*d]
+    outs_pos: dict[int, Rows] = field(default_factory=dict)  # at-position layers' senders
+    ins: dict[int, Rows] = field(default_factory=dict)  # receiver -> new input [n, B*P*d]
+    qkv: dict[tuple[int, int], tuple[Tensor, Rows]] = field(default_factory=dict)
     # (layer, letter) -> (query heads [k], the new q/k/v they read [n, batch, pos, k, d_head]);
     # at-position layers' queries only at the logit positions
-    chain: dict[str, Any] | None = None  # `DeltaCircuit.chain_trial`'s versions (see there)
 
 
 class DeltaCircuit:
@@ -124,7 +153,7 @@ class DeltaCircuit:
 
     def _at_pos(self, x: Tensor) -> Tensor:
         """Rows [n, B*P*d] -> the logit positions only [n, B*len(pos)*d]."""
-        return x.view(len(x), self.B, self.P, -1)[:, :, self.pos].reshape(len(x), -1)
+        return _take(x.view(len(x), self.B, self.P, -1), self.pos, 2).reshape(len(x), -1)
 
     # -- the full forward of the current circuit ------------------------------------------------
     @torch.no_grad()
@@ -188,7 +217,7 @@ class DeltaCircuit:
         dest[s] = out[0] if isinstance(dest, Tensor) else out
 
     def _at_pos_input(
-        self, ain: Tensor, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]
+        self, ain: Tensor, rows: Tensor, outs: dict[int, Rows], outs_pos: dict[int, Rows]
     ) -> Tensor:
         """Inputs [n, k, B*len(pos)*d] at the logit positions of receivers with K rows
         [n, k, U], from scratch (cheap there): ablated input plus the present edges' terms,
@@ -196,11 +225,12 @@ class DeltaCircuit:
         x = ain + rows @ self.Dp
         idx = list(outs) + list(outs_pos)
         if idx:
-            new = [self._at_pos(outs[s]) for s in outs] + list(outs_pos.values())
-            x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - self.Dp[idx])
+            new = [_full(outs[s], self._at_pos) for s in outs]
+            new += [_full(x) for x in outs_pos.values()]
+            x = x + torch.bmm(rows[:, :, idx], torch.stack(new, 1) - _take(self.Dp, idx))
         return x
 
-    def _logits(self, rows: Tensor, outs: dict[int, Tensor], outs_pos: dict[int, Tensor]) -> Tensor:
+    def _logits(self, rows: Tensor, outs: dict[int, Rows], outs_pos: dict[int, Rows]) -> Tensor:
         """Logits [n, B, len(pos), vocab] from K rows [n, U] of the logits receiver."""
         x = self._at_pos_input(self.ain_logits, rows[:, None], outs, outs_pos)
         return self.lean.unembed(x.view(x.shape[0], self.B, len(self.pos), -1))
@@ -210,8 +240,9 @@ class DeltaCircuit:
     def trial(self, edge_sets: list[list[int]]) -> Trial:
         """Variants of the current circuit, variant i without `edge_sets[i]` (present edges):
         their logits and what changed, recomputing only the nodes whose inputs differ.
-        Variants share one pass (stacked along the batch), so a chain of tentative removals
-        costs about as much as one."""
+        Variants share one pass (stacked along the batch). Where variant j removes chain[:j + 1]
+        of residual edges into one layer's inputs (`layer_chain_length`), that layer's heads are
+        computed once per version of their inputs (`_head_versions`), later layers per variant."""
         g, n = self.g, len(edge_sets)
         self.n_trials += 1
         t = Trial([list(es) for es in edge_sets], self.logits.expand(n, *self.logits.shape))
@@ -240,10 +271,10 @@ class DeltaCircuit:
 
         def new_inputs(rs: list[int]) -> Tensor:
             """Inputs [n, k, B*P*d] of receivers rs: stored ones plus what changed."""
-            x = self.IN[rs].expand(n, -1, -1)
+            x = _take(self.IN, rs).expand(n, -1, -1)
             rows = new_rows(rs)  # [n, k, U]
             if removed:
-                x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ self.D[removed]
+                x = x + (rows[:, :, removed] - self.K[rs][:, removed]) @ _take(self.D, removed)
             ch = list(t.outs)
             if ch:  # the changed senders these receivers read
                 read = rows[:, :, ch].any(0).any(0).tolist()
@@ -251,7 +282,11 @@ class DeltaCircuit:
             if ch:
                 for s in ch:
                     if s not in deltas:
-                        deltas[s] = t.outs[s] - self.D[s]
+
+                        def minus(x: Tensor, d: Tensor = self.D[s]) -> Tensor:
+                            return x - d
+
+                        deltas[s] = _full(t.outs[s], minus)
                 x = x + torch.bmm(rows[:, :, ch], torch.stack([deltas[s] for s in ch], 1))
             for i, r in enumerate(rs):
                 t.ins[r] = x[:, i]
@@ -269,65 +304,75 @@ class DeltaCircuit:
             return out
 
         P, npos = self.P, len(self.pos)
+        l0 = min(layers)
+        versioned = n > 1 and self._is_layer_chain(edge_sets, l0)
 
-        for l in range(min(layers), self.L):
+        for l in range(l0, self.L):
             r0 = self._receiver(l, 0, 0)
-            in_touched = touched(r0, self.n_qkv)  # per q/k/v input
-            # per query head and letter: does the input it reads differ? [3, H]
-            head_touched = torch.stack([in_touched[self.offset[j] + self.src[j]] for j in range(3)])
-            redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
             is_last = self.at_pos[l]  # outputs read only at the logit positions
-            if bool(redo_heads.any()):
-                hs = redo_heads.nonzero().flatten()
-                # the changed q/k/v inputs at all positions, in one pass (the last layer's
-                # queries apart: at the logit positions only)
-                full = [
-                    i for i in in_touched.nonzero().flatten().tolist() if not is_last or i >= self.H
-                ]
-                x_full = new_inputs([r0 + i for i in full]) if full else None
-                qkv = []
-                for j in range(3):
-                    at_pos = is_last and j == 0  # the last layer's queries: logit positions
-                    p = npos if at_pos else P
-                    base = self.q_pos[l] if at_pos else self.qkv[l, j]
-                    cur = base[:, :, hs].expand(n, -1, -1, -1, -1)
-                    src = self.src[j][hs]  # the input each head of hs reads
-                    a = self.offset[j]
-                    ins = in_touched[a : a + self.runner.n_inputs[j]].nonzero().flatten()
-                    if len(ins):  # recompute the changed inputs' q/k/v once each
-                        rs = [r0 + a + i for i in ins.tolist()]
-                        if at_pos:
-                            x = self._at_pos_input(
-                                self._ablated_in_at_pos(l, 0), new_rows(rs), t.outs, t.outs_pos
-                            )
-                        else:  # a contiguous block of x_full
-                            assert x_full is not None
-                            first = full.index(a + int(ins[0]))
-                            x = x_full[:, first : first + len(rs)]
-                        x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
-                        x = x.reshape(n * self.B, p, len(rs), -1)
-                        new = self.lean.head_qkv(l, x, j, ins).view(n, self.B, p, len(rs), -1)
-                        reads = src[:, None] == ins[None]  # [len(hs), len(ins)]
-                        redo = reads.any(1)
-                        cur = cur.clone()
-                        cur[:, :, :, redo] = new[:, :, :, reads[redo].int().argmax(1)]
-                    # stored q/k/v already hold the current circuit's ablated ones; only
-                    # recomputed ones, or a trial that removes dc edges, need the ablation
-                    present = dc[:, l, j, hs]  # [n, k]
-                    if (len(ins) or t.dc is not None) and not bool(present.all()):
-                        abl = self.runner.ablated_qkv[l][j]
-                        abl = (abl[:, self.pos] if at_pos else abl)[:, :, hs]
-                        cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
-                    t.qkv[(l, j)] = (hs, cur)
-                    qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
-                if is_last:
-                    res = self.lean.head_results(l, qkv[0], qkv[1], qkv[2], hs, q_pos=self.pos)
-                    res = res.view(n, self.B, npos, len(hs), -1)
-                    for i, h in enumerate(hs.tolist()):
-                        s = self._sender(l, h)
-                        t.outs_pos[s] = res[:, :, :, i].reshape(n, -1) - self.Ap[s]
-                else:
-                    self._set_heads(l, hs, qkv[0], qkv[1], qkv[2], t.outs)
+            if versioned and l == l0:  # heads once per version of their inputs
+                self._head_versions(l, edge_sets[-1], t)
+            else:
+                in_touched = touched(r0, self.n_qkv)  # per q/k/v input
+                # per query head and letter: does the input it reads differ? [3, H]
+                head_touched = torch.stack(
+                    [in_touched[self.offset[j] + self.src[j]] for j in range(3)]
+                )
+                redo_heads = head_touched.any(0) | (dc[:, l] != self.dc[l]).any(0).any(0)
+                if bool(redo_heads.any()):
+                    hs = redo_heads.nonzero().flatten()
+                    # the changed q/k/v inputs at all positions, in one pass (the last layer's
+                    # queries apart: at the logit positions only)
+                    full = [
+                        i
+                        for i in in_touched.nonzero().flatten().tolist()
+                        if not is_last or i >= self.H
+                    ]
+                    x_full = new_inputs([r0 + i for i in full]) if full else None
+                    qkv = []
+                    for j in range(3):
+                        at_pos = is_last and j == 0  # the last layer's queries: logit positions
+                        p = npos if at_pos else P
+                        base = self.q_pos[l] if at_pos else self.qkv[l, j]
+                        cur = base.index_select(2, hs).expand(n, -1, -1, -1, -1)
+                        src = self.src[j][hs]  # the input each head of hs reads
+                        a = self.offset[j]
+                        ins = in_touched[a : a + self.runner.n_inputs[j]].nonzero().flatten()
+                        if len(ins):  # recompute the changed inputs' q/k/v once each
+                            rs = [r0 + a + i for i in ins.tolist()]
+                            if at_pos:
+                                x = self._at_pos_input(
+                                    self._ablated_in_at_pos(l, 0), new_rows(rs), t.outs, t.outs_pos
+                                )
+                            else:  # a contiguous block of x_full
+                                assert x_full is not None
+                                first = full.index(a + int(ins[0]))
+                                x = x_full[:, first : first + len(rs)]
+                            x = x.view(n, len(rs), self.B, p, -1).permute(0, 2, 3, 1, 4)
+                            x = x.reshape(n * self.B, p, len(rs), -1)
+                            new = self.lean.head_qkv(l, x, j, ins).view(n, self.B, p, len(rs), -1)
+                            reads = src[:, None] == ins[None]  # [len(hs), len(ins)]
+                            redo = reads.any(1)
+                            cur = cur.clone()
+                            cur[:, :, :, redo] = new[:, :, :, reads[redo].int().argmax(1)]
+                        # stored q/k/v already hold the current circuit's ablated ones; only
+                        # recomputed ones, or a trial that removes dc edges, need the ablation
+                        present = dc[:, l, j, hs]  # [n, k]
+                        if (len(ins) or t.dc is not None) and not bool(present.all()):
+                            abl = self.runner.ablated_qkv[l][j]
+                            abl = _take(abl, self.pos, 1) if at_pos else abl
+                            abl = abl.index_select(2, hs)
+                            cur = torch.where(present.view(n, 1, 1, -1, 1), cur, abl)
+                        t.qkv[(l, j)] = (hs, cur)
+                        qkv.append(cur.reshape(n * self.B, p, len(hs), -1))
+                    if is_last:
+                        res = self.lean.head_results(l, qkv[0], qkv[1], qkv[2], hs, q_pos=self.pos)
+                        res = res.view(n, self.B, npos, len(hs), -1)
+                        for i, h in enumerate(hs.tolist()):
+                            s = self._sender(l, h)
+                            t.outs_pos[s] = res[:, :, :, i].reshape(n, -1) - self.Ap[s]
+                    else:
+                        self._set_heads(l, hs, qkv[0], qkv[1], qkv[2], t.outs)
             rm = r0 + self.n_qkv
             if g.has_mlp and bool(touched(rm, 1)[0]):
                 if is_last:
@@ -343,153 +388,136 @@ class DeltaCircuit:
             t.logits = self._logits(new_rows([last])[:, 0], t.outs, t.outs_pos)
         return t
 
-    def chain_length(self, edges: list[int]) -> int:
-        """How many leading `edges` `chain_trial` can test together: residual edges into the
-        q/k/v or MLP inputs of one layer computed only at the logit positions, whose heads and
-        MLP feed nothing but the logits (and that MLP): the last layer, or one whose later
-        readers are pruned. 0 when the first cannot be."""
-        g = self.g
-        if not edges or edges[0] >= g.n_add:
-            return 0
-        l = int(g.add_receiver[edges[0]]) // self.per_rcv
-        if l >= self.L or not self.at_pos[l]:
-            return 0
-        s0, rm, last = self._sender(l, 0), self._receiver(l, 3, 0), len(g.receivers) - 1
-        readers = self.K[:, s0 : s0 + self.per_layer].any(1).nonzero().flatten().tolist()
-        allowed = {last, rm} if g.has_mlp else {last}
-        if not set(readers) <= allowed or (g.has_mlp and bool(self.K[:last, s0 + self.H].any())):
-            return 0
-        n = 0
+    def layer_chain_length(self, edges: list[int]) -> int:
+        """How many leading `edges` are residual edges into the q/k/v or MLP inputs of the first
+        one's layer (0 if the first is not): for the variants "current circuit without
+        edges[:j + 1]", `trial` computes that layer's heads once per version of their inputs."""
+        g, n = self.g, 0
+        layer = None
         for e in edges:
-            if e >= g.n_add or int(g.add_receiver[e]) // self.per_rcv != l:
+            if e >= g.n_add:
                 break
-            n += 1
+            l = int(g.add_receiver[e]) // self.per_rcv
+            if l >= self.L or (layer is not None and l != layer):
+                break
+            layer, n = l, n + 1
         return n
 
-    @torch.no_grad()
-    def chain_trial(self, chain: list[int]) -> Trial:
-        """The variants "current circuit without chain[:j + 1]" (j < len(chain)) of edges
-        `chain_length` admits, computing each changed node once per change instead of once per
-        variant: candidate j changes its receiver's input, so the q/k/v it feeds and the heads
-        reading that once; variant j reads, for each head, its latest version up to j. Heads of
-        one layer add into the logits (and the layer's MLP), so each variant's logit input is the
-        stored one plus its heads' changes, and the MLP is recomputed at the logit positions."""
-        g, n, H, B, P = self.g, len(chain), self.H, self.B, self.P
-        npos, dev = len(self.pos), self.device
-        self.n_trials += 1
+    def _is_layer_chain(self, edge_sets: list[list[int]], layer: int) -> bool:
+        """Whether variant j removes edge_sets[-1][:j + 1], edges into `layer`'s inputs."""
+        chain = edge_sets[-1]
+        return (
+            layer < self.L
+            and len(chain) == len(edge_sets)
+            and all(es == chain[: j + 1] for j, es in enumerate(edge_sets))
+            and self.layer_chain_length(chain) == len(chain)
+        )
+
+    def _head_versions(self, l: int, chain: list[int], t: Trial) -> None:
+        """Layer l's heads in the variants "without chain[:j + 1]" (edges into layer l's
+        inputs), each computed once per change instead of once per variant: candidate j changes
+        its receiver's input, so the q/k/v it feeds (one version) and the heads reading that;
+        variant j reads, for each head, its latest version up to j. Sets t.ins, t.qkv and the
+        heads' outputs in t.outs (t.outs_pos where layer l is computed at the logit positions);
+        an MLP input among the candidates is left to the caller (via t.rows)."""
+        g, n, B, dev = self.g, len(chain), self.B, self.device
+        at_pos = self.at_pos[l]
+        r0 = self._receiver(l, 0, 0)
         rcv = [int(g.add_receiver[e]) for e in chain]
         snd = [int(g.add_sender[e]) for e in chain]
-        l = rcv[0] // self.per_rcv
-        r0, rm, last = self._receiver(l, 0, 0), self._receiver(l, 3, 0), len(g.receivers) - 1
-        # per letter: the new versions (chain position, receiver) of its inputs, in chain order
-        versions: list[list[tuple[int, int]]] = [[], [], []]
+        versions: list[list[tuple[int, int]]] = [[], [], []]  # letter -> (chain position, rcv)
         latest: list[dict[int, int]] = [{}, {}, {}]  # letter -> query head -> version
         pairs: list[tuple[int, int, int, int, int]] = []  # (j, head, q, k, v version; -1 stored)
         for j, r in enumerate(rcv):
-            if r == rm:
-                continue
             i = r - r0
-            letter = 0 if i < self.offset[1] else 1 if i < self.offset[2] else 2
-            ix = i - self.offset[letter]  # the q (k, v) input's index
-            versions[letter].append((j, r))
-            heads = [ix] if letter == 0 else range(ix * g.group, (ix + 1) * g.group)
-            for h in heads:
-                latest[letter][h] = len(versions[letter]) - 1
-                qv, kv, vv = (latest[x].get(h, -1) for x in range(3))
+            if i >= self.n_qkv:
+                continue  # the MLP's input
+            x = 0 if i < self.offset[1] else 1 if i < self.offset[2] else 2
+            ix = i - self.offset[x]  # the q (k, v) input's index
+            versions[x].append((j, r))
+            for h in [ix] if x == 0 else range(ix * g.group, (ix + 1) * g.group):
+                latest[x][h] = len(versions[x]) - 1
+                qv, kv, vv = (latest[y].get(h, -1) for y in range(3))
                 pairs.append((j, h, qv, kv, vv))
-        removed = torch.zeros(n, len(g.receivers), len(g.senders), device=dev, dtype=self.K.dtype)
-        for j, (r, u) in enumerate(zip(rcv, snd, strict=True)):
-            removed[j:, r, u] = 1.0  # variant j and later lack edge j
+        if not pairs:
+            return
         new: list[Tensor | None] = [None, None, None]  # per letter [B, p, versions, d_head]
-        ins: list[Tensor | None] = [None, None, None]  # new k/v inputs [versions, B*P*d]
         for x, vs in enumerate(versions):
             if not vs:
                 continue
-            js, rs = [j for j, _ in vs], [r for _, r in vs]
-            rows = self.K[rs] - removed[js, rs]  # [versions, U]
-            if x == 0:  # queries: at the logit positions, from scratch
+            rs = [r for _, r in vs]
+            us = sorted({u for u, r in zip(snd, rcv, strict=True) if r in rs})
+            # gone[v, u]: version v's receiver has lost sender us[u] by its chain position
+            gone = torch.tensor(
+                [
+                    [float(any(rcv[i] == r and snd[i] == u for i in range(j + 1))) for u in us]
+                    for j, r in vs
+                ],
+                device=dev,
+                dtype=self.K.dtype,
+            )
+            if x == 0 and at_pos:  # queries at the logit positions, from scratch
+                rows = self.K[rs]
+                rows[:, us] -= gone
                 inp = self._ablated_in_at_pos(l, 0) + rows @ self.Dp
-                p = npos
-            else:  # keys, values: the stored input minus the removed terms
-                us = sorted({snd[j] for j in range(n) if rcv[j] in rs})
-                inp = self.IN[rs] - removed[js, rs][:, us] @ self.D[us]
-                ins[x], p = inp, P
-            inputs = torch.tensor([r - r0 - self.offset[x] for r in rs], device=dev)
+                p = len(self.pos)
+            else:  # the stored input minus the removed terms
+                inp = _take(self.IN, rs) - gone @ _take(self.D, us)
+                p = self.P
+                for r in dict.fromkeys(rs):  # each variant's latest version of r
+                    last, pick = -1, []
+                    for j in range(n):
+                        if rcv[j] == r:
+                            last += 1
+                        pick.append(last)
+                    own = [v for v, (_, rv) in enumerate(vs) if rv == r]
+                    table = torch.cat([self.IN[r][None], inp[own]])
+                    t.ins[r] = Picked(table, torch.tensor(pick, device=dev) + 1)
+            idx = torch.tensor([r - r0 - self.offset[x] for r in rs], device=dev)
             xin = inp.view(len(rs), B, p, -1).permute(1, 2, 0, 3)
-            new[x] = self.lean.head_qkv(l, xin, x, inputs)
-        hp = torch.tensor([h for _, h, *_ in pairs], dtype=torch.long, device=dev)
-        qkv: list[Tensor] = []
-        for x in range(3):
-            stored = self.q_pos[l] if x == 0 else self.qkv[l, x]  # per query head, after dc
-            nx = new[x]
-            table = stored if nx is None else torch.cat([stored, nx], 2)
-            # a pair reads the stored q/k/v of its head or a new version (after the stored ones)
-            at = torch.tensor([p[1] if p[2 + x] < 0 else H + p[2 + x] for p in pairs], device=dev)
-            abl = self.runner.ablated_qkv[l][x]
-            abl = (abl[:, self.pos] if x == 0 else abl)[:, :, hp]
-            present = self.dc[l, x, hp].view(1, 1, -1, 1)
-            qkv.append(torch.where(present, table[:, :, at], abl))
-        res = self.lean.head_results(l, qkv[0], qkv[1], qkv[2], hp, q_pos=self.pos)
-        s_pairs = self.n_in + l * self.per_layer + hp
-        outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - self.Ap[s_pairs]  # new a - A
-        deltas = outs - self.Dp[s_pairs]
-        # each variant's latest version per head: weights [n, pairs] of the deltas
-        pick = torch.zeros(n, len(pairs), device=dev, dtype=self.K.dtype)
-        last_pair: dict[int, int] = {}
+            new[x] = self.lean.head_qkv(l, xin, x, idx)
+        # each variant's latest pair per changed head (or the stored head: -1)
+        hs = sorted({h for _, h, *_ in pairs})
+        col = {h: c for c, h in enumerate(hs)}
+        sel, cur = [], [-1] * len(hs)
         k = 0
         for j in range(n):
             while k < len(pairs) and pairs[k][0] == j:
-                last_pair[pairs[k][1]] = k
+                cur[col[pairs[k][1]]] = k
                 k += 1
-            pick[j, list(last_pair.values())] = 1.0
-        sp = s_pairs.tolist()
-
-        def new_input(r: int, ain: Tensor) -> Tensor:
-            rows = self.K[r] - removed[:, r]  # [n, U]
-            return ain + rows @ self.Dp + (pick * rows[:, sp]) @ deltas
-
-        x_logits = new_input(last, self.ain_logits)
-        mlp = None
-        if g.has_mlp and (rm in rcv or bool(self.K[rm, sp].any())):
-            sm = self._sender(l, H)
-            xm = new_input(rm, self._ablated_in_at_pos(l, 3)).view(n * B, npos, -1)
-            mlp = self.lean.mlp_out(l, xm).reshape(n, -1) - self.Ap[sm]
-            x_logits = x_logits + self.K[last, sm] * (mlp - self.Dp[sm])
-        logits = self.lean.unembed(x_logits.view(n, B, npos, -1))
-        t = Trial([chain[: j + 1] for j in range(n)], logits)
-        t.chain = dict(
-            layer=l, versions=versions, ins=ins, pairs=pairs, qkv=qkv, outs=outs, mlp=mlp
+            sel.append([len(hs) + c if c >= 0 else s for s, c in enumerate(cur)])
+        pick_t = torch.tensor(sel, device=dev)  # [n, len(hs)] into stored heads, then pairs
+        hp = torch.tensor([h for _, h, *_ in pairs], dtype=torch.long, device=dev)
+        hs_t = torch.tensor(hs, dtype=torch.long, device=dev)
+        qkv: list[Tensor] = []
+        for x in range(3):
+            stored = self.q_pos[l] if x == 0 and at_pos else self.qkv[l, x]  # after dc edges
+            nx = new[x]
+            table = stored if nx is None else torch.cat([stored, nx], 2)
+            at = torch.tensor(
+                [p[1] if p[2 + x] < 0 else self.H + p[2 + x] for p in pairs], device=dev
+            )
+            abl = self.runner.ablated_qkv[l][x]
+            abl = (_take(abl, self.pos, 1) if x == 0 and at_pos else abl).index_select(2, hp)
+            present = self.dc[l, x, hp].view(1, 1, -1, 1)
+            qx = torch.where(present, table.index_select(2, at), abl)  # [B, p, pairs, d_head]
+            qkv.append(qx)
+            both = torch.cat([stored.index_select(2, hs_t), qx], 2)
+            t.qkv[(l, x)] = (hs_t, Picked(both, pick_t, dim=2))
+        res = self.lean.head_results(
+            l, qkv[0], qkv[1], qkv[2], hp, q_pos=self.pos if at_pos else None
         )
-        return t
-
-    def _commit_chain(self, t: Trial, i: int) -> None:
-        """The state of variant i of a `chain_trial`."""
-        c = t.chain
-        assert c is not None
-        l = c["layer"]
-        for e in t.edge_sets[i]:
-            self.K[int(self.g.add_receiver[e]), int(self.g.add_sender[e])] = 0.0
-        for x in (1, 2):
-            for v, (j, r) in enumerate(c["versions"][x]):
-                if j <= i:
-                    self.IN[r] = c["ins"][x][v]
-        for p, (j, h, *_) in enumerate(c["pairs"]):
-            if j <= i:
-                self.q_pos[l][:, :, h] = c["qkv"][0][:, :, p]
-                self.qkv[l, 1][:, :, h] = c["qkv"][1][:, :, p]
-                self.qkv[l, 2][:, :, h] = c["qkv"][2][:, :, p]
-                self.Dp[self._sender(l, h)] = c["outs"][p]
-        if c["mlp"] is not None:
-            self.Dp[self._sender(l, self.H)] = c["mlp"][i]
+        s_hs = [self._sender(l, h) for h in hs]
+        base, dest = (self.Ap, t.outs_pos) if at_pos else (self.A, t.outs)
+        s_pairs = self.n_in + l * self.per_layer + hp
+        outs = res.permute(2, 0, 1, 3).reshape(len(pairs), -1) - _take(base, s_pairs)  # a - A
+        table = torch.cat([_take(self.Dp if at_pos else self.D, s_hs), outs])
+        for c, s in enumerate(s_hs):
+            dest[s] = Picked(table, pick_t[:, c])
 
     @torch.no_grad()
     def commit(self, t: Trial, i: int = 0) -> None:
         """Make variant i of trial `t` (of the current circuit) the current circuit."""
-        if t.chain is not None:
-            self._commit_chain(t, i)
-            self.mask[t.edge_sets[i]] = False
-            self._after_commit(t.logits[i])
-            return
         self.mask[t.edge_sets[i]] = False
         for r, rows in t.rows.items():
             self.K[r] = rows[i]
@@ -501,7 +529,7 @@ class DeltaCircuit:
             self.D[s] = out[i]
         if t.outs:
             idx = list(t.outs)
-            self.Dp[idx] = self._at_pos(self.D[idx])
+            self.Dp[idx] = self._at_pos(_take(self.D, idx))
         for s, out in t.outs_pos.items():  # at-position layers': D keeps stale rows for them
             self.Dp[s] = out[i]
         for (l, j), (hs, val) in t.qkv.items():
