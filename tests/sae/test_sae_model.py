@@ -84,6 +84,10 @@ def test_dead_latent_tracking() -> None:
     dead = sae.dead_mask(window=15)
     assert not dead[:3].any() and dead[3:].all()
     assert not sae.dead_mask(window=21).any()
+    from_sums = _sae()  # the trainer passes the codes' column sums: the same record
+    from_sums.update_firing_(codes, codes.sum(0))
+    from_sums.update_firing_(codes, codes.sum(0))
+    assert torch.equal(from_sums.tokens_since_fired, sae.tokens_since_fired)
 
 
 def test_width_mismatch_is_a_clear_error() -> None:

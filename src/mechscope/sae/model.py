@@ -65,10 +65,11 @@ class SparseAutoencoder(nn.Module):
         # (x - b_dec) @ W_enc + b_enc, with b_dec moved into the bias: the gradient of b_dec is
         # then a vector-matrix product, not a [n, d_sae] x [d_sae, d_in] matmul
         bias = self.b_enc - self.b_dec @ self.W_enc if self.cfg.apply_b_dec_to_input else self.b_enc
-        pre = torch.addmm(bias, x.reshape(-1, self.d_in), self.W_enc).view(*x.shape[:-1], -1)
+        pre = torch.addmm(bias, x.reshape(-1, self.d_in), self.W_enc)
         arch = self.cfg.architecture
-        if arch == "standard":
-            return torch.relu(pre)
+        if arch == "standard":  # in place on the fresh [n, d_sae] product: no second such tensor
+            return pre.relu_().view(*x.shape[:-1], -1)
+        pre = pre.view(*x.shape[:-1], -1)
         if arch == "topk":
             assert self.cfg.k is not None
             vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
@@ -111,11 +112,15 @@ class SparseAutoencoder(nn.Module):
             self.threshold.mul_(n)
 
     @torch.no_grad()
-    def update_firing_(self, codes: Tensor) -> None:
-        """Count tokens since each latent fired, from a training batch's codes [n, d_sae] (codes
-        are non-negative in every architecture, so a latent fired where its maximum is > 0)."""
+    def update_firing_(self, codes: Tensor, sums: Tensor | None = None) -> None:
+        """Count tokens since each latent fired, from a training batch's codes [n, d_sae].
+
+        Codes are non-negative in every architecture, so a latent fired where its maximum, or
+        equally its sum, is > 0. sums: the codes summed over tokens [d_sae] when the caller has
+        them (the training loss does), which saves a pass over the codes."""
         codes = codes.reshape(-1, self.cfg.d_sae)
-        self.tokens_since_fired.add_(codes.shape[0]).masked_fill_(codes.amax(0) > 0, 0)
+        fired = codes.amax(0) if sums is None else sums
+        self.tokens_since_fired.add_(codes.shape[0]).masked_fill_(fired > 0, 0)
 
     def dead_mask(self, window: int) -> Tensor:
         """Latents [d_sae] (bool) that have not fired in the last `window` training tokens."""
