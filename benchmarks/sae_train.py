@@ -17,6 +17,10 @@ Two modes, interleaved (the order alternates between repetitions; repetition r u
 - end to end from token ids: the same token batches [32, 96] (3072 tokens with their BOS) go to
   `train_sae(tokens=...)` and to SAELens's `ActivationsStore` (pretokenized dataset, the
   TransformerBridge running the model up to the hook, BOS left out, its mixing buffer).
+Each side is timed by the wall clock and by the process's CPU time (`time.process_time`): on a
+shared machine the wall clock also counts the time other jobs take the core, which changes within
+a run; the CPU time counts only the work (one thread each with OMP_NUM_THREADS=1). The load
+average is printed with each repetition.
 Both sides' SAEs from the optimisation mode are evaluated on the same held-out activations
 (`eval_batches`: held-out stdlib files, tokens neither side trained on): L0, explained variance
 (1 - E||x - x_hat||^2 / Var_total) and the fraction of latents that never fire there.
@@ -25,6 +29,7 @@ Both sides' SAEs from the optimisation mode are evaluated on the same held-out a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -156,24 +161,26 @@ def main() -> None:
         f"{a.reps} repetitions, {torch.get_num_threads()} threads; held-out {len(held)} tokens"
     )
     times: dict[str, list[float]] = {k: [] for k in ("m_opt", "s_opt", "m_e2e", "s_e2e")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # tokens per CPU second
     quality: dict[str, list[tuple[float, float, float]]] = {"m": [], "s": []}
     for rep in range(a.reps):
         order = ("m", "s") if rep % 2 == 0 else ("s", "m")
         for side in order if a.mode != "e2e" else ():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if side == "m":
                 res = train_sae(mech_config(steps, a.l1, rep), activations=batches, progress=False)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 quality["m"].append(held_out_metrics(res.sae.encode, res.sae.decode, held))
             else:
                 trainer, sae = saelens_trainer(steps, a.l1, rep, iter(batches))
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 trainer.fit()
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 quality["s"].append(held_out_metrics(sae.encode, sae.decode, held))
             times[f"{side}_opt"].append(steps * BATCH / dt)
+            cpu[f"{side}_opt"].append(steps * BATCH / dc)
         for side in order if a.mode != "opt" else ():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if side == "m":
                 train_sae(mech_config(steps, a.l1, rep), bridge, tokens=token_list, progress=False)
             else:
@@ -181,8 +188,10 @@ def main() -> None:
                 trainer, _ = saelens_trainer(steps, a.l1, rep, store)
                 trainer.fit()
             times[f"{side}_e2e"].append(steps * BATCH / (time.perf_counter() - t0))
-        print(f"\nafter {rep + 1} of {a.reps} repetitions:")
-        print_table(times, quality)
+            cpu[f"{side}_e2e"].append(steps * BATCH / (time.process_time() - c0))
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\nafter {rep + 1} of {a.reps} repetitions (load average {load}):")
+        print_table(times, cpu, quality)
 
 
 def _ms(v: list[float], fmt: str) -> str:
@@ -192,18 +201,30 @@ def _ms(v: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(v), fmt)} ± {format(sd, fmt)}"
 
 
+def _ratio(m: list[float], s: list[float]) -> str:
+    """Ratio of the means, then each repetition's ratio."""
+    each = ", ".join(f"{x / y:.2f}" for x, y in zip(m, s, strict=True))
+    return f"{statistics.mean(m) / statistics.mean(s):.2f}x ({each})"
+
+
 def print_table(
-    times: dict[str, list[float]], quality: dict[str, list[tuple[float, float, float]]]
+    times: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    quality: dict[str, list[tuple[float, float, float]]],
 ) -> None:
-    print("| mode | mechscope tokens/s | SAELens tokens/s | ratio (per repetition) |")
-    print("|---|---|---|---|")
+    print(
+        "| mode | mechscope tokens/s | SAELens tokens/s | ratio (per repetition) "
+        "| mechscope tokens/CPU-s | SAELens tokens/CPU-s | CPU-time ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for mode, label in (("opt", "optimisation alone"), ("e2e", "end to end from token ids")):
-        m, s = times[f"m_{mode}"], times[f"s_{mode}"]
+        m, s, mc, sc = times[f"m_{mode}"], times[f"s_{mode}"], cpu[f"m_{mode}"], cpu[f"s_{mode}"]
         if not m:
             continue
-        ratios = ", ".join(f"{x / y:.2f}" for x, y in zip(m, s, strict=True))
-        ratio = statistics.mean(m) / statistics.mean(s)
-        print(f"| {label} | {_ms(m, ',.0f')} | {_ms(s, ',.0f')} | {ratio:.2f}x ({ratios}) |")
+        print(
+            f"| {label} | {_ms(m, ',.0f')} | {_ms(s, ',.0f')} | {_ratio(m, s)} "
+            f"| {_ms(mc, ',.0f')} | {_ms(sc, ',.0f')} | {_ratio(mc, sc)} |"
+        )
     print("\n| held-out (seeds 0..n-1) | L0 | explained variance | dead latents |")
     print("|---|---|---|---|")
     for side, label in (("m", "mechscope"), ("s", "SAELens")):

@@ -84,6 +84,10 @@ def test_dead_latent_tracking() -> None:
     dead = sae.dead_mask(window=15)
     assert not dead[:3].any() and dead[3:].all()
     assert not sae.dead_mask(window=21).any()
+    from_sums = _sae()  # the trainer passes the codes' column sums: the same record
+    from_sums.update_firing_(codes, codes.sum(0))
+    from_sums.update_firing_(codes, codes.sum(0))
+    assert torch.equal(from_sums.tokens_since_fired, sae.tokens_since_fired)
 
 
 def test_width_mismatch_is_a_clear_error() -> None:
@@ -100,3 +104,41 @@ def test_bad_configs() -> None:
         TrainConfig(model="m", hook_name="h", loss="mse")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not trained here"):
         TrainConfig(model="m", hook_name="h", architecture="jumprelu")
+
+
+@pytest.mark.parametrize("use", ["both", "codes only", "reconstruction only"])
+@pytest.mark.parametrize("layout", ["batch x pos", "column-major"])
+def test_fused_forward_equals_autograd_bit_for_bit(use: str, layout: str) -> None:
+    """forward_with_codes with gradients (one autograd function, the codes' gradient summed and
+    masked in place) gives decode(encode(x))'s outputs and every gradient, of the weights and of
+    x, bit for bit; the incoming gradients are left as they were."""
+    sae = _sae()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(3, 40, 16, generator=g) if layout == "batch x pos" else torch.randn(16, 90).T
+    x.requires_grad_(True)
+    w_hat, w_codes = torch.randn(*x.shape, generator=g), torch.rand(*x.shape[:-1], 64)
+
+    def grads(x_hat: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor | None]:
+        """The .grad of x and of each parameter after a backward, as the trainer reads them."""
+        for t in (x, *sae.parameters()):
+            t.grad = None
+        loss = (x_hat * w_hat).sum() if use != "codes only" else 0
+        loss = loss + (codes * w_codes).sum() if use != "reconstruction only" else loss
+        loss.backward()  # type: ignore[union-attr]
+        return [t.grad for t in (x, *sae.parameters())]
+
+    fused = sae.forward_with_codes(x)
+    codes = sae.encode(x)
+    plain = (sae.decode(codes), codes)
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain, strict=True))
+    for a, b in zip(grads(*fused), grads(*plain), strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    seen: list[torch.Tensor] = []
+    out = sae.forward_with_codes(x)
+    out[1].register_hook(lambda grad: seen.append(grad.clone()) or None)
+    out[1].register_hook(lambda grad: seen.append(grad) or None)
+    (out[0].sum() + out[1].sum()).backward()
+    assert torch.equal(seen[0], seen[1])  # the codes' incoming gradient was not masked in place

@@ -25,18 +25,21 @@ from mechscope.metrics import kl_div
 
 @dataclass
 class LossParts:
-    """A loss and its terms (detached 0-dim tensors on the loss's device: reading one is a host
-    synchronisation, which the trainer does once every `log_every` steps)."""
+    """A loss, its terms (detached 0-dim tensors on the loss's device: reading one is a host
+    synchronisation, which the trainer does once every `log_every` steps) and the codes summed
+    over tokens [d_sae] (detached; > 0 where a latent fired: the trainer's firing record)."""
 
     total: Tensor
     terms: dict[str, Tensor]
+    code_sums: Tensor
 
 
-def sparsity_l1(codes: Tensor, W_dec: Tensor) -> Tensor:
-    """Mean over tokens of the decoder-norm-weighted L1 norm of non-negative codes
-    [n_tokens, d_sae], divided by d_in: a scalar. W_dec [d_sae, d_in]: the decoder (gradients
-    flow into its row norms)."""
-    return codes.sum(0) @ W_dec.norm(dim=-1) / (codes.shape[0] * W_dec.shape[1])
+def sparsity_l1(codes: Tensor, W_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean over tokens of the decoder-norm-weighted L1 norm of non-negative codes
+    [n_tokens, d_sae], divided by d_in: a scalar; the codes summed over tokens [d_sae], which it
+    is computed from). W_dec [d_sae, d_in]: the decoder (gradients flow into its row norms)."""
+    sums = codes.sum(0)
+    return sums @ W_dec.norm(dim=-1) / (codes.shape[0] * W_dec.shape[1]), sums
 
 
 def kl_per_token(orig_logits: Tensor, new_logits: Tensor, keep: Tensor) -> Tensor:
@@ -49,9 +52,9 @@ def local_loss(
 ) -> LossParts:
     """MSE + coeff * sparsity. x, x_hat [n, d_in]; codes [n, d_sae]; W_dec [d_sae, d_in]."""
     mse = F.mse_loss(x_hat, x)
-    sp = sparsity_l1(codes, W_dec)
+    sp, sums = sparsity_l1(codes, W_dec)
     total = mse + coeff * sp if use_l1 else mse
-    return LossParts(total, {"mse": mse.detach(), "sparsity": sp.detach()})
+    return LossParts(total, {"mse": mse.detach(), "sparsity": sp.detach()}, sums.detach())
 
 
 def e2e_loss(
@@ -72,11 +75,11 @@ def e2e_loss(
     positions is weighted ds_coeff / len(downstream) each.
     """
     kl = kl_per_token(orig_logits, new_logits, keep).mean()
-    sp = sparsity_l1(codes, W_dec)
+    sp, sums = sparsity_l1(codes, W_dec)
     total = kl_coeff * kl + (coeff * sp if use_l1 else 0.0)
     terms = {"kl": kl.detach(), "sparsity": sp.detach()}
     if downstream:
         ds = torch.stack([F.mse_loss(new[keep], old[keep]) for new, old in downstream])
         total = total + ds_coeff / len(downstream) * ds.sum()
         terms["downstream_mse"] = ds.detach().mean()
-    return LossParts(total, terms)
+    return LossParts(total, terms, sums.detach())

@@ -343,7 +343,7 @@ def train_sae(
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip / d_in)
             opt.step()
             codes = codes.detach()
-            sae.update_firing_(codes)
+            sae.update_firing_(codes, parts.code_sums)
             terms = {"loss": parts.total.detach()} | parts.terms
             done = step + 1
             if step % cfg.log_every == 0 or done == cfg.n_steps:
