@@ -22,7 +22,7 @@ from typing import Any
 from mechscope.artefacts import sae_dir, transcoder_dir
 from mechscope.data.batches import eval_batches
 from mechscope.errors import SAEError
-from mechscope.files import write_json
+from mechscope.files import read_json, write_json
 from mechscope.sae.config import TrainConfig
 from mechscope.sae.hparam_grid import run_name, train_and_save, write_results
 from mechscope.sae.model import SparseAutoencoder
@@ -91,17 +91,30 @@ def build_bundled(
             "batch_size": 16,
             "definitions": "SAELens evals: explained_variance, ce_recovered (zero ablation), kl",
         },
+        # this command's wall time: SAEs already in `folder` are skipped, so each SAE's own
+        # training time (`train_seconds`, kept in its cfg.json) is listed with it
         "build_seconds": round(time.time() - t0, 1),
         "machine": f"{platform.machine()}, torch CPU",
         "figure": "pareto.html",
         "saes": [
-            {"name": run_name(c), "training": c.to_dict(), "evaluation": e.to_dict()}
+            {
+                "name": run_name(c),
+                "training": c.to_dict(),
+                "train_seconds": _train_seconds(folder / run_name(c)),
+                "evaluation": e.to_dict(),
+            }
             for c, e in zip(cfgs, evals, strict=True)
         ],
     }
     write_json(folder / "card.json", card, indent=2)
     shutil.rmtree(folder / "_checkpoints", ignore_errors=True)  # optimiser states: not bundled
     return folder
+
+
+def _train_seconds(run: Path) -> float | None:
+    """The training wall time recorded in the SAELens folder `run` by `train_and_save`."""
+    meta = read_json(run / CFG_FILE, SAEError, "rerun `mechscope sae build-bundled`")["metadata"]
+    return meta.get("train_seconds")
 
 
 def list_bundled(model: str = "code-2l") -> list[dict[str, Any]]:
