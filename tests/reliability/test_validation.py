@@ -172,7 +172,7 @@ def test_run_task_on_a_folder_without_tokenizer_is_one_line(no_model, tmp_path):
     assert r.exit_code == 2
     line = _one_line_error(r.output)
     assert "the folder has no tokenizer (none of tokenizer.json" in line
-    assert f"tokenizer.save_pretrained('{tmp_path}')" in line
+    assert f"`tokenizer.save_pretrained` into '{tmp_path}'" in line
     (tmp_path / "tokenizer.json").write_text("{}")
     V.model_tokenizer("--model", str(tmp_path))  # a tokenizer file: passes
     V.model_tokenizer("--model", "code-2l")  # zoo names pass

@@ -115,7 +115,7 @@ def feature_cards(
         raise GraphError("feature cards need token batches of one shape [batch, n_ctx]")
     features = features.reshape(-1, 2).long().cpu()
     if not len(features):
-        return FeatureCards([], 0, {"batches": 0})
+        return FeatureCards([], 0, {"batches": 0, "seconds": 0.0})
     wanted: dict[int, Tensor] = {}
     for l in sorted(set(features[:, 0].tolist())):
         if not 0 <= l < len(transcoders):
