@@ -173,7 +173,8 @@ def model_tokenizer(option: str, model: str) -> None:
     if "model_type" in cfg and not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise OptionError(
             f"{option} {model}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)})"
-            f"; save the model's tokenizer beside it (`tokenizer.save_pretrained` into {str(folder)!r})"
+            f"; save the model's tokenizer beside it "
+            f"(`tokenizer.save_pretrained` into {str(folder)!r})"
         )
 
 
