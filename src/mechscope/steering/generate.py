@@ -19,7 +19,13 @@ from torch import Tensor
 from mechscope.errors import SteeringError
 from mechscope.models.lean import Hook, LeanModel, as_lean
 from mechscope.progress import progress_bar
-from mechscope.steering.spec import Intervention, check_interventions, hooks_for, on_device
+from mechscope.steering.spec import (
+    Intervention,
+    check_interventions,
+    hooks_for,
+    on_device,
+    recording,
+)
 
 
 @dataclass
@@ -102,18 +108,8 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
 
 def _with_kv(lean: LeanModel, hooks: dict[str, Hook], kv: dict[str, Tensor]) -> dict[str, Hook]:
     """`hooks` plus recorders of every layer's keys (as attention reads them) and values."""
-    out = dict(hooks)
-    for l in range(lean.n_layers):
-        for name in (lean.key_hook(l), f"blocks.{l}.attn.hook_v"):
-            inner = hooks.get(name)
-
-            def record(x: Tensor, name: str = name, inner: Hook | None = inner) -> Tensor:
-                r = inner(x) if inner is not None else None
-                kv[name] = x if r is None else r
-                return kv[name]
-
-            out[name] = record
-    return out
+    names = [n for l in range(lean.n_layers) for n in (lean.key_hook(l), f"blocks.{l}.attn.hook_v")]
+    return recording(hooks, names, kv)
 
 
 def _cat(old: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ of positions start.. (a KV-cached generation step runs only the newest position)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -280,17 +280,25 @@ def hooks_for(
 
         return hook
 
-    hooks = {name: make(ivs) for name, ivs in by_hook.items()}
-    for name in reads:
+    return recording({name: make(ivs) for name, ivs in by_hook.items()}, reads, seen)
+
+
+def recording(
+    hooks: dict[str, Hook], names: Iterable[str], store: dict[str, Tensor]
+) -> dict[str, Hook]:
+    """`hooks` with each of `names` also recording into `store` what the hook passes on (the
+    hook's output where it has one there, else its input)."""
+    out = dict(hooks)
+    for name in names:
         inner = hooks.get(name)
 
         def record(x: Tensor, name: str = name, inner: Hook | None = inner) -> Tensor:
             r = inner(x) if inner is not None else None
-            seen[name] = x if r is None else r
-            return seen[name]
+            store[name] = x if r is None else r
+            return store[name]
 
-        hooks[name] = record
-    return hooks
+        out[name] = record
+    return out
 
 
 def on_device(interventions: Sequence[Intervention], device: Any) -> list[Intervention]:
