@@ -134,6 +134,7 @@ def feature_cards(
     windows: dict[tuple[int, int, int], tuple[list[int], list[float], int]] = {}
     size, n_ctx = batches[0].numel(), batches[0].shape[-1]
     n_tokens, t0 = 0, time.perf_counter()
+    names = [f"blocks.{l}.hook_mlp_in" for l in wanted]
     with progress_bar(progress) as bar:
         task = bar.add_task("feature cards", total=len(batches))
         for b, tokens in enumerate(batches):
@@ -141,7 +142,6 @@ def feature_cards(
             n_tokens += int(keep.sum())
             flat_keep = keep.flatten()
             flat_ids = torch.arange(size)[flat_keep] + b * size
-            names = [f"blocks.{l}.hook_mlp_in" for l in wanted]
             acts = collect_many(lean, tokens.to(lean.device), names)
             for l, ids in wanted.items():
                 tc = transcoders[l]

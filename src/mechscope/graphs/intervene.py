@@ -24,14 +24,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.errors import GraphError
+from mechscope.errors import GraphError, SteeringError
 from mechscope.graphs.attribution import AttributionGraph, _Setup, setup
 from mechscope.graphs.replacement import frozen_forward
 from mechscope.models.lean import LeanModel, as_lean
 from mechscope.sae.model import SparseAutoencoder
 from mechscope.sae.transcoder import Transcoder
 from mechscope.steering.spec import FeatureEdit as SAEEdit
-from mechscope.steering.spec import Op, TranscoderEdit, hooks_for, new_code, parse_feature_op
+from mechscope.steering.spec import (
+    Op,
+    TranscoderEdit,
+    check_interventions,
+    hooks_for,
+    new_code,
+    parse_feature_op,
+)
 
 EDIT_SYNTAX = (
     "'LAYER:POS:FEATURE=VALUE' (clamp), 'LAYER:POS:FEATURE*FACTOR' (scale) or "
@@ -149,16 +156,14 @@ def sae_logits(
     being the feature's activation there in this run (`steering.FeatureEdit`)."""
     lean = as_lean(model)
     n = int(tokens.shape[-1])
-    hook = sae.cfg.hook_name
-    if hook not in lean.hook_names():
-        raise GraphError(f"the SAE's hook {hook!r} is not a hook of this model")
     for p, f, _ in edits:
-        if not -n <= p < n or not 0 <= f < sae.d_sae:
-            raise GraphError(
-                f"SAE edit ({p}, {f}): position or feature out of range ({n} tokens, "
-                f"d_sae = {sae.d_sae})"
-            )
-    ivs = [SAEEdit(hook, sae, f, "clamp", v, (p % n,)) for p, f, v in edits]
+        if not -n <= p < n:
+            raise GraphError(f"SAE edit ({p}, {f}): position out of range ({n} tokens)")
+    ivs = [SAEEdit(sae.cfg.hook_name, sae, f, "clamp", v, (p % n,)) for p, f, v in edits]
+    try:  # the hook, the SAE's width and the feature index, as steering checks them
+        check_interventions(lean, ivs, n)
+    except SteeringError as e:
+        raise GraphError(str(e)) from None
     hooks = hooks_for(ivs, 0, n)
     return lean.forward(tokens.reshape(1, -1).to(lean.device), hooks=hooks)[0, -1]
 
