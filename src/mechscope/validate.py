@@ -363,8 +363,9 @@ def available_memory() -> int:
     return 0
 
 
-def _gb(n: float) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+def byte_size(n: float) -> str:
+    """n bytes as "1.5 GB" or "0.2 MB"."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def check_memory(what: str, nbytes: int, shrink: str, available: int | None = None) -> None:
@@ -373,7 +374,8 @@ def check_memory(what: str, nbytes: int, shrink: str, available: int | None = No
     free = available_memory() if available is None else available
     if free and nbytes > free:
         raise OptionError(
-            f"{what} would need about {_gb(nbytes)} of memory and {_gb(free)} is available; "
+            f"{what} would need about {byte_size(nbytes)} of memory and "
+            f"{byte_size(free)} is available; "
             f"lower {shrink}"
         )
 

@@ -34,6 +34,7 @@ from mechscope.files import write_json, write_safetensors
 from mechscope.models.lean import as_lean
 from mechscope.progress import progress_bar
 from mechscope.sae.activations import collect_many, hook_width, special_ids
+from mechscope.validate import byte_size
 
 FORMAT = "mechscope-activation-store"
 VERSION = 1
@@ -140,14 +141,11 @@ def check_free_space(folder: Path, nbytes: int, overwrite: bool = False) -> None
     free = shutil.disk_usage(at).free + (_used(folder) if overwrite and folder.is_dir() else 0)
     if nbytes > free:
         raise StoreError(
-            f"the store would write about {_size(nbytes)} to {folder} and {_size(free)} is free "
-            "there; free space, write elsewhere (--out), or store fewer tokens (--n-tokens), "
+            f"the store would write about {byte_size(nbytes)} to {folder} and "
+            f"{byte_size(free)} is free there; free space, write elsewhere (--out), or store "
+            "fewer tokens (--n-tokens), "
             "fewer hooks or float16 (--store-dtype)"
         )
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def write_store(
