@@ -57,6 +57,11 @@ class FeatureEdit:
     value: float
     op: Op = "clamp"
 
+    def __str__(self) -> str:
+        """The edit as EDIT_SYNTAX writes it (what error messages show)."""
+        how = f"*{self.value:g}" if self.op == "scale" else f"={self.value:g}"
+        return f"edit {self.layer}:{self.pos}:{self.feature}{'=0' if self.op == 'zero' else how}"
+
 
 def parse_edits(spec: str, n_pos: int, n_excluded: int = 1) -> list[FeatureEdit]:
     """The edits of one EDIT_SYNTAX spec on an n_pos-token prompt, one per position (negative
